@@ -1,0 +1,300 @@
+"""The ``embedpipe`` command line: parse, load settings, call a flow or the store, map errors.
+
+stdout carries results only (one JSON document with ``--json``); progress and diagnostics go to
+stderr. Exit status is 0 on success and non-zero with a one-line reason on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from embedpipe import __version__
+from embedpipe.errors import EmbedpipeError
+
+# Quiet, self-contained defaults for Prefect's embedded mode; every one can be overridden by the
+# environment. Logs still reach the Prefect API at INFO: only the console is held to WARNING.
+_PREFECT_DEFAULTS = {
+    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "PREFECT_CLI_PROMPT": "false",
+}
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    get = lambda name: getattr(args, name, None)  # noqa: E731
+    return {
+        "store": {"uri": get("db"), "table": get("table")},
+        "model": {"name": get("model"), "device": get("device"), "batch_size": get("batch_size")},
+        "chunk": {"tokens": get("chunk_tokens"), "overlap": get("chunk_overlap")},
+        "source": {
+            "include": get("include"),
+            "exclude": get("exclude"),
+            "text_field": get("text_field"),
+            "id_field": get("id_field"),
+            "max_file_mb": get("max_file_mb"),
+            "max_reject_ratio": get("max_reject_ratio"),
+        },
+    }
+
+
+def _store_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", help="LanceDB database URI (default ./.embedpipe/db)")
+    p.add_argument("--table", help="table name (default chunks)")
+    p.add_argument("--config", help="TOML settings file (default ./embedpipe.toml)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="embedpipe", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"embedpipe {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="sync documents into the chunks table (one new version)")
+    run.add_argument("sources", nargs="+", metavar="SOURCE", help="folders or files to read")
+    _store_args(run)
+    run.add_argument("--model", help="sentence-transformers model id or local path")
+    run.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
+    run.add_argument("--batch-size", type=int, dest="batch_size")
+    run.add_argument("--chunk-tokens", type=int, dest="chunk_tokens")
+    run.add_argument("--chunk-overlap", type=int, dest="chunk_overlap")
+    run.add_argument("--include", action="append", help="glob of files to read (repeatable)")
+    run.add_argument("--exclude", action="append", help="glob of files to skip (repeatable)")
+    run.add_argument("--text-field", dest="text_field")
+    run.add_argument("--id-field", dest="id_field")
+    run.add_argument("--max-file-mb", type=float, dest="max_file_mb")
+    run.add_argument("--max-reject-ratio", type=float, dest="max_reject_ratio")
+    run.add_argument("--json", action="store_true", help="print one JSON object with the run summary")
+
+    search = sub.add_parser("search", help="nearest chunks to a query")
+    search.add_argument("query")
+    _store_args(search)
+    search.add_argument("-k", type=int, default=5, help="results (default 5)")
+    search.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
+    search.add_argument("--json", action="store_true")
+
+    versions = sub.add_parser("versions", help="list table versions with tags and run ids")
+    _store_args(versions)
+    versions.add_argument("--json", action="store_true")
+
+    rollback = sub.add_parser("rollback", help="restore a version or tag as the latest version")
+    rollback.add_argument("target", help="version number or tag (a run id)")
+    _store_args(rollback)
+    rollback.add_argument("--json", action="store_true")
+    return parser
+
+
+class TerminalProgress:
+    """Chunk progress on stderr: a live bar on a terminal, plain lines every few seconds otherwise."""
+
+    def __init__(self, stream: TextIO, interval: float = 3.0) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.interval = interval
+        self.total = 0
+        self.done = 0
+        self.t0 = time.monotonic()
+        self.last = 0.0
+        self._bar: Any = None
+        self._task: Any = None
+        if self.tty:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(
+                TextColumn("embedding"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("chunks {task.fields[rate]}"),
+                TimeRemainingColumn(),
+                console=Console(file=stream),
+                transient=True,
+            )
+            self._task = self._bar.add_task("embed", total=None, rate="")
+            self._bar.start()
+
+    def _rate(self) -> float:
+        return self.done / max(1e-9, time.monotonic() - self.t0)
+
+    def add_total(self, n: int) -> None:
+        if not self.total:
+            self.t0 = time.monotonic()  # the rate counts model time, not start-up
+        self.total += n
+        if self._bar is not None:
+            self._bar.update(self._task, total=self.total)
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        rate = self._rate()
+        if self._bar is not None:
+            self._bar.update(self._task, advance=n, rate=f"{rate:.1f}/s")
+            return
+        now = time.monotonic()
+        if now - self.last >= self.interval or self.done >= self.total:
+            self.last = now
+            eta = (self.total - self.done) / rate if rate > 0 and self.total >= self.done else 0.0
+            print(
+                f"embedpipe: embedded {self.done}/{self.total} chunks ({rate:.1f}/s, eta {eta:.0f}s)",
+                file=self.stream,
+                flush=True,
+            )
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+class _NoTracebackForKnownErrors(logging.Filter):
+    """Expected failures (bad config, model mismatch) get their one-line message, not a traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], EmbedpipeError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _prepare_prefect() -> None:
+    for k, v in _PREFECT_DEFAULTS.items():
+        os.environ.setdefault(k, v)
+
+
+def _install_log_filter() -> None:
+    flt = _NoTracebackForKnownErrors()
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(flt)
+
+
+def _emit(data: Any, as_json: bool, text: str) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(data, ensure_ascii=False, default=str) + "\n")
+    else:
+        sys.stdout.write(text + ("\n" if text and not text.endswith("\n") else ""))
+    sys.stdout.flush()
+
+
+def _summary_text(s: dict[str, Any]) -> str:
+    lines = [
+        f"embedpipe run {s['run_id']} {s['status']} in {s['duration_s']:.1f}s",
+        f"  documents  {s['docs_seen']} seen, {s['docs_rejected']} rejected",
+        f"  chunks     {s['chunks_written']} written, {s['chunks_embedded']} embedded, "
+        f"{s['chunks_truncated']} truncated ({s['chunks_per_s']:.1f} chunks/s)",
+        f"  table      {s['table']} version {s['table_version']}  model {s['model_id']} on {s['device']}",
+    ]
+    if s["rejects"]:
+        lines.append("  rejects")
+        for r in s["rejects"][:20]:
+            lines.append(f"    {r['path']}: {r['reason']}")
+        if len(s["rejects"]) > 20:
+            lines.append(f"    ... and {len(s['rejects']) - 20} more (see the rejects table)")
+    if s.get("message"):
+        lines.append(f"  reason     {s['message']}")
+    return "\n".join(lines)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from embedpipe.config import get_settings
+
+    settings = get_settings(_overrides(args), args.config)
+    _prepare_prefect()
+    from embedpipe.flows.sync import sync
+    from embedpipe.progress import chunks_progress
+
+    _install_log_filter()
+    progress = TerminalProgress(sys.stderr)
+    chunks_progress.add(progress)
+    print(
+        "embedpipe: starting the sync flow (Prefect) and loading the model ...", file=sys.stderr, flush=True
+    )
+    try:
+        state = sync(args.sources, settings, return_state=True)
+    finally:
+        chunks_progress.remove(progress)
+        progress.close()
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        raise result
+    summary = result.model_dump(mode="json")
+    _emit(summary, args.json, _summary_text(summary))
+    if state.is_failed():
+        print(f"embedpipe: error: {summary.get('message') or state.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from embedpipe.config import get_settings
+    from embedpipe.resources.embedder import get_embedder
+    from embedpipe.resources.store import Store
+
+    settings = get_settings(_overrides(args) | {"model": {"device": args.device}}, args.config)
+    if args.k < 1:
+        raise EmbedpipeError(f"-k={args.k}: expected a positive number of results")
+    store = Store(settings.store)
+    identity = store.table_identity()
+    if identity is None:
+        store.require_table()
+        raise AssertionError("unreachable")
+    # Queries are embedded with the table's own model, so they land in the same vector space.
+    model = settings.model.model_copy(update={"name": identity.name, "normalize": identity.normalize})
+    embedder = get_embedder(model)
+    store.check_compatible(embedder.identity)
+    vec = embedder.encode([args.query], batch_size=1)[0]
+    hits = store.search(vec, args.k)
+    text = "\n".join(f"{h['score']:.3f}  {h['doc_id']}  {h['text'][:100]!r}" for h in hits) or "no results"
+    _emit(hits, args.json, text)
+    return 0
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    from embedpipe.config import get_settings
+    from embedpipe.resources.store import Store
+
+    settings = get_settings(_overrides(args), args.config)
+    rows = Store(settings.store).versions()
+    text = "\n".join(f"{r['version']:>6}  {r['timestamp']}  {','.join(r['tags']) or '-'}" for r in rows)
+    _emit(rows, args.json, text)
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from embedpipe.config import get_settings
+    from embedpipe.resources.store import Store
+
+    settings = get_settings(_overrides(args), args.config)
+    res = Store(settings.store).rollback(args.target)
+    _emit(
+        res,
+        args.json,
+        f"table {res['table']}: restored version {res['restored']} as new version {res['version']}",
+    )
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "search": cmd_search, "versions": cmd_versions, "rollback": cmd_rollback}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``embedpipe`` command."""
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except EmbedpipeError as e:
+        print(f"embedpipe: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(
+            "embedpipe: interrupted; the table is unchanged unless the commit had finished", file=sys.stderr
+        )
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

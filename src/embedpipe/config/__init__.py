@@ -1,0 +1,25 @@
+"""Settings: environment facts (where data lives, which model, how big a batch).
+
+Precedence, highest first: CLI flags, ``EMBEDPIPE_*`` environment variables (nested with ``__``),
+``embedpipe.toml``, defaults. Nothing is built at import time: call :func:`get_settings`.
+"""
+
+from embedpipe.config.settings import (
+    ChunkSettings,
+    ModelSettings,
+    RuntimeSettings,
+    Settings,
+    SourceSettings,
+    StoreSettings,
+    get_settings,
+)
+
+__all__ = [
+    "ChunkSettings",
+    "ModelSettings",
+    "RuntimeSettings",
+    "Settings",
+    "SourceSettings",
+    "StoreSettings",
+    "get_settings",
+]

@@ -1,0 +1,250 @@
+"""The settings model and its loader.
+
+One root :class:`Settings` with nested groups, loaded from (highest precedence first) explicit
+overrides (the CLI's flags), ``EMBEDPIPE_*`` environment variables with ``__`` as the nesting
+delimiter (``EMBEDPIPE_MODEL__BATCH_SIZE=32``), a TOML file (``./embedpipe.toml`` or the path in
+``EMBEDPIPE_CONFIG``), then defaults. A wrong value raises :class:`~embedpipe.errors.ConfigError`
+naming the setting, where it came from and what is expected.
+"""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from embedpipe.errors import ConfigError
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+SUPPORTED_EXTENSIONS = (".txt", ".md", ".html", ".htm", ".json", ".jsonl", ".csv", ".parquet")
+CONFIG_ENV = "EMBEDPIPE_CONFIG"
+DEFAULT_CONFIG_FILE = "embedpipe.toml"
+
+_toml_path: ContextVar[Path | None] = ContextVar("embedpipe_toml_path", default=None)
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SourceSettings(_Group):
+    """How sources are scanned and read."""
+
+    include: list[str] = Field(
+        default_factory=lambda: [f"**/*{ext}" for ext in SUPPORTED_EXTENSIONS],
+        description="Glob patterns (relative to each source root, ** for any depth) of files to read.",
+    )
+    exclude: list[str] = Field(
+        default_factory=lambda: ["**/.*", "**/.*/**"],
+        description="Glob patterns of files to skip; hidden files and folders by default.",
+    )
+    text_field: str = Field(
+        "text", min_length=1, description="Field holding the text in JSON/JSONL/CSV/Parquet."
+    )
+    id_field: str = Field(
+        "id", min_length=1, description="Field holding the record id in multi-record files."
+    )
+    max_file_mb: float = Field(
+        64.0, gt=0, le=100_000, description="Files larger than this are rejected (MiB)."
+    )
+    max_reject_ratio: float = Field(
+        0.5, ge=0.0, le=1.0, description="The run fails, committing nothing, when rejected/seen exceeds this."
+    )
+
+
+class ChunkSettings(_Group):
+    """How documents are cut into chunks, in tokens of the model's own tokenizer."""
+
+    tokens: int = Field(
+        256,
+        ge=8,
+        le=32_768,
+        description="Largest chunk in tokens, special tokens included; capped at the model's max_seq_length.",
+    )
+    overlap: int = Field(
+        32, ge=0, le=16_384, description="Tokens shared by consecutive chunks of a document."
+    )
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> ChunkSettings:
+        if self.overlap >= self.tokens // 2:
+            raise ValueError(
+                f"chunk.overlap={self.overlap} must be less than half of chunk.tokens={self.tokens}"
+            )
+        return self
+
+
+class ModelSettings(_Group):
+    """Which embedding model runs, where, and how."""
+
+    name: str = Field(
+        DEFAULT_MODEL,
+        min_length=1,
+        description="sentence-transformers model id or local path; the default is bundled offline.",
+    )
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
+    batch_size: int = Field(64, ge=1, le=65_536, description="Chunks per forward pass.")
+    normalize: bool = Field(True, description="Store unit-length vectors (cosine = dot product).")
+    offline: bool = Field(True, description="Never contact a model hub (HF_HUB_OFFLINE=1).")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        v = value.strip().lower()
+        if v in {"auto", "cpu", "cuda", "mps"} or (v.startswith("cuda:") and v[5:].isdigit()):
+            return v
+        raise ValueError(f"unknown device {value!r}; expected auto, cpu, cuda, cuda:N or mps")
+
+
+class StoreSettings(_Group):
+    """Where the LanceDB database lives."""
+
+    uri: str = Field(
+        ".embedpipe/db", min_length=1, description="LanceDB database URI (a folder or s3://...)."
+    )
+    table: str = Field(
+        "chunks", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$", description="Table of chunks."
+    )
+    storage_options: dict[str, SecretStr] = Field(
+        default_factory=dict, description="Object-store options (keys, endpoint); values are secret."
+    )
+
+
+class RuntimeSettings(_Group):
+    """How the flow shards and overlaps the work."""
+
+    shard_mb: float = Field(4.0, gt=0, le=4096, description="Source bytes per ingest/chunk/embed shard.")
+    shard_files: int = Field(2000, ge=1, le=1_000_000, description="Most files per shard.")
+    max_inflight_shards: int = Field(
+        3, ge=1, le=64, description="Shards read/chunked ahead of the model; bounds memory."
+    )
+    staging_ttl_hours: float = Field(
+        24.0, gt=0, description="Staged files of runs that died are removed after this many hours."
+    )
+
+
+class Settings(BaseSettings):
+    """Root settings of embedpipe."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EMBEDPIPE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    source: SourceSettings = Field(default_factory=SourceSettings)
+    chunk: ChunkSettings = Field(default_factory=ChunkSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = _toml_path.get()
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+    def public_dict(self) -> dict[str, Any]:
+        """Settings as plain JSON-able data with every secret masked, for logs and run records."""
+        return self.model_dump(mode="json")
+
+
+def _resolve_config_file(config_file: str | os.PathLike[str] | None) -> Path | None:
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(
+                f"config file not found: path={path}; pass an existing TOML file or omit --config"
+            )
+        return path
+    env_path = os.environ.get(CONFIG_ENV)
+    if env_path:
+        path = Path(env_path)
+        if not path.is_file():
+            raise ConfigError(
+                f"config file not found: {CONFIG_ENV}={env_path}; point it at a TOML file or unset it"
+            )
+        return path
+    default = Path.cwd() / DEFAULT_CONFIG_FILE
+    return default if default.is_file() else None
+
+
+def _describe(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if not isinstance(p, int)]
+    dotted = ".".join(parts) or "settings"
+    env = "EMBEDPIPE_" + "__".join(p.upper() for p in parts)
+    return f"{dotted} (env {env})"
+
+
+def get_settings(
+    overrides: dict[str, Any] | None = None,
+    config_file: str | os.PathLike[str] | None = None,
+) -> Settings:
+    """Load settings from flags, environment, TOML file and defaults.
+
+    Args:
+        overrides: Nested values that win over every other source, e.g. the CLI's
+            ``{"model": {"batch_size": 16}}``. ``None`` values are ignored.
+        config_file: A TOML file to read instead of ``$EMBEDPIPE_CONFIG`` or ``./embedpipe.toml``.
+
+    Returns:
+        The validated settings.
+
+    Raises:
+        ConfigError: A value is invalid; the message names the setting and its environment variable.
+    """
+    path = _resolve_config_file(config_file)
+    token = _toml_path.set(path)
+    try:
+        return Settings(**_prune(overrides or {}))
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            value = err.get("input")
+            shown = "" if isinstance(value, dict) else f" got {value!r};"
+            problems.append(f"{_describe(err['loc'])}:{shown} {err['msg']}")
+        origin = f" (config file {path})" if path else ""
+        raise ConfigError("invalid setting " + "; ".join(problems) + origin) from e
+    except (ValueError, OSError) as e:  # malformed TOML surfaces as a ValueError subclass
+        raise ConfigError(f"cannot read settings from config file {path}: {e}") from e
+    finally:
+        _toml_path.reset(token)
+
+
+def _prune(d: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            sub = _prune(v)
+            if sub:
+                out[k] = sub
+        elif v is not None:
+            out[k] = v
+    return out

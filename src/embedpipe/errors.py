@@ -1,0 +1,88 @@
+"""The embedpipe exception hierarchy.
+
+Every error raised on purpose by embedpipe derives from :class:`EmbedpipeError`. Each class says
+whether it is *transient* (worth a retry: a flaky disk or network) or *terminal* (retrying cannot
+help: bad configuration, a model mismatch). Prefect tasks retry only transient errors.
+"""
+
+from __future__ import annotations
+
+
+class EmbedpipeError(Exception):
+    """Base class of every embedpipe error."""
+
+    transient: bool = False
+    exit_code: int = 1
+
+
+class ConfigError(EmbedpipeError):
+    """A setting or flag has a wrong value; raised before any work starts."""
+
+    exit_code = 2
+
+
+class SourceError(EmbedpipeError):
+    """A source location cannot be scanned at all (missing folder, unsupported scheme)."""
+
+    exit_code = 2
+
+
+class ModelError(EmbedpipeError):
+    """The embedding model cannot be resolved or loaded."""
+
+    exit_code = 3
+
+
+class StoreError(EmbedpipeError):
+    """The LanceDB store failed in a way a retry may fix (I/O, commit conflict)."""
+
+    transient = True
+    exit_code = 4
+
+
+class TableNotFoundError(EmbedpipeError):
+    """The requested table does not exist in the database."""
+
+    exit_code = 4
+
+
+class ModelMismatchError(EmbedpipeError):
+    """The table was built with another model or dimension than the one configured."""
+
+    exit_code = 5
+
+
+class VersionNotFoundError(EmbedpipeError):
+    """A rollback target names no version or tag of the table."""
+
+    exit_code = 4
+
+
+class RejectRatioExceeded(EmbedpipeError):
+    """More input was rejected than ``source.max_reject_ratio`` allows; nothing was committed."""
+
+    exit_code = 6
+
+
+class RejectedInput(EmbedpipeError):
+    """One file or record cannot be used; it is quarantined with this message as the reason.
+
+    Raised inside readers and caught by the ingestion loop, never by users.
+    """
+
+
+def is_transient(exc: BaseException | None) -> bool:
+    """Tell whether an exception is worth retrying.
+
+    Args:
+        exc: The exception a task raised, or ``None``.
+
+    Returns:
+        True for embedpipe errors marked transient and for ``OSError``/``TimeoutError`` raised by
+        storage libraries; False otherwise.
+    """
+    if exc is None:
+        return False
+    if isinstance(exc, EmbedpipeError):
+        return exc.transient
+    return isinstance(exc, (TimeoutError, ConnectionError))

@@ -1,0 +1,5 @@
+"""Prefect flows: short, readable sequences of tasks that decide and build the run summary."""
+
+from embedpipe.flows.sync import sync
+
+__all__ = ["sync"]

@@ -1,0 +1,180 @@
+"""The sync flow: ingest → chunk → embed → stage, shard by shard, then one commit and a summary.
+
+Shards are pipelined: while the model embeds shard *i*, shards *i+1..i+k* are read and chunked and
+shard *i-1* is staged, with at most ``runtime.max_inflight_shards`` shards in memory. Embedding is
+chained shard after shard so that one model instance is never asked for two forward passes at once.
+Nothing becomes visible until the single ``write`` task commits the run as one table version.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.runtime import flow_run
+from prefect.states import Completed, Failed, State
+
+from embedpipe.config import Settings, get_settings
+from embedpipe.errors import EmbedpipeError, RejectRatioExceeded
+from embedpipe.progress import chunks_progress
+from embedpipe.resources.embedder import get_embedder
+from embedpipe.resources.store import StagedShard, Store
+from embedpipe.schemas import ModelIdentity, Reject, RunSummary
+from embedpipe.tasks.chunk import chunk_task
+from embedpipe.tasks.embed import embed_task, table_schema
+from embedpipe.tasks.ingest import Plan, discover_task, ingest_task
+from embedpipe.tasks.prepare import prepare_task
+from embedpipe.tasks.report import build_summary, summarize_task
+from embedpipe.tasks.write import stage_task, write_task
+
+
+@dataclass
+class _Tally:
+    seen: int = 0
+    rejects: list[Reject] = field(default_factory=list)
+    failed_files: set[tuple[str, str]] = field(default_factory=set)
+    staged: list[StagedShard] = field(default_factory=list)
+    embedded: int = 0
+    truncated: int = 0
+    seconds: float = 0.0
+
+
+class _ArtifactProgress:
+    """Mirrors chunk progress into a Prefect progress artifact, at most once per model call."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.done = 0
+        self.id: Any = None
+        try:
+            self.id = create_progress_artifact(
+                progress=0.0, key="embedpipe-sync-progress", description="Chunks embedded"
+            )
+        except Exception:  # the UI artifact is a nicety; a run never fails for it
+            self.id = None
+
+    def add_total(self, n: int) -> None:
+        self.total += n
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        if self.id is not None and self.total:
+            try:
+                update_progress_artifact(self.id, progress=min(100.0, 100.0 * self.done / self.total))
+            except Exception:
+                self.id = None
+
+    def close(self) -> None:
+        pass
+
+
+def _collect(tally: _Tally, futures: tuple[Any, Any, Any, Any]) -> None:
+    docs_f, chunks_f, emb_f, stage_f = futures
+    docs = docs_f.result()
+    chunks = chunks_f.result()
+    emb = emb_f.result()
+    tally.staged.append(stage_f.result())
+    tally.seen += docs.seen
+    tally.rejects += docs.rejects + chunks.rejects
+    tally.failed_files |= {(r.source, r.path) for r in docs.rejects}
+    tally.embedded += emb.embedded
+    tally.truncated += emb.truncated
+    tally.seconds += emb.seconds
+
+
+def _pipeline(plan: Plan, settings: Settings, run_id: str, tally: _Tally) -> None:
+    inflight: deque[tuple[Any, Any, Any, Any]] = deque()
+    prev_embed = None
+    for shard_no, refs in enumerate(plan.shards):
+        docs_f = ingest_task.submit(shard_no, refs, settings)
+        chunks_f = chunk_task.submit(docs_f, settings)
+        emb_f = embed_task.submit(chunks_f, settings, run_id, wait_for=[prev_embed] if prev_embed else None)
+        stage_f = stage_task.submit(emb_f, settings, run_id)
+        prev_embed = emb_f
+        inflight.append((docs_f, chunks_f, emb_f, stage_f))
+        # Collecting a finished shard drops our references to its tables, so memory stays bounded.
+        while len(inflight) >= settings.runtime.max_inflight_shards:
+            _collect(tally, inflight.popleft())
+    while inflight:
+        _collect(tally, inflight.popleft())
+
+
+def _run_id() -> str:
+    rid = flow_run.get_id()
+    return str(rid) if rid else str(uuid.uuid4())
+
+
+@flow(name="sync", persist_result=False, log_prints=False, validate_parameters=True)
+def sync(sources: list[str], settings: Settings | None = None) -> State[RunSummary] | RunSummary:
+    """Sync documents under ``sources`` into the chunks table as one new version.
+
+    Args:
+        sources: Folders or files to read.
+        settings: Settings; loaded from the environment and ``embedpipe.toml`` when omitted.
+
+    Returns:
+        The run summary; on failure a ``Failed`` state carrying it, and the table is unchanged.
+    """
+    settings = settings or get_settings()
+    logger = get_run_logger()
+    run_id = _run_id()
+    started = datetime.now(UTC)
+    tally = _Tally()
+    identity: ModelIdentity | None = None
+    device = ""
+    version: int | None = None
+    status, message = "completed", None
+    store = Store(settings.store)
+    progress = _ArtifactProgress()
+    chunks_progress.add(progress)
+    try:
+        identity, device = prepare_task(settings)
+        plan = discover_task(sources, settings)
+        tally.seen += len(plan.rejects)
+        tally.rejects += plan.rejects
+        _pipeline(plan, settings, run_id, tally)
+        ratio = len(tally.rejects) / tally.seen if tally.seen else 0.0
+        if ratio > settings.source.max_reject_ratio:
+            raise RejectRatioExceeded(
+                f"{len(tally.rejects)} of {tally.seen} documents rejected (ratio {ratio:.2f} > "
+                f"source.max_reject_ratio={settings.source.max_reject_ratio}); nothing was committed. "
+                "See the rejects for reasons"
+            )
+        scope = {
+            src: [p for p in paths if (src, p) not in tally.failed_files]
+            for src, paths in plan.scanned.items()
+        }
+        schema = table_schema(get_embedder(settings.model), settings)
+        version = write_task(tally.staged, settings, run_id, schema, scope)
+    except EmbedpipeError as e:
+        status, message = "failed", str(e)
+        store.drop_staging(run_id)
+    finally:
+        chunks_progress.remove(progress)
+    summary = build_summary(
+        run_id=run_id,
+        settings=settings,
+        sources=[str(s) for s in sources],
+        started_at=started,
+        status=status,
+        message=message,
+        identity=identity,
+        device=device,
+        version=version,
+        docs_seen=tally.seen,
+        rejects=tally.rejects,
+        chunks_written=sum(s.rows for s in tally.staged) if version is not None else 0,
+        chunks_embedded=tally.embedded,
+        chunks_truncated=tally.truncated,
+        embed_seconds=tally.seconds,
+    )
+    summary = summarize_task(summary, settings)
+    if status == "failed":
+        logger.warning("run failed: %s", message)
+        return Failed(message=message, data=summary)
+    return Completed(message=f"table={summary.table} version={version}", data=summary)

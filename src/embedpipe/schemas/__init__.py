@@ -1,0 +1,25 @@
+"""Arrow schemas of the data embedpipe moves and stores, and the typed run records."""
+
+from embedpipe.schemas.arrow import (
+    SCHEMA_VERSION,
+    C,
+    chunks_schema,
+    docs_schema,
+    rejects_schema,
+    runs_schema,
+    segments_schema,
+)
+from embedpipe.schemas.records import ModelIdentity, Reject, RunSummary
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "C",
+    "ModelIdentity",
+    "Reject",
+    "RunSummary",
+    "chunks_schema",
+    "docs_schema",
+    "rejects_schema",
+    "runs_schema",
+    "segments_schema",
+]

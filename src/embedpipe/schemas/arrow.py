@@ -1,0 +1,153 @@
+"""Arrow schemas, declared once with nullability and a description per field.
+
+Column names are the constants of :class:`C`; never repeat them as string literals. A golden test
+(``tests/unit/test_schemas.py``) pins every schema so that a change is a deliberate diff.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = "1"
+
+
+class C:
+    """Column names."""
+
+    DOC_ID = "doc_id"
+    SOURCE = "source"
+    PATH = "path"
+    TEXT = "text"
+    SIZE = "size_bytes"
+    MTIME = "mtime"
+    DOC_HASH = "doc_hash"
+    METADATA = "metadata"
+    CHUNK_ID = "chunk_id"
+    CHUNK_INDEX = "chunk_index"
+    CHAR_START = "char_start"
+    CHAR_END = "char_end"
+    N_TOKENS = "n_tokens"
+    CHUNK_HASH = "chunk_hash"
+    VECTOR = "vector"
+    MODEL_ID = "model_id"
+    RUN_ID = "run_id"
+    EMBEDDED_AT = "embedded_at"
+    REASON = "reason"
+    AT = "at"
+
+
+def _f(name: str, typ: pa.DataType, nullable: bool, description: str) -> pa.Field:
+    return pa.field(name, typ, nullable=nullable, metadata={"description": description})
+
+
+TS = pa.timestamp("us", tz="UTC")
+
+
+def _doc_fields() -> list[pa.Field]:
+    return [
+        _f(C.DOC_ID, pa.string(), False, "Path relative to the source root; path#<id or row> for records."),
+        _f(C.SOURCE, pa.string(), False, "The source root the document was found under (absolute)."),
+        _f(C.PATH, pa.string(), False, "File path relative to the source root, '/'-separated."),
+        _f(C.SIZE, pa.int64(), False, "Size of the source file in bytes."),
+        _f(C.MTIME, TS, False, "Modification time of the source file."),
+        _f(C.DOC_HASH, pa.string(), False, "sha256 of the document's extracted text."),
+        _f(C.METADATA, pa.string(), True, "Other fields of a record, as a JSON object."),
+    ]
+
+
+def docs_schema() -> pa.Schema:
+    """Schema of ingested documents, one row per document or record."""
+    fields = _doc_fields()
+    fields.insert(3, _f(C.TEXT, pa.string(), False, "Extracted text of the document."))
+    return pa.schema(
+        fields, metadata={"embedpipe.schema": "docs", "embedpipe.schema_version": SCHEMA_VERSION}
+    )
+
+
+def segments_schema() -> pa.Schema:
+    """Schema of chunks before embedding (no vector yet)."""
+    return pa.schema(
+        [
+            _f(C.CHUNK_ID, pa.string(), False, "blake2b-128 of doc_id, chunk_index and text."),
+            *_doc_fields(),
+            _f(C.CHUNK_INDEX, pa.int32(), False, "Position of the chunk within its document, from 0."),
+            _f(C.TEXT, pa.string(), False, "Chunk text."),
+            _f(
+                C.CHAR_START, pa.int64(), False, "Offset of the chunk's first character in the document text."
+            ),
+            _f(C.CHAR_END, pa.int64(), False, "Offset one past the chunk's last character."),
+            _f(C.N_TOKENS, pa.int32(), False, "Tokens of the model's tokenizer, special tokens excluded."),
+            _f(C.CHUNK_HASH, pa.string(), False, "sha256 of the chunk text."),
+        ],
+        metadata={"embedpipe.schema": "segments", "embedpipe.schema_version": SCHEMA_VERSION},
+    )
+
+
+def chunks_schema(dim: int, metadata: dict[str, str] | None = None) -> pa.Schema:
+    """Schema of the served chunks table.
+
+    Args:
+        dim: Embedding dimension of the model.
+        metadata: Extra schema metadata (model identity, chunking settings).
+
+    Returns:
+        The segments schema plus the vector, model and run columns.
+    """
+    if dim <= 0:
+        raise ValueError(f"dim must be positive, got {dim}")
+    base = segments_schema()
+    fields = [
+        *base,
+        _f(C.VECTOR, pa.list_(pa.float32(), dim), False, f"Embedding, float32[{dim}]."),
+        _f(C.MODEL_ID, pa.string(), False, "Model identity: name@weights-hash."),
+        _f(C.RUN_ID, pa.string(), False, "The run that embedded this chunk."),
+        _f(C.EMBEDDED_AT, TS, False, "When the chunk was embedded."),
+    ]
+    md = {"embedpipe.schema": "chunks", "embedpipe.schema_version": SCHEMA_VERSION, "embedpipe.dim": str(dim)}
+    md.update(metadata or {})
+    return pa.schema(fields, metadata=md)
+
+
+def rejects_schema() -> pa.Schema:
+    """Schema of the ``rejects`` table: what was quarantined, and why."""
+    return pa.schema(
+        [
+            _f(C.RUN_ID, pa.string(), False, "The run that rejected the input."),
+            _f(C.SOURCE, pa.string(), False, "The source root."),
+            _f(C.PATH, pa.string(), False, "File (and record) that was rejected."),
+            _f(C.REASON, pa.string(), False, "Why it was rejected."),
+            _f(C.AT, TS, False, "When."),
+        ],
+        metadata={"embedpipe.schema": "rejects", "embedpipe.schema_version": SCHEMA_VERSION},
+    )
+
+
+def runs_schema() -> pa.Schema:
+    """Schema of the ``runs`` table: one row per pipeline run, for dashboards."""
+    i64 = pa.int64()
+    return pa.schema(
+        [
+            _f(C.RUN_ID, pa.string(), False, "Prefect flow run id."),
+            _f("flow", pa.string(), False, "Flow name."),
+            _f("status", pa.string(), False, "completed or failed."),
+            _f("message", pa.string(), True, "Failure reason, if any."),
+            _f("table", pa.string(), False, "Chunks table written."),
+            _f("table_version", i64, True, "Version the run created; null when none."),
+            _f("started_at", TS, False, "Start time."),
+            _f("finished_at", TS, False, "End time."),
+            _f("duration_s", pa.float64(), False, "Wall time in seconds."),
+            _f("sources", pa.list_(pa.string()), False, "Source roots scanned."),
+            _f("docs_seen", i64, False, "Documents and records encountered, rejected ones included."),
+            _f("docs_rejected", i64, False, "Documents and records quarantined."),
+            _f("chunks_written", i64, False, "Chunk rows written."),
+            _f("chunks_embedded", i64, False, "Chunks sent through the model."),
+            _f("chunks_truncated", i64, False, "Chunks longer than the model's max_seq_length."),
+            _f("embed_seconds", pa.float64(), False, "Seconds spent inside the model."),
+            _f("chunks_per_s", pa.float64(), False, "chunks_embedded / duration_s."),
+            _f("model", pa.string(), False, "Model name."),
+            _f("model_id", pa.string(), False, "Model identity: name@weights-hash."),
+            _f("dim", pa.int32(), False, "Embedding dimension."),
+            _f("device", pa.string(), False, "Device the model ran on."),
+        ],
+        metadata={"embedpipe.schema": "runs", "embedpipe.schema_version": SCHEMA_VERSION},
+    )
