@@ -62,6 +62,8 @@ class FileRef:
     part: tuple[int, int, int] | None = None
     """For split files: (start, stop, first_row): byte range (JSONL) or row-group range (Parquet),
     and the 1-based row number of the part's first record."""
+    part_bytes: int = 0
+    """For split files: the bytes this part covers (uncompressed size for Parquet)."""
 
     @property
     def abspath(self) -> str:
@@ -69,9 +71,8 @@ class FileRef:
 
     @property
     def weight(self) -> int:
-        if self.part is None or self.kind != "jsonl":
-            return self.size if self.part is None else max(1, self.size // 8)
-        return self.part[1] - self.part[0]
+        """Bytes this ref contributes to a shard."""
+        return self.size if self.part is None else max(1, self.part_bytes)
 
 
 # --------------------------------------------------------------------------- discovery
@@ -152,7 +153,7 @@ def discover(
     rejects: list[Reject] = []
     limit = int(settings.max_file_mb * 1024 * 1024)
     keep = PathFilter(settings.include, settings.exclude)
-    seen_roots: set[str] = set()
+    seen_roots: set[tuple[str, tuple[str, ...]]] = set()
     for raw in sources:
         root_path = Path(raw).expanduser()
         if not root_path.exists() and not root_path.is_symlink():
@@ -161,13 +162,14 @@ def discover(
             root, names = str(root_path.resolve().parent), [root_path.resolve().name]
         else:
             root, names = normalize_source(raw), None
-        if (root, tuple(names or ())) in seen_roots:  # the same source given twice
+        key = (root, tuple(names or ()))
+        if key in seen_roots:  # the same source given twice is read once
             continue
-        seen_roots.add(root)
+        seen_roots.add(key)
         for rel in names if names is not None else _walk(root, rejects):
             if names is None and not keep(rel):
                 continue
-            ref_or_reject = _stat(root, rel, limit)
+            ref_or_reject = _stat(root, rel, limit, settings.max_file_mb)
             if isinstance(ref_or_reject, Reject):
                 rejects.append(ref_or_reject)
                 continue
@@ -190,7 +192,7 @@ def _walk(root: str, rejects: list[Reject]) -> Iterator[str]:
             yield os.path.relpath(full, root).replace(os.sep, "/")
 
 
-def _stat(root: str, rel: str, limit: int) -> FileRef | Reject:
+def _stat(root: str, rel: str, limit: int, limit_mb: float) -> FileRef | Reject:
     full = os.path.join(root, *rel.split("/"))
     try:
         st = os.stat(full)
@@ -236,16 +238,16 @@ def _split(ref: FileRef, split_bytes: int) -> list[FileRef]:
                         rest = fh.readline()
                         stop += len(rest)
                         lines += rest.count(b"\n")
-                    parts.append(_part(ref, start, stop, line_no))
+                    parts.append(_part(ref, start, stop, line_no, stop - start))
                     line_no += lines
                     start = stop
         else:
             md = pq.ParquetFile(ref.abspath).metadata
-            rg, row, acc, first_rg, first_row = 0, 1, 0, 0, 1
+            row, acc, first_rg, first_row = 1, 0, 0, 1
             for rg in range(md.num_row_groups):
                 acc += md.row_group(rg).total_byte_size
                 if acc >= split_bytes or rg == md.num_row_groups - 1:
-                    parts.append(_part(ref, first_rg, rg + 1, first_row))
+                    parts.append(_part(ref, first_rg, rg + 1, first_row, acc))
                     row += sum(md.row_group(i).num_rows for i in range(first_rg, rg + 1))
                     first_rg, first_row, acc = rg + 1, row, 0
     except Exception as e:  # unreadable or not Parquet: read it whole and let the reader reject it
@@ -254,8 +256,8 @@ def _split(ref: FileRef, split_bytes: int) -> list[FileRef]:
     return parts or [ref]
 
 
-def _part(ref: FileRef, start: int, stop: int, first_row: int) -> FileRef:
-    return FileRef(ref.source, ref.path, ref.size, ref.mtime_ns, ref.kind, (start, stop, first_row))
+def _part(ref: FileRef, start: int, stop: int, first_row: int, nbytes: int) -> FileRef:
+    return FileRef(ref.source, ref.path, ref.size, ref.mtime_ns, ref.kind, (start, stop, first_row), nbytes)
 
 
 def plan_shards(refs: Sequence[FileRef], shard_bytes: int, shard_files: int) -> list[list[FileRef]]:
@@ -316,11 +318,48 @@ def clean_text(text: str) -> str:
 class _VisibleText(HTMLParser):
     SKIP = frozenset({"script", "style", "noscript", "template", "svg", "iframe", "object"})
     BLOCK = frozenset(
-        (
-            "address article aside blockquote dd div dl dt fieldset figcaption figure footer form "
-            "h1 h2 h3 h4 h5 h6 header hr li main nav ol p pre section table tbody thead tfoot tr td "
-            "th ul title caption details summary"
-        ).split()
+        {
+            "address",
+            "article",
+            "aside",
+            "blockquote",
+            "dd",
+            "div",
+            "dl",
+            "dt",
+            "fieldset",
+            "figcaption",
+            "figure",
+            "footer",
+            "form",
+            "h1",
+            "h2",
+            "h3",
+            "h4",
+            "h5",
+            "h6",
+            "header",
+            "hr",
+            "li",
+            "main",
+            "nav",
+            "ol",
+            "p",
+            "pre",
+            "section",
+            "table",
+            "tbody",
+            "thead",
+            "tfoot",
+            "tr",
+            "td",
+            "th",
+            "ul",
+            "title",
+            "caption",
+            "details",
+            "summary",
+        }
     )
 
     def __init__(self) -> None:
@@ -354,8 +393,11 @@ class _VisibleText(HTMLParser):
 def html_to_text(html: str) -> str:
     """Visible text of an HTML page: no script, style or template content; blocks become paragraphs."""
     parser = _VisibleText()
-    parser.feed(html)
-    parser.close()
+    try:
+        parser.feed(html)
+        parser.close()
+    except AssertionError as e:  # html.parser asserts on some malformed markup (e.g. "<![foo]>")
+        raise RejectedInput(f"malformed HTML: {e}") from None
     raw = "".join(parser.parts)
     paragraphs = []
     for para in re.split(r"\n\s*\n", raw):
@@ -392,6 +434,12 @@ def _record(obj: Any, where: str, settings: SourceSettings, row: int) -> Record:
         str(rid) if isinstance(rid, (str, int)) and not isinstance(rid, bool) and str(rid) != "" else str(row)
     )
     meta = {k: v for k, v in obj.items() if k != settings.text_field}
+    try:  # JSON escapes can carry lone surrogates, which no UTF-8 column can hold
+        text.encode("utf-8")
+        json.dumps(meta, ensure_ascii=False, default=str).encode("utf-8")
+        key.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise RejectedInput(f"{where}: invalid Unicode (lone surrogate at position {e.start})") from None
     return key, text, meta
 
 
@@ -493,7 +541,7 @@ def _jsonl_records(ref: FileRef, settings: SourceSettings) -> Iterator[Record | 
 
 def _csv_records(ref: FileRef, text: str, settings: SourceSettings) -> Iterator[Record | Reject]:
     csv.field_size_limit(max(1 << 20, int(settings.max_file_mb * 1024 * 1024)))
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
         header = next(reader)
     except StopIteration:
@@ -503,7 +551,8 @@ def _csv_records(ref: FileRef, text: str, settings: SourceSettings) -> Iterator[
     header = [h.strip() for h in header]
     if settings.text_field not in header:
         raise RejectedInput(
-            f"CSV has no column {settings.text_field!r} (source.text_field); columns: {', '.join(header)[:200]}"
+            f"CSV has no column {settings.text_field!r} (source.text_field); "
+            f"columns: {', '.join(header)[:200]}"
         )
     row = 0
     while True:
@@ -521,7 +570,8 @@ def _csv_records(ref: FileRef, text: str, settings: SourceSettings) -> Iterator[
         if len(values) != len(header):
             yield Reject(
                 path=f"{ref.path}#{row}",
-                reason=f"row {row} (line {reader.line_num}): expected {len(header)} fields, got {len(values)}",
+                reason=f"row {row} (line {reader.line_num}): expected {len(header)} fields, "
+                f"got {len(values)}",
                 source=ref.source,
             )
             continue
@@ -541,7 +591,8 @@ def _parquet_records(ref: FileRef, settings: SourceSettings) -> Iterator[Record 
         raise RejectedInput(f"not a readable Parquet file: {type(e).__name__}: {e}") from None
     if settings.text_field not in names:
         raise RejectedInput(
-            f"Parquet file has no column {settings.text_field!r} (source.text_field); columns: {', '.join(names)[:200]}"
+            f"Parquet file has no column {settings.text_field!r} (source.text_field); "
+            f"columns: {', '.join(names)[:200]}"
         )
     first_rg, stop_rg, row = ref.part if ref.part else (0, pf.metadata.num_row_groups, 1)
     for rg in range(first_rg, stop_rg):
@@ -579,9 +630,10 @@ def read_documents(refs: Sequence[FileRef], settings: SourceSettings) -> tuple[p
     cols: dict[str, list[Any]] = {f.name: [] for f in docs_schema()}
     rejects: list[Reject] = []
     seen = 0
+    keys_by_file: dict[tuple[str, str], set[str]] = {}
     for ref in refs:
         mtime = datetime.fromtimestamp(ref.mtime_ns / 1e9, tz=UTC)
-        keys: set[str] = set()
+        keys = keys_by_file.setdefault((ref.source, ref.path), set())
         try:
             for item in iter_records(ref, settings):
                 seen += 1

@@ -33,7 +33,18 @@ from pydantic_settings import (
 from embedpipe.errors import ConfigError
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-SUPPORTED_EXTENSIONS = (".txt", ".md", ".html", ".htm", ".json", ".jsonl", ".csv", ".parquet")
+SUPPORTED_EXTENSIONS = (
+    ".txt",
+    ".md",
+    ".markdown",
+    ".html",
+    ".htm",
+    ".json",
+    ".jsonl",
+    ".ndjson",
+    ".csv",
+    ".parquet",
+)
 CONFIG_ENV = "EMBEDPIPE_CONFIG"
 DEFAULT_CONFIG_FILE = "embedpipe.toml"
 

@@ -39,6 +39,8 @@ class _Tally:
     rejects: list[Reject] = field(default_factory=list)
     failed_files: set[tuple[str, str]] = field(default_factory=set)
     staged: list[StagedShard] = field(default_factory=list)
+    split_ids: set[str] = field(default_factory=set)
+    exclude: dict[str, list[str]] = field(default_factory=dict)
     embedded: int = 0
     truncated: int = 0
     seconds: float = 0.0
@@ -78,8 +80,17 @@ def _collect(tally: _Tally, futures: tuple[Any, Any, Any, Any]) -> None:
     docs = docs_f.result()
     chunks = chunks_f.result()
     emb = emb_f.result()
-    tally.staged.append(stage_f.result())
+    staged = stage_f.result()
+    tally.staged.append(staged)
     tally.seen += docs.seen
+    # Parts of one big record file are read in different shards: an id seen in an earlier part wins.
+    for doc_id in docs.split_ids:
+        if doc_id in tally.split_ids:
+            tally.exclude.setdefault(staged.uri, []).append(doc_id)
+            tally.rejects.append(
+                Reject(path=doc_id, reason="duplicate id in this file (an earlier part has it)")
+            )
+        tally.split_ids.add(doc_id)
     tally.rejects += docs.rejects + chunks.rejects
     tally.failed_files |= {(r.source, r.path) for r in docs.rejects}
     tally.embedded += emb.embedded
@@ -128,6 +139,7 @@ def sync(sources: list[str], settings: Settings | None = None) -> State[RunSumma
     identity: ModelIdentity | None = None
     device = ""
     version: int | None = None
+    written = 0
     status, message = "completed", None
     store = Store(settings.store)
     progress = _ArtifactProgress()
@@ -150,9 +162,13 @@ def sync(sources: list[str], settings: Settings | None = None) -> State[RunSumma
             for src, paths in plan.scanned.items()
         }
         schema = table_schema(get_embedder(settings.model), settings)
-        version = write_task(tally.staged, settings, run_id, schema, scope)
+        version, written = write_task(tally.staged, settings, run_id, schema, scope, tally.exclude)
     except EmbedpipeError as e:
         status, message = "failed", str(e)
+        store.drop_staging(run_id)
+    except Exception as e:  # a bug or a library failure: recorded as a failed run, table untouched
+        logger.error("run failed unexpectedly: %s: %s", type(e).__name__, e, exc_info=True)
+        status, message = "failed", f"{type(e).__name__}: {e}"
         store.drop_staging(run_id)
     finally:
         chunks_progress.remove(progress)
@@ -168,7 +184,7 @@ def sync(sources: list[str], settings: Settings | None = None) -> State[RunSumma
         version=version,
         docs_seen=tally.seen,
         rejects=tally.rejects,
-        chunks_written=sum(s.rows for s in tally.staged) if version is not None else 0,
+        chunks_written=written,
         chunks_embedded=tally.embedded,
         chunks_truncated=tally.truncated,
         embed_seconds=tally.seconds,

@@ -13,11 +13,12 @@ import logging
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
@@ -104,7 +105,8 @@ class Store:
         table = self.open_table(name)
         if table is None:
             raise TableNotFoundError(
-                f"table={name or self.settings.table} not found in database uri={self.uri}; run `embedpipe run` first"
+                f"table={name or self.settings.table} not found in database uri={self.uri}; "
+                "run `embedpipe run` first"
             )
         return table
 
@@ -201,7 +203,8 @@ class Store:
         staged: Sequence[StagedShard],
         schema: pa.Schema,
         replace_scope: dict[str, list[str]],
-    ) -> int | None:
+        exclude: dict[str, list[str]] | None = None,
+    ) -> tuple[int | None, int]:
         """Apply a run's staged shards to the table as exactly one new version, tagged with the run id.
 
         Args:
@@ -210,17 +213,31 @@ class Store:
             schema: The chunks schema (with model identity metadata).
             replace_scope: Per source root, the files this run re-read: their chunks that the run did
                 not produce again are removed in the same commit.
+            exclude: Per staged file URI, documents to leave out (found to be duplicates later).
 
         Returns:
-            The new version, or ``None`` when there was nothing to write.
+            ``(version, rows)``: the new version (``None`` when there was nothing to write) and the
+            number of chunk rows written.
         """
         files = [s.uri for s in staged if s.rows]
         if not files:
-            return None
+            return None, 0
+        exclude = exclude or {}
         fs, _ = self._fs()
-        paths = [u if "://" not in u else pafs.FileSystem.from_uri(u)[1] for u in files]
-        dataset = pads.dataset(paths, format="ipc", filesystem=fs, schema=schema)
-        reader = dataset.scanner(batch_size=8192).to_reader()
+        written = 0
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            nonlocal written
+            for uri in files:
+                path = uri if "://" not in uri else pafs.FileSystem.from_uri(uri)[1]
+                dataset = pads.dataset(path, format="ipc", filesystem=fs, schema=schema)
+                drop = exclude.get(uri)
+                flt = ~pc.field(C.DOC_ID).isin(drop) if drop else None
+                for batch in dataset.to_batches(filter=flt, batch_size=8192):
+                    written += batch.num_rows
+                    yield batch
+
+        reader = pa.RecordBatchReader.from_batches(schema, batches())
         name = self.settings.table
         try:
             table = self.open_table(name)
@@ -243,7 +260,7 @@ class Store:
             table.tags.create(run_id, version)
         except Exception as e:  # the data is committed; a missing tag is reported, not fatal
             log.warning("could not tag version=%d with run_id=%s: %s", version, run_id, e)
-        return version
+        return version, written
 
     # ------------------------------------------------------------------ records
 

@@ -34,6 +34,8 @@ class Documents:
     table: pa.Table
     rejects: list[Reject]
     seen: int
+    split_ids: list[str] = field(default_factory=list)
+    """doc_ids of records read from parts of split files, checked for duplicates across shards."""
 
 
 def make_plan(sources: Sequence[str], settings: Settings) -> Plan:

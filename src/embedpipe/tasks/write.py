@@ -24,12 +24,11 @@ def write_task(
     run_id: str,
     schema: pa.Schema,
     scope: dict[str, list[str]],
-) -> int | None:
+    exclude: dict[str, list[str]],
+) -> tuple[int | None, int]:
     """Commit the staged shards as exactly one new table version tagged with the run id."""
     store = Store(settings.store)
-    version = store.commit(run_id, staged, schema, scope)
+    version, rows = store.commit(run_id, staged, schema, scope, exclude)
     store.drop_staging(run_id)
-    get_run_logger().info(
-        "stage=write table=%s version=%s rows=%d", settings.store.table, version, sum(s.rows for s in staged)
-    )
-    return version
+    get_run_logger().info("stage=write table=%s version=%s rows=%d", settings.store.table, version, rows)
+    return version, rows

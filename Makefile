@@ -1,0 +1,48 @@
+# embedpipe developer targets. The README names `make demo` and `make test`.
+VENV   ?= .venv
+PYTHON ?= python3
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# On machines without an NVIDIA GPU the CPU build of torch is installed first, so the unpinned
+# `torch` dependency is already satisfied and pip does not pull a multi-GB CUDA build. Point
+# TORCH_INDEX at https://download.pytorch.org/whl/cpu where PyPI's default torch is a CUDA build.
+TORCH_CPU   ?= torch==2.13.0
+TORCH_INDEX ?=
+
+.PHONY: setup demo test lint typecheck bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	@if command -v nvidia-smi >/dev/null 2>&1; then \
+		echo "NVIDIA GPU found: installing the default (CUDA) torch"; \
+	else \
+		echo "no NVIDIA GPU: installing the CPU build of torch first ($(TORCH_CPU))"; \
+		$(PIP) install --quiet "$(TORCH_CPU)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)); \
+	fi
+	$(PIP) install --quiet -e ".[dev]"
+	touch $@
+
+# First command of the README: set up and run the main job on the bundled sample corpus.
+demo: setup
+	$(VENV)/bin/embedpipe run examples/corpus
+	$(VENV)/bin/embedpipe search "how do vector indexes trade recall for speed" -k 3
+
+# Second command of the README, and what .ci/run calls.
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+bench: setup
+	$(PY) benchmarks/throughput.py
+
+clean:
+	rm -rf .embedpipe .pytest_cache test-artifacts

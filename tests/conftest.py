@@ -1,0 +1,61 @@
+"""Shared fixtures: the fake embedder, settings on a temporary database, Prefect's test harness."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from embedpipe.config import Settings, get_settings
+from embedpipe.resources.embedder import register_embedder
+from tests.fakes import FakeEmbedder
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_CORPUS = ROOT / "examples" / "corpus"
+CASES = Path(__file__).resolve().parent / "cases"
+
+register_embedder("fake:", FakeEmbedder)
+
+# Tests never reach a model hub, and Prefect never phones home.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No EMBEDPIPE_* variables or embedpipe.toml from the developer's shell leak into a test."""
+    for key in list(os.environ):
+        if key.startswith("EMBEDPIPE_"):
+            monkeypatch.delenv(key, raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+def make_settings(tmp_path: Path, **groups: dict[str, Any]) -> Settings:
+    """Settings on a temporary database with the fake model unless ``model`` says otherwise."""
+    overrides: dict[str, Any] = {"store": {"uri": str(tmp_path / "db")}, "model": {"name": "fake:32"}}
+    for group, values in groups.items():
+        overrides.setdefault(group, {}).update(values)
+    return get_settings(overrides)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[str]:
+    """A temporary Prefect server for the whole session; yields its API URL."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield str(PREFECT_API_URL.value())
+
+
+def write(path: Path, content: str | bytes) -> Path:
+    """Write a test document, creating folders."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+    return path

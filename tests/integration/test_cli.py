@@ -1,0 +1,187 @@
+"""The ``embedpipe`` command as users run it: subprocesses, the real bundled model, real Prefect.
+
+Most tests point the CLI at the session's Prefect test server (``PREFECT_API_URL``) to save the
+temporary server's start-up; one runs exactly like a first run on a fresh machine, with Prefect's
+embedded temporary server, and checks that the console stays clean.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SAMPLE_CORPUS, write
+
+pytestmark = pytest.mark.slow
+
+REQUIRED_RUN_KEYS = {
+    "run_id",
+    "table",
+    "table_version",
+    "docs_seen",
+    "docs_rejected",
+    "chunks_written",
+    "chunks_embedded",
+    "chunks_truncated",
+    "duration_s",
+    "rejects",
+}
+
+
+def cli_env(api_url: str | None, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EMBEDPIPE_", "PREFECT_"))}
+    env["HF_HUB_OFFLINE"] = "1"
+    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    env.update(extra)
+    return env
+
+
+def embedpipe(*args: str, cwd: Path, env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "embedpipe.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def mini_corpus(root: Path) -> Path:
+    write(root / "en" / "embeddings.md", (SAMPLE_CORPUS / "basics" / "what-are-embeddings.md").read_text())
+    write(root / "en" / "ann.md", (SAMPLE_CORPUS / "search" / "ann-indexes.md").read_text())
+    write(root / "zh" / "intro.txt", (SAMPLE_CORPUS / "zh" / "embeddings-intro.txt").read_text())
+    write(root / "bad" / "blob.txt", b"\x00\x00binary\x00")
+    return root
+
+
+def test_run_json_contract_versions_search_rollback(tmp_path: Path, prefect_harness: str) -> None:
+    env = cli_env(prefect_harness)
+    src = mini_corpus(tmp_path / "src")
+    first = embedpipe("run", str(src), "--db", "db", "--json", cwd=tmp_path, env=env)
+    assert first.returncode == 0, first.stderr
+    summary = json.loads(first.stdout)  # stdout is exactly one JSON object
+    assert set(summary) >= REQUIRED_RUN_KEYS
+    assert summary["table"] == "chunks" and summary["table_version"] == 1
+    assert summary["docs_seen"] == 4 and summary["docs_rejected"] == 1
+    assert summary["rejects"][0]["path"] == "bad/blob.txt" and "binary" in summary["rejects"][0]["reason"]
+    assert summary["chunks_written"] == summary["chunks_embedded"] > 3
+    assert summary["chunks_truncated"] == 0
+
+    second = embedpipe("run", str(src), "--db", "db", "--json", "--batch-size", "8", cwd=tmp_path, env=env)
+    assert second.returncode == 0, second.stderr
+    assert json.loads(second.stdout)["table_version"] == 2
+
+    versions = embedpipe("versions", "--db", "db", "--json", cwd=tmp_path, env=env)
+    rows = json.loads(versions.stdout)
+    assert [r["version"] for r in rows] == [1, 2]
+    assert rows[0]["run_id"] == summary["run_id"] and summary["run_id"] in rows[0]["tags"]
+    assert set(rows[0]) == {"version", "timestamp", "tags", "run_id"}
+
+    found = embedpipe(
+        "search",
+        "approximate nearest neighbour index",
+        "--db",
+        "db",
+        "-k",
+        "3",
+        "--json",
+        cwd=tmp_path,
+        env=env,
+    )
+    hits = json.loads(found.stdout)
+    assert len(hits) == 3 and set(hits[0]) == {"doc_id", "chunk_id", "text", "score"}
+    assert hits[0]["doc_id"] == "en/ann.md"
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+
+    back = embedpipe("rollback", summary["run_id"], "--db", "db", cwd=tmp_path, env=env)
+    assert back.returncode == 0, back.stderr
+    assert "restored version 1 as new version 3" in back.stdout
+    missing = embedpipe("rollback", "42", "--db", "db", cwd=tmp_path, env=env)
+    assert missing.returncode != 0
+    assert missing.stderr.strip().splitlines() == [
+        "embedpipe: error: version=42 not found in table=chunks; see `embedpipe versions`"
+    ]
+
+
+def test_wrong_setting_fails_at_start_naming_it(tmp_path: Path) -> None:
+    env = cli_env(None, EMBEDPIPE_CHUNK__OVERLAP="500")
+    bad_flag = embedpipe("run", str(tmp_path), "--batch-size", "0", cwd=tmp_path, env=cli_env(None))
+    assert bad_flag.returncode == 2
+    assert "model.batch_size" in bad_flag.stderr and len(bad_flag.stderr.strip().splitlines()) == 1
+    bad_env = embedpipe("run", str(tmp_path), cwd=tmp_path, env=env)
+    assert bad_env.returncode == 2 and "chunk.overlap=500" in bad_env.stderr
+    no_table = embedpipe("search", "x", "--db", "nowhere", cwd=tmp_path, env=cli_env(None))
+    assert no_table.returncode != 0 and "table=chunks not found" in no_table.stderr
+
+
+def test_first_run_with_embedded_prefect_is_clean(tmp_path: Path) -> None:
+    """Like the README's first command on a fresh machine: default database, temporary server."""
+    env = cli_env(None, PREFECT_HOME=str(tmp_path / "prefect-home"))
+    proc = embedpipe("run", str(SAMPLE_CORPUS), cwd=tmp_path, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    for noise in ("Traceback", "ERROR", "WARN", "Warning"):
+        assert noise not in proc.stderr, proc.stderr
+        assert noise not in proc.stdout
+    assert "embedded" in proc.stderr  # progress is shown
+    assert "completed" in proc.stdout and "0 truncated" in proc.stdout
+    assert (tmp_path / ".embedpipe" / "db" / "chunks.lance").is_dir()
+
+
+def test_sigkill_mid_run_keeps_previous_version_and_next_run_recovers(
+    tmp_path: Path, prefect_harness: str
+) -> None:
+    env = cli_env(
+        prefect_harness, EMBEDPIPE_RUNTIME__SHARD_MB="0.002", EMBEDPIPE_RUNTIME__MAX_INFLIGHT_SHARDS="2"
+    )
+    src = tmp_path / "src"
+    base = (SAMPLE_CORPUS / "basics" / "vector-similarity.txt").read_text()
+    write(src / "doc-000.txt", base)
+    ok = embedpipe("run", str(src), "--db", "db", "--json", cwd=tmp_path, env=env)
+    assert ok.returncode == 0, ok.stderr
+    v1 = json.loads(ok.stdout)
+    for i in range(1, 40):
+        write(src / f"doc-{i:03d}.txt", f"Document {i}.\n\n" + base)
+    staging = tmp_path / "db" / "_embedpipe_staging" / "chunks"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "embedpipe.cli", "run", str(src), "--db", "db", "--json"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if staging.is_dir() and any(staging.rglob("shard-*.arrow")):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+    versions = json.loads(embedpipe("versions", "--db", "db", "--json", cwd=tmp_path, env=env).stdout)
+    assert [r["version"] for r in versions] == [v1["table_version"]]  # nothing partial became visible
+    import lancedb
+
+    table = lancedb.connect(str(tmp_path / "db")).open_table("chunks")
+    assert table.count_rows() == v1["chunks_written"]
+
+    again = embedpipe("run", str(src), "--db", "db", "--json", cwd=tmp_path, env=env)
+    assert again.returncode == 0, again.stderr
+    done = json.loads(again.stdout)
+    assert done["table_version"] == v1["table_version"] + 1
+    table = lancedb.connect(str(tmp_path / "db")).open_table("chunks")
+    rows = table.to_arrow()
+    ids = rows.column("chunk_id").to_pylist()
+    assert len(ids) == len(set(ids)) == done["chunks_written"]
+    assert len(set(rows.column("doc_id").to_pylist())) == 40

@@ -1,0 +1,96 @@
+"""Settings: precedence (flags > env > TOML > defaults), nesting, secrets and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from embedpipe.config import get_settings
+from embedpipe.errors import ConfigError
+
+
+def test_defaults() -> None:
+    s = get_settings()
+    assert s.store.uri == ".embedpipe/db"
+    assert s.store.table == "chunks"
+    assert s.model.name == "sentence-transformers/all-MiniLM-L6-v2"
+    assert s.model.normalize is True
+    assert s.chunk.tokens == 256 and s.chunk.overlap == 32
+
+
+def test_precedence_flags_over_env_over_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "embedpipe.toml").write_text(
+        '[model]\nbatch_size = 8\nname = "from-toml"\n[store]\ntable = "toml_table"\nuri = "toml-db"\n'
+    )
+    monkeypatch.setenv("EMBEDPIPE_MODEL__BATCH_SIZE", "16")
+    monkeypatch.setenv("EMBEDPIPE_STORE__TABLE", "env_table")
+    s = get_settings({"store": {"table": "flag_table"}})
+    assert s.store.table == "flag_table"  # flag beats env and TOML
+    assert s.model.batch_size == 16  # env beats TOML
+    assert s.model.name == "from-toml"  # TOML beats default
+    assert s.store.uri == "toml-db"
+    assert s.chunk.tokens == 256  # default
+
+
+def test_config_file_from_env_var(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "other.toml"
+    cfg.write_text("[chunk]\ntokens = 128\noverlap = 16\n")
+    monkeypatch.setenv("EMBEDPIPE_CONFIG", str(cfg))
+    s = get_settings()
+    assert (s.chunk.tokens, s.chunk.overlap) == (128, 16)
+
+
+def test_none_overrides_are_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EMBEDPIPE_MODEL__DEVICE", "cpu")
+    s = get_settings({"model": {"device": None, "batch_size": None}})
+    assert s.model.device == "cpu"
+    assert s.model.batch_size == 64
+
+
+@pytest.mark.parametrize(
+    ("overrides", "env", "needle"),
+    [
+        ({"model": {"batch_size": 0}}, {}, "model.batch_size (env EMBEDPIPE_MODEL__BATCH_SIZE)"),
+        ({}, {"EMBEDPIPE_MODEL__BATCH_SIZE": "lots"}, "model.batch_size"),
+        ({"model": {"device": "tpu"}}, {}, "model.device"),
+        ({"chunk": {"tokens": 64, "overlap": 40}}, {}, "chunk.overlap=40"),
+        ({"source": {"max_reject_ratio": 1.5}}, {}, "source.max_reject_ratio"),
+        ({"store": {"table": "../escape"}}, {}, "store.table"),
+        ({}, {"EMBEDPIPE_SOURCE__MAX_FILE_MB": "-1"}, "source.max_file_mb"),
+    ],
+)
+def test_wrong_value_names_the_setting(
+    overrides: dict, env: dict, needle: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ConfigError) as exc:
+        get_settings(overrides)
+    assert needle in str(exc.value)
+
+
+def test_unknown_setting_in_toml_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "embedpipe.toml").write_text("[model]\nbatchsize = 8\n")
+    with pytest.raises(ConfigError, match=r"model\.batchsize"):
+        get_settings()
+
+
+def test_malformed_toml_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "embedpipe.toml").write_text("[model\nname = \n")
+    with pytest.raises(ConfigError, match=r"embedpipe\.toml"):
+        get_settings()
+
+
+def test_missing_config_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"nope\.toml"):
+        get_settings(config_file=tmp_path / "nope.toml")
+
+
+def test_secrets_never_appear_in_dumps_or_reprs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EMBEDPIPE_STORE__STORAGE_OPTIONS", '{"aws_secret_access_key": "hunter2-very-secret"}')
+    s = get_settings()
+    assert s.store.storage_options["aws_secret_access_key"].get_secret_value() == "hunter2-very-secret"
+    assert "hunter2" not in repr(s)
+    assert "hunter2" not in str(s.public_dict())
+    assert "hunter2" not in s.model_dump_json()

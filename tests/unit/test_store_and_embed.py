@@ -1,0 +1,158 @@
+"""Embedding a chunks table and the LanceDB store: staging, one-version commits, tags, rollback, search.
+
+Real LanceDB in a temporary folder; the fake embedder stands in for the model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from embedpipe.chunking import chunk_documents
+from embedpipe.config import ModelSettings
+from embedpipe.errors import ModelMismatchError, TableNotFoundError, VersionNotFoundError
+from embedpipe.readers import discover, read_documents
+from embedpipe.resources.store import STAGING_DIR, Store
+from embedpipe.schemas import C
+from embedpipe.tasks.embed import embed_chunks, table_schema
+from tests.conftest import make_settings, write
+from tests.fakes import FakeEmbedder
+
+RUN_A = "11111111-1111-1111-1111-111111111111"
+RUN_B = "22222222-2222-2222-2222-222222222222"
+
+
+def build(tmp_path: Path, files: dict[str, str], model: str = "fake:16", budget: int = 20):
+    settings = make_settings(tmp_path, model={"name": model})
+    src = tmp_path / "src"
+    for name, body in files.items():
+        write(src / name, body)
+    refs, _ = discover([str(src)], settings.source, split_bytes=1 << 30)
+    docs, rejects, _ = read_documents(refs, settings.source)
+    assert not rejects
+    embedder = FakeEmbedder(ModelSettings(name=model))
+    chunks, _ = chunk_documents(docs, embedder.tokenizer, budget, 2)
+    schema = table_schema(embedder, settings)
+    return settings, embedder, chunks, schema, str(src.resolve()), sorted(f for f in files)
+
+
+def test_embed_keeps_row_order_and_counts_truncation(tmp_path: Path) -> None:
+    _, embedder, chunks, schema, _, _ = build(tmp_path, {"a.txt": "one two three. " * 40, "b.txt": "short"})
+    table, truncated, _ = embed_chunks(chunks, embedder, 4, RUN_A, schema)
+    assert table.schema.equals(schema)
+    assert table.column(C.CHUNK_ID).to_pylist() == chunks.column(C.CHUNK_ID).to_pylist()
+    direct = embedder.encode(chunks.column(C.TEXT).to_pylist(), 4)
+    stored = np.stack(table.column(C.VECTOR).to_numpy(zero_copy_only=False))
+    np.testing.assert_allclose(stored, direct, rtol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(stored, axis=1), 1.0, rtol=1e-5)
+    assert truncated == 0
+    # A chunk over the model limit (128 with 2 specials) is counted, not silently cut.
+    long_chunks = chunks.set_column(
+        chunks.schema.get_field_index(C.N_TOKENS), C.N_TOKENS, pa.array([127] * chunks.num_rows, pa.int32())
+    )
+    _, truncated, _ = embed_chunks(long_chunks, embedder, 4, RUN_A, schema)
+    assert truncated == chunks.num_rows
+
+
+def test_commit_is_one_version_with_run_tag(tmp_path: Path) -> None:
+    settings, embedder, chunks, schema, src, paths = build(tmp_path, {"a.txt": "alpha beta. " * 50})
+    store = Store(settings.store)
+    table, _, _ = embed_chunks(chunks, embedder, 8, RUN_A, schema)
+    staged = [store.stage(RUN_A, i, table.slice(i * 5, 5)) for i in range((table.num_rows + 4) // 5)]
+    assert len(staged) > 1
+    assert store.open_table() is None  # staging is invisible
+    version, rows = store.commit(RUN_A, staged, schema, {src: paths})
+    assert rows == table.num_rows
+    tbl = store.open_table()
+    assert tbl.count_rows() == table.num_rows
+    assert [v["version"] for v in store.versions()] == [version]
+    assert store.versions()[0]["run_id"] == RUN_A
+    assert store.table_identity() == embedder.identity
+    store.drop_staging(RUN_A)
+    assert not (Path(store.uri) / STAGING_DIR / settings.store.table / RUN_A).exists()
+
+
+def test_second_commit_replaces_stale_chunks_of_rescanned_files(tmp_path: Path) -> None:
+    settings, embedder, chunks, schema, src, paths = build(
+        tmp_path, {"a.txt": "alpha beta gamma. " * 30, "b.txt": "keep me. " * 5}
+    )
+    store = Store(settings.store)
+    t1, _, _ = embed_chunks(chunks, embedder, 8, RUN_A, schema)
+    v1, _ = store.commit(RUN_A, [store.stage(RUN_A, 0, t1)], schema, {src: paths})
+    # a.txt shrank: its old chunks must go; b.txt was not rescanned this time and must stay.
+    shrunk = chunks.filter(pa.compute.equal(chunks.column(C.PATH), "a.txt")).slice(0, 1)
+    t2, _, _ = embed_chunks(shrunk, embedder, 8, RUN_B, schema)
+    v2, _ = store.commit(RUN_B, [store.stage(RUN_B, 0, t2)], schema, {src: ["a.txt"]})
+    assert v2 == v1 + 1
+    rows = store.open_table().to_arrow()
+    by_path = {p: rows.column(C.PATH).to_pylist().count(p) for p in ("a.txt", "b.txt")}
+    assert by_path == {"a.txt": 1, "b.txt": chunks.column(C.PATH).to_pylist().count("b.txt")}
+    assert len(set(rows.column(C.CHUNK_ID).to_pylist())) == rows.num_rows
+
+
+def test_empty_commit_creates_no_version(tmp_path: Path) -> None:
+    settings, *_ = build(tmp_path, {"a.txt": "x"})
+    store = Store(settings.store)
+    assert store.commit(RUN_A, [], None, {}) == (None, 0)  # type: ignore[arg-type]
+    assert store.open_table() is None
+
+
+def test_other_model_is_refused(tmp_path: Path) -> None:
+    settings, embedder, chunks, schema, src, paths = build(tmp_path, {"a.txt": "alpha. " * 20})
+    store = Store(settings.store)
+    t1, _, _ = embed_chunks(chunks, embedder, 8, RUN_A, schema)
+    store.commit(RUN_A, [store.stage(RUN_A, 0, t1)], schema, {src: paths})
+    other_dim = FakeEmbedder(ModelSettings(name="fake:24"))
+    with pytest.raises(ModelMismatchError, match=r"table=chunks was built with model=fake:16.*dim=16"):
+        store.check_compatible(other_dim.identity)
+    same_dim_other_weights = FakeEmbedder(ModelSettings(name="fake:16:7"))
+    with pytest.raises(ModelMismatchError, match="--table NAME"):
+        store.check_compatible(same_dim_other_weights.identity)
+    store.check_compatible(embedder.identity)  # the same model passes
+
+
+def test_versions_rollback_and_search(tmp_path: Path) -> None:
+    settings, embedder, chunks, schema, src, paths = build(
+        tmp_path, {"cats.txt": "cats purr and sleep. " * 5, "cars.txt": "engines and wheels. " * 5}
+    )
+    store = Store(settings.store)
+    t1, _, _ = embed_chunks(chunks, embedder, 8, RUN_A, schema)
+    v1, _ = store.commit(RUN_A, [store.stage(RUN_A, 0, t1)], schema, {src: paths})
+    only_cats = t1.filter(pa.compute.equal(t1.column(C.PATH), "cats.txt"))
+    store.commit(RUN_B, [store.stage(RUN_B, 0, only_cats)], schema, {src: paths})
+    assert store.open_table().count_rows() == only_cats.num_rows
+    hits = store.search(embedder.encode(["engines wheels"], 1)[0], k=3)
+    assert all(h[C.DOC_ID] == "cats.txt" for h in hits)
+    res = store.rollback(RUN_A)  # by tag (the run id)
+    assert res["restored"] == v1
+    assert store.open_table().count_rows() == t1.num_rows
+    query = embedder.encode(["engines wheels"], 1)[0]
+    hits = store.search(query, k=1)
+    assert hits[0][C.DOC_ID] == "cars.txt"
+    stored = t1.filter(pa.compute.equal(t1.column(C.CHUNK_ID), hits[0][C.CHUNK_ID])).column(C.VECTOR)[0]
+    assert hits[0]["score"] == pytest.approx(float(np.dot(query, stored.values.to_numpy())), abs=1e-4)
+    assert set(hits[0]) == {C.DOC_ID, C.CHUNK_ID, C.TEXT, "score"}
+    store.rollback(str(v1 + 1))  # by number
+    assert store.open_table().count_rows() == only_cats.num_rows
+    with pytest.raises(VersionNotFoundError, match="999"):
+        store.rollback("999")
+    with pytest.raises(VersionNotFoundError, match="no-such-tag"):
+        store.rollback("no-such-tag")
+
+
+def test_missing_table_is_a_clear_error(tmp_path: Path) -> None:
+    store = Store(make_settings(tmp_path).store)
+    with pytest.raises(TableNotFoundError, match="table=chunks not found"):
+        store.versions()
+
+
+def test_store_and_embedder_pickle_without_connections(tmp_path: Path) -> None:
+    import pickle
+
+    store = Store(make_settings(tmp_path).store)
+    _ = store.db
+    clone = pickle.loads(pickle.dumps(store))
+    assert clone.uri == store.uri and clone._db is None
