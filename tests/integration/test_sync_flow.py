@@ -167,3 +167,46 @@ def test_missing_source_fails_with_clear_message(tmp_path: Path) -> None:
     state, _s = run([tmp_path / "nope"], make_settings(tmp_path))
     assert state.is_failed()
     assert "source not found" in state.message and "nope" in state.message
+
+
+class _ArrowHighWater:
+    """Samples Arrow's allocated bytes each time the model finishes a call."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+
+    def add_total(self, n: int) -> None:
+        pass
+
+    def advance(self, n: int) -> None:
+        import pyarrow as pa
+
+        self.peak = max(self.peak, pa.total_allocated_bytes())
+
+    def close(self) -> None:
+        pass
+
+
+def test_memory_does_not_grow_with_corpus_size(tmp_path: Path) -> None:
+    """Shards are released once staged: 4x the documents must not mean 4x the Arrow memory."""
+    from embedpipe.progress import chunks_progress
+
+    def peak_for(n_files: int) -> int:
+        src = tmp_path / f"src{n_files}"
+        for i in range(n_files):
+            write(src / f"doc{i:03d}.txt", f"Document {i}. " + "Words about many topics. " * 2000)
+        settings = make_settings(
+            tmp_path / f"w{n_files}", runtime={"shard_mb": 0.04, "max_inflight_shards": 2}
+        )
+        probe = _ArrowHighWater()
+        chunks_progress.add(probe)
+        try:
+            state, s = run([src], settings)
+        finally:
+            chunks_progress.remove(probe)
+        assert state.is_completed() and s.docs_seen == n_files
+        return probe.peak
+
+    small, large = peak_for(6), peak_for(24)
+    assert small > 0
+    assert large < 1.6 * small, (small, large)

@@ -248,7 +248,7 @@ def get_embedder(settings: ModelSettings) -> Embedder:
     key = (settings.name, settings.device, settings.normalize, settings.offline)
     with _cache_lock:
         if key not in _cache:
-            factory: EmbedderFactory = SentenceTransformerEmbedder
+            factory: EmbedderFactory = SentenceTransformerEmbedder  # type: ignore[assignment]
             for prefix, f in _factories.items():
                 if settings.name.startswith(prefix):
                     factory = f
