@@ -20,6 +20,7 @@ class RegexTokens:
     """Word and punctuation tokens; each CJK character is one token, like BERT's tokenizer."""
 
     special_tokens = 2
+    tokenizer_hash = "regex-tokens-v1"
 
     def token_spans(self, texts: Sequence[str]) -> list[np.ndarray]:
         return [

@@ -56,9 +56,15 @@ def chunk_budget(chunk_tokens: int, max_seq_length: int, special_tokens: int) ->
     return budget
 
 
-def chunk_id(doc_id: str, index: int, text: str) -> str:
-    """Deterministic id of a chunk from its document, position and text."""
+def chunk_id(source: str, doc_id: str, index: int, text: str) -> str:
+    """Deterministic id of a chunk from its source root, document, position and text.
+
+    The source is part of the key because doc_ids are relative to their source root: two folders
+    with the same relative paths must not overwrite each other's chunks.
+    """
     h = hashlib.blake2b(digest_size=16)
+    h.update(source.encode("utf-8", "surrogatepass"))
+    h.update(b"\x1f")
     h.update(doc_id.encode("utf-8", "surrogatepass"))
     h.update(b"\x1f%d\x1f" % index)
     h.update(text.encode("utf-8", "surrogatepass"))
@@ -212,7 +218,7 @@ def chunk_documents(
             spans, counts = _enforce(text, spans, tokenizer, budget)
             for index, ((a, b), n) in enumerate(zip(spans, counts, strict=True)):
                 body = text[a:b]
-                cols[C.CHUNK_ID].append(chunk_id(row[C.DOC_ID], index, body))
+                cols[C.CHUNK_ID].append(chunk_id(row[C.SOURCE], row[C.DOC_ID], index, body))
                 for k in carried:
                     cols[k].append(row[k])
                 cols[C.CHUNK_INDEX].append(index)

@@ -31,6 +31,7 @@ _PREFECT_DEFAULTS = {
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     get = lambda name: getattr(args, name, None)  # noqa: E731
     return {
+        "retention": {"keep_versions": get("keep_versions"), "max_age_hours": get("max_age_hours")},
         "store": {"uri": get("db"), "table": get("table")},
         "model": {"name": get("model"), "device": get("device"), "batch_size": get("batch_size")},
         "chunk": {"tokens": get("chunk_tokens"), "overlap": get("chunk_overlap")},
@@ -70,7 +71,43 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--id-field", dest="id_field")
     run.add_argument("--max-file-mb", type=float, dest="max_file_mb")
     run.add_argument("--max-reject-ratio", type=float, dest="max_reject_ratio")
+    run.add_argument(
+        "--no-delete",
+        action="store_true",
+        dest="no_delete",
+        help="keep the chunks of documents that disappeared from the sources",
+    )
     run.add_argument("--json", action="store_true", help="print one JSON object with the run summary")
+
+    reindex = sub.add_parser(
+        "reindex", help="rebuild the table with another model or chunking, then switch to it atomically"
+    )
+    _store_args(reindex)
+    reindex.add_argument("--model", help="sentence-transformers model id or local path")
+    reindex.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
+    reindex.add_argument("--batch-size", type=int, dest="batch_size")
+    reindex.add_argument("--chunk-tokens", type=int, dest="chunk_tokens")
+    reindex.add_argument("--chunk-overlap", type=int, dest="chunk_overlap")
+    reindex.add_argument(
+        "--source",
+        action="append",
+        dest="reindex_sources",
+        help="re-read this source instead of reusing stored chunk texts (repeatable)",
+    )
+    reindex.add_argument("--json", action="store_true", help="print one JSON object with the run summary")
+
+    compact = sub.add_parser(
+        "compact", help="compact small files and remove old versions by the retention policy"
+    )
+    _store_args(compact)
+    compact.add_argument(
+        "--keep-versions", type=int, dest="keep_versions", help="always keep the last N versions"
+    )
+    compact.add_argument(
+        "--older-than-hours", type=float, dest="max_age_hours", help="remove only versions older than this"
+    )
+    compact.add_argument("--no-compact-files", action="store_true", dest="no_compact_files")
+    compact.add_argument("--json", action="store_true")
 
     search = sub.add_parser("search", help="nearest chunks to a query")
     search.add_argument("query")
@@ -182,10 +219,12 @@ def _emit(data: Any, as_json: bool, text: str) -> None:
 
 def _summary_text(s: dict[str, Any]) -> str:
     lines = [
-        f"embedpipe run {s['run_id']} {s['status']} in {s['duration_s']:.1f}s",
-        f"  documents  {s['docs_seen']} seen, {s['docs_rejected']} rejected",
+        f"embedpipe {s['flow']} {s['run_id']} {s['status']} in {s['duration_s']:.1f}s",
+        f"  documents  {s['docs_seen']} seen, {s['docs_rejected']} rejected, {s['docs_new']} new, "
+        f"{s['docs_changed']} changed, {s['docs_unchanged']} unchanged, {s['docs_deleted']} deleted",
         f"  chunks     {s['chunks_written']} written, {s['chunks_embedded']} embedded, "
-        f"{s['chunks_truncated']} truncated ({s['chunks_per_s']:.1f} chunks/s)",
+        f"{s['chunks_reused']} reused, {s['chunks_deleted']} deleted, {s['chunks_truncated']} truncated "
+        f"({s['chunks_per_s']:.1f} chunks/s)",
         f"  table      {s['table']} version {s['table_version']}  model {s['model_id']} on {s['device']}",
     ]
     if s["rejects"]:
@@ -214,18 +253,65 @@ def cmd_run(args: argparse.Namespace) -> int:
         "embedpipe: starting the sync flow (Prefect) and loading the model ...", file=sys.stderr, flush=True
     )
     try:
-        state = sync(args.sources, settings, return_state=True)
+        state = sync(args.sources, settings, delete_missing=not args.no_delete, return_state=True)
     finally:
         chunks_progress.remove(progress)
         progress.close()
+    return _finish(state, args.json)
+
+
+def _finish(state: Any, as_json: bool) -> int:
     result = state.result(raise_on_failure=False)
     if isinstance(result, BaseException):
         raise result
     summary = result.model_dump(mode="json")
-    _emit(summary, args.json, _summary_text(summary))
+    _emit(summary, as_json, _summary_text(summary))
     if state.is_failed():
         print(f"embedpipe: error: {summary.get('message') or state.message}", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_reindex(args: argparse.Namespace) -> int:
+    from embedpipe.config import get_settings
+
+    settings = get_settings(_overrides(args), args.config)
+    _prepare_prefect()
+    from embedpipe.flows.reindex import reindex
+    from embedpipe.progress import chunks_progress
+
+    _install_log_filter()
+    progress = TerminalProgress(sys.stderr)
+    chunks_progress.add(progress)
+    print(
+        "embedpipe: starting the reindex flow (Prefect) and loading the model ...",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        state = reindex(settings, args.reindex_sources, return_state=True)
+    finally:
+        chunks_progress.remove(progress)
+        progress.close()
+    return _finish(state, args.json)
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    from embedpipe.config import get_settings
+    from embedpipe.resources.store import Store
+
+    settings = get_settings(_overrides(args), args.config)
+    store = Store(settings.store)
+    store.require_table()
+    r = settings.retention
+    report = store.apply_retention(r.keep_versions, r.max_age_hours, compact=not args.no_compact_files)
+    text = "\n".join(
+        f"{name}: {e['versions_before']} -> {e['versions_after']} versions, "
+        f"{e['bytes_removed']} bytes removed, "
+        f"{e['run_tags_dropped']} run tags dropped"
+        for name, e in report.items()
+    )
+    _emit(report, args.json, text)
     return 0
 
 
@@ -238,16 +324,17 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise EmbedpipeError(f"-k={args.k}: expected a positive number of results")
     store = Store(settings.store)
-    identity = store.table_identity()
-    if identity is None:
+    table = store.snapshot()  # one consistent version: a concurrent reindex cannot switch underneath
+    if table is None:
         store.require_table()
-        raise AssertionError("unreachable")
+    identity = store.table_identity(table=table)
+    assert identity is not None
     # Queries are embedded with the table's own model, so they land in the same vector space.
     model = settings.model.model_copy(update={"name": identity.name, "normalize": identity.normalize})
     embedder = get_embedder(model)
-    store.check_compatible(embedder.identity)
+    store.check_compatible(embedder.identity, table=table)
     vec = embedder.encode([args.query], batch_size=1)[0]
-    hits = store.search(vec, args.k)
+    hits = store.search(vec, args.k, table=table)
     text = "\n".join(f"{h['score']:.3f}  {h['doc_id']}  {h['text'][:100]!r}" for h in hits) or "no results"
     _emit(hits, args.json, text)
     return 0
@@ -278,7 +365,14 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "search": cmd_search, "versions": cmd_versions, "rollback": cmd_rollback}
+COMMANDS = {
+    "run": cmd_run,
+    "reindex": cmd_reindex,
+    "compact": cmd_compact,
+    "search": cmd_search,
+    "versions": cmd_versions,
+    "rollback": cmd_rollback,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

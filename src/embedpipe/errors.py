@@ -46,10 +46,18 @@ class TableNotFoundError(EmbedpipeError):
     exit_code = 4
 
 
-class ModelMismatchError(EmbedpipeError):
-    """The table was built with another model or dimension than the one configured."""
+class TableMismatchError(EmbedpipeError):
+    """The table was built with another configuration than the one asked for; reindex instead."""
 
     exit_code = 5
+
+
+class ModelMismatchError(TableMismatchError):
+    """The table was built with another model or dimension than the one configured."""
+
+
+class ChunkingMismatchError(TableMismatchError):
+    """The table was built with other chunking settings or another tokenizer."""
 
 
 class VersionNotFoundError(EmbedpipeError):

@@ -77,9 +77,19 @@ def test_run_json_contract_versions_search_rollback(tmp_path: Path, prefect_harn
     assert summary["chunks_written"] == summary["chunks_embedded"] > 3
     assert summary["chunks_truncated"] == 0
 
-    second = embedpipe("run", str(src), "--db", "db", "--json", "--batch-size", "8", cwd=tmp_path, env=env)
+    same = embedpipe("run", str(src), "--db", "db", "--json", "--batch-size", "8", cwd=tmp_path, env=env)
+    assert same.returncode == 0, same.stderr
+    unchanged = json.loads(same.stdout)
+    assert unchanged["table_version"] is None and unchanged["chunks_embedded"] == 0
+    assert unchanged["docs_unchanged"] == 3 and unchanged["docs_changed"] == unchanged["docs_new"] == 0
+    write(src / "en" / "new.md", "A brand new document about vector search.")
+    (src / "zh" / "intro.txt").unlink()
+    second = embedpipe("run", str(src), "--db", "db", "--json", cwd=tmp_path, env=env)
     assert second.returncode == 0, second.stderr
-    assert json.loads(second.stdout)["table_version"] == 2
+    changed = json.loads(second.stdout)
+    assert changed["table_version"] == 2
+    assert (changed["docs_new"], changed["docs_deleted"], changed["docs_unchanged"]) == (1, 1, 2)
+    assert changed["chunks_embedded"] == 1 and changed["chunks_deleted"] >= 1
 
     versions = embedpipe("versions", "--db", "db", "--json", cwd=tmp_path, env=env)
     rows = json.loads(versions.stdout)

@@ -135,8 +135,9 @@ def test_chunk_ids_are_deterministic_and_distinct(tok: HFTokenCounter) -> None:
     ids = a.column(C.CHUNK_ID).to_pylist()
     assert ids == b.column(C.CHUNK_ID).to_pylist()
     assert len(set(ids)) == len(ids)
-    assert chunk_id("d", 0, "t") != chunk_id("d", 1, "t") != chunk_id("e", 1, "t")
-    assert chunk_id("d", 0, "t") != chunk_id("d", 0, "u")
+    assert chunk_id("/s", "d", 0, "t") != chunk_id("/s", "d", 1, "t") != chunk_id("/s", "e", 1, "t")
+    assert chunk_id("/s", "d", 0, "t") != chunk_id("/s", "d", 0, "u")
+    assert chunk_id("/s", "d", 0, "t") != chunk_id("/other", "d", 0, "t")  # same relative path, other root
 
 
 def test_document_without_tokens_is_rejected_with_reason(tok: HFTokenCounter) -> None:

@@ -41,7 +41,8 @@ def build(tmp_path: Path, files: dict[str, str], model: str = "fake:16", budget:
 
 def test_embed_keeps_row_order_and_counts_truncation(tmp_path: Path) -> None:
     _, embedder, chunks, schema, _, _ = build(tmp_path, {"a.txt": "one two three. " * 40, "b.txt": "short"})
-    table, truncated, _ = embed_chunks(chunks, embedder, 4, RUN_A, schema)
+    table, truncated, _, embedded = embed_chunks(chunks, embedder, 4, RUN_A, schema)
+    assert embedded == chunks.num_rows
     assert table.schema.equals(schema)
     assert table.column(C.CHUNK_ID).to_pylist() == chunks.column(C.CHUNK_ID).to_pylist()
     direct = embedder.encode(chunks.column(C.TEXT).to_pylist(), 4)
@@ -53,19 +54,36 @@ def test_embed_keeps_row_order_and_counts_truncation(tmp_path: Path) -> None:
     long_chunks = chunks.set_column(
         chunks.schema.get_field_index(C.N_TOKENS), C.N_TOKENS, pa.array([127] * chunks.num_rows, pa.int32())
     )
-    _, truncated, _ = embed_chunks(long_chunks, embedder, 4, RUN_A, schema)
+    _, truncated, _, _ = embed_chunks(long_chunks, embedder, 4, RUN_A, schema)
     assert truncated == chunks.num_rows
 
 
+def test_embed_reuses_stored_vectors_by_text_hash(tmp_path: Path) -> None:
+    _, embedder, chunks, schema, _, _ = build(tmp_path, {"a.txt": "one two three. " * 40, "b.txt": "short"})
+    first_hash = chunks.column(C.CHUNK_HASH)[0].as_py()
+    marker = np.full(16, 0.25, dtype=np.float32)
+    calls = embedder.calls
+    table, _, _, embedded = embed_chunks(chunks, embedder, 4, RUN_A, schema, reuse={first_hash: marker})
+    reused_rows = [i for i, h in enumerate(chunks.column(C.CHUNK_HASH).to_pylist()) if h == first_hash]
+    assert embedded == chunks.num_rows - len(reused_rows)
+    for i in reused_rows:
+        np.testing.assert_array_equal(table.column(C.VECTOR)[i].values.to_numpy(), marker)
+    all_reused = {h: marker for h in chunks.column(C.CHUNK_HASH).to_pylist()}
+    calls = embedder.calls
+    _, _, _, embedded = embed_chunks(chunks, embedder, 4, RUN_A, schema, reuse=all_reused)
+    assert embedded == 0 and embedder.calls == calls  # the model is not called at all
+
+
 def test_commit_is_one_version_with_run_tag(tmp_path: Path) -> None:
-    settings, embedder, chunks, schema, src, paths = build(tmp_path, {"a.txt": "alpha beta. " * 50})
+    settings, embedder, chunks, schema, _src, _paths = build(tmp_path, {"a.txt": "alpha beta. " * 50})
     store = Store(settings.store)
-    table, _, _ = embed_chunks(chunks, embedder, 8, RUN_A, schema)
+    table, *_ = embed_chunks(chunks, embedder, 8, RUN_A, schema)
     staged = [store.stage(RUN_A, i, table.slice(i * 5, 5)) for i in range((table.num_rows + 4) // 5)]
     assert len(staged) > 1
     assert store.open_table() is None  # staging is invisible
-    version, rows = store.commit(RUN_A, staged, schema, {src: paths})
-    assert rows == table.num_rows
+    res = store.commit(RUN_A, staged, schema)
+    version = res.version
+    assert res.written == table.num_rows and res.deleted == 0
     tbl = store.open_table()
     assert tbl.count_rows() == table.num_rows
     assert [v["version"] for v in store.versions()] == [version]
@@ -76,17 +94,18 @@ def test_commit_is_one_version_with_run_tag(tmp_path: Path) -> None:
 
 
 def test_second_commit_replaces_stale_chunks_of_rescanned_files(tmp_path: Path) -> None:
-    settings, embedder, chunks, schema, src, paths = build(
+    settings, embedder, chunks, schema, src, _paths = build(
         tmp_path, {"a.txt": "alpha beta gamma. " * 30, "b.txt": "keep me. " * 5}
     )
     store = Store(settings.store)
-    t1, _, _ = embed_chunks(chunks, embedder, 8, RUN_A, schema)
-    v1, _ = store.commit(RUN_A, [store.stage(RUN_A, 0, t1)], schema, {src: paths})
-    # a.txt shrank: its old chunks must go; b.txt was not rescanned this time and must stay.
+    t1, *_ = embed_chunks(chunks, embedder, 8, RUN_A, schema)
+    v1 = store.commit(RUN_A, [store.stage(RUN_A, 0, t1)], schema).version
+    # a.txt shrank: its old chunks must go; b.txt is not replaced and must stay.
     shrunk = chunks.filter(pa.compute.equal(chunks.column(C.PATH), "a.txt")).slice(0, 1)
-    t2, _, _ = embed_chunks(shrunk, embedder, 8, RUN_B, schema)
-    v2, _ = store.commit(RUN_B, [store.stage(RUN_B, 0, t2)], schema, {src: ["a.txt"]})
-    assert v2 == v1 + 1
+    t2, *_ = embed_chunks(shrunk, embedder, 8, RUN_B, schema)
+    res = store.commit(RUN_B, [store.stage(RUN_B, 0, t2)], schema, replace_docs=[(src, "a.txt")])
+    assert res.version == v1 + 1
+    assert res.deleted == chunks.column(C.PATH).to_pylist().count("a.txt") - 1
     rows = store.open_table().to_arrow()
     by_path = {p: rows.column(C.PATH).to_pylist().count(p) for p in ("a.txt", "b.txt")}
     assert by_path == {"a.txt": 1, "b.txt": chunks.column(C.PATH).to_pylist().count("b.txt")}
@@ -96,33 +115,33 @@ def test_second_commit_replaces_stale_chunks_of_rescanned_files(tmp_path: Path) 
 def test_empty_commit_creates_no_version(tmp_path: Path) -> None:
     settings, *_ = build(tmp_path, {"a.txt": "x"})
     store = Store(settings.store)
-    assert store.commit(RUN_A, [], None, {}) == (None, 0)  # type: ignore[arg-type]
+    assert store.commit(RUN_A, [], None).version is None  # type: ignore[arg-type]
     assert store.open_table() is None
 
 
 def test_other_model_is_refused(tmp_path: Path) -> None:
-    settings, embedder, chunks, schema, src, paths = build(tmp_path, {"a.txt": "alpha. " * 20})
+    settings, embedder, chunks, schema, _src, _paths = build(tmp_path, {"a.txt": "alpha. " * 20})
     store = Store(settings.store)
-    t1, _, _ = embed_chunks(chunks, embedder, 8, RUN_A, schema)
-    store.commit(RUN_A, [store.stage(RUN_A, 0, t1)], schema, {src: paths})
+    t1, *_ = embed_chunks(chunks, embedder, 8, RUN_A, schema)
+    store.commit(RUN_A, [store.stage(RUN_A, 0, t1)], schema)
     other_dim = FakeEmbedder(ModelSettings(name="fake:24"))
     with pytest.raises(ModelMismatchError, match=r"table=chunks was built with model=fake:16.*dim=16"):
         store.check_compatible(other_dim.identity)
     same_dim_other_weights = FakeEmbedder(ModelSettings(name="fake:16:7"))
-    with pytest.raises(ModelMismatchError, match="--table NAME"):
+    with pytest.raises(ModelMismatchError, match="embedpipe reindex --model fake:16:7"):
         store.check_compatible(same_dim_other_weights.identity)
     store.check_compatible(embedder.identity)  # the same model passes
 
 
 def test_versions_rollback_and_search(tmp_path: Path) -> None:
-    settings, embedder, chunks, schema, src, paths = build(
+    settings, embedder, chunks, schema, src, _paths = build(
         tmp_path, {"cats.txt": "cats purr and sleep. " * 5, "cars.txt": "engines and wheels. " * 5}
     )
     store = Store(settings.store)
-    t1, _, _ = embed_chunks(chunks, embedder, 8, RUN_A, schema)
-    v1, _ = store.commit(RUN_A, [store.stage(RUN_A, 0, t1)], schema, {src: paths})
+    t1, *_ = embed_chunks(chunks, embedder, 8, RUN_A, schema)
+    v1 = store.commit(RUN_A, [store.stage(RUN_A, 0, t1)], schema).version
     only_cats = t1.filter(pa.compute.equal(t1.column(C.PATH), "cats.txt"))
-    store.commit(RUN_B, [store.stage(RUN_B, 0, only_cats)], schema, {src: paths})
+    store.commit(RUN_B, [store.stage(RUN_B, 0, only_cats)], schema, replace_docs=[(src, "cars.txt")])
     assert store.open_table().count_rows() == only_cats.num_rows
     hits = store.search(embedder.encode(["engines wheels"], 1)[0], k=3)
     assert all(h[C.DOC_ID] == "cats.txt" for h in hits)

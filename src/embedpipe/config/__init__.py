@@ -7,6 +7,7 @@ Precedence, highest first: CLI flags, ``EMBEDPIPE_*`` environment variables (nes
 from embedpipe.config.settings import (
     ChunkSettings,
     ModelSettings,
+    RetentionSettings,
     RuntimeSettings,
     Settings,
     SourceSettings,
@@ -17,6 +18,7 @@ from embedpipe.config.settings import (
 __all__ = [
     "ChunkSettings",
     "ModelSettings",
+    "RetentionSettings",
     "RuntimeSettings",
     "Settings",
     "SourceSettings",

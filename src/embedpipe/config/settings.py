@@ -151,6 +151,19 @@ class RuntimeSettings(_Group):
     )
 
 
+class RetentionSettings(_Group):
+    """Which old table versions may be removed. Never: tagged versions (other than run-id tags of
+    versions past the policy), the latest version, or the last ``keep_versions`` versions."""
+
+    keep_versions: int = Field(10, ge=1, le=100_000, description="The last N versions are always kept.")
+    max_age_hours: float = Field(
+        168.0, gt=0, description="Versions younger than this are kept (default one week)."
+    )
+    auto: bool = Field(
+        True, description="Apply the policy after every run (removes files, makes no version)."
+    )
+
+
 class Settings(BaseSettings):
     """Root settings of embedpipe."""
 
@@ -166,6 +179,7 @@ class Settings(BaseSettings):
     model: ModelSettings = Field(default_factory=ModelSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
     @classmethod
     def settings_customise_sources(

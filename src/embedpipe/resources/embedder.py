@@ -30,6 +30,8 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".onnx", ".xml")
 class TokenCounter(Protocol):
     """The part of a tokenizer the chunker needs."""
 
+    tokenizer_hash: str
+
     def token_spans(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Per text, an ``(n, 2)`` int array of token (start, end) character offsets, no special tokens."""
         ...
@@ -58,10 +60,12 @@ class HFTokenCounter:
     def __init__(self, backend: Any) -> None:
         from tokenizers import Tokenizer
 
-        self._tok = Tokenizer.from_str(backend.to_str())
+        definition = backend.to_str()
+        self._tok = Tokenizer.from_str(definition)
         self._tok.no_truncation()
         self._tok.no_padding()
         self.special_tokens = len(self._tok.encode("", add_special_tokens=True).ids)
+        self.tokenizer_hash = hashlib.sha256(definition.encode()).hexdigest()
 
     def token_spans(self, texts: Sequence[str]) -> list[np.ndarray]:
         encs = self._tok.encode_batch(list(texts), add_special_tokens=False)

@@ -23,8 +23,22 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from embedpipe.config import StoreSettings
-from embedpipe.errors import ModelMismatchError, StoreError, TableNotFoundError, VersionNotFoundError
-from embedpipe.schemas import C, ModelIdentity, Reject, RunSummary, rejects_schema, runs_schema
+from embedpipe.errors import (
+    ChunkingMismatchError,
+    ModelMismatchError,
+    StoreError,
+    TableNotFoundError,
+    VersionNotFoundError,
+)
+from embedpipe.schemas import (
+    C,
+    ChunkingIdentity,
+    ModelIdentity,
+    Reject,
+    RunSummary,
+    rejects_schema,
+    runs_schema,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +59,69 @@ class StagedShard:
 def sql_quote(value: str) -> str:
     """A SQL string literal for a Lance filter."""
     return "'" + value.replace("'", "''") + "'"
+
+
+@dataclass(frozen=True)
+class Scope:
+    """A scanned source: a whole root, or only some files of it (a file given as the source)."""
+
+    source: str
+    paths: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class DocState:
+    """What the table knows of one document."""
+
+    doc_hash: str
+    size: int
+    mtime: Any
+    metadata: str | None
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    """What a commit did."""
+
+    version: int | None
+    written: int
+    deleted: int
+
+
+_IN_LIST = 2000
+
+
+def _in_filter(column: str, values: Sequence[str]) -> str:
+    return f"{column} IN ({', '.join(sql_quote(v) for v in sorted(set(values)))})"
+
+
+def _docs_filter(docs: Sequence[tuple[str, str]]) -> str:
+    """A filter matching these (source, doc_id) pairs: doc_ids are only unique within a source."""
+    by_source: dict[str, list[str]] = {}
+    for source, doc_id in docs:
+        by_source.setdefault(source, []).append(doc_id)
+    return " OR ".join(
+        f"({C.SOURCE} = {sql_quote(src)} AND {_in_filter(C.DOC_ID, ids)})"
+        for src, ids in sorted(by_source.items())
+    )
+
+
+def _scopes_filter(scopes: Sequence[Scope]) -> str:
+    clauses = []
+    for sc in scopes:
+        clause = f"{C.SOURCE} = {sql_quote(sc.source)}"
+        if sc.paths is not None:
+            if not sc.paths:
+                continue
+            clause += f" AND {_in_filter(C.PATH, sc.paths)}"
+        clauses.append(f"({clause})")
+    return " OR ".join(clauses)
+
+
+def _aware(ts: Any) -> Any:
+    from datetime import UTC
+
+    return ts if getattr(ts, "tzinfo", None) else ts.replace(tzinfo=UTC)
 
 
 class Store:
@@ -112,12 +189,20 @@ class Store:
 
     # ------------------------------------------------------------------ identity
 
-    def table_identity(self, name: str | None = None) -> ModelIdentity | None:
-        table = self.open_table(name)
+    @staticmethod
+    def _metadata(table: Any) -> dict[str, str]:
+        return {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+
+    def table_identity(self, name: str | None = None, table: Any = None) -> ModelIdentity | None:
+        """The model identity recorded in the table, ``None`` if the table does not exist.
+
+        Raises:
+            ModelMismatchError: The table exists but records no embedpipe identity.
+        """
+        table = table if table is not None else self.open_table(name)
         if table is None:
             return None
-        md = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
-        identity = ModelIdentity.from_table_metadata(md)
+        identity = ModelIdentity.from_table_metadata(self._metadata(table))
         if identity is None:
             vec = table.schema.field(C.VECTOR) if C.VECTOR in table.schema.names else None
             dim = getattr(vec.type, "list_size", None) if vec is not None else None
@@ -127,28 +212,113 @@ class Store:
             )
         return identity
 
-    def check_compatible(self, identity: ModelIdentity, name: str | None = None) -> None:
-        """Refuse to write vectors of another model or dimension into an existing table.
+    def table_chunking(self, table: Any) -> ChunkingIdentity | None:
+        return ChunkingIdentity.from_table_metadata(self._metadata(table))
+
+    def check_compatible(
+        self,
+        identity: ModelIdentity,
+        chunking: ChunkingIdentity | None = None,
+        name: str | None = None,
+        table: Any = None,
+    ) -> None:
+        """Refuse to write into a table built with another model or other chunking.
 
         Raises:
-            ModelMismatchError: The table was built with another model, weights or dimension.
+            ModelMismatchError: Another model, weights, dimension or normalisation.
+            ChunkingMismatchError: Other chunk size, overlap or tokenizer.
         """
-        existing = self.table_identity(name)
-        if existing is None:
+        table = table if table is not None else self.open_table(name)
+        if table is None:
             return
-        table = name or self.settings.table
+        existing = self.table_identity(table=table)
+        assert existing is not None
+        tname = name or self.settings.table
         if existing.dim != identity.dim or existing.weights_hash != identity.weights_hash:
             raise ModelMismatchError(
-                f"table={table} was built with model={existing.name} (weights {existing.weights_hash[:12]}, "
+                f"table={tname} was built with model={existing.name} (weights {existing.weights_hash[:12]}, "
                 f"dim={existing.dim}); the configured model={identity.name} (weights "
                 f"{identity.weights_hash[:12]}, dim={identity.dim}) would mix vectors from different spaces. "
-                f"Run with --model {existing.name}, or write into a new table with --table NAME"
+                f"Run with --model {existing.name}, or switch the table to the new model with "
+                f"`embedpipe reindex --model {identity.name}` (or write into a new table with --table NAME)"
             )
         if existing.normalize != identity.normalize:
             raise ModelMismatchError(
-                f"table={table} stores normalize={existing.normalize} vectors; the configuration says "
-                f"model.normalize={identity.normalize}. Use the table's setting or a new --table"
+                f"table={tname} stores normalize={existing.normalize} vectors; the configuration says "
+                f"model.normalize={identity.normalize}. Use the table's setting, or run `embedpipe reindex`"
             )
+        stored = self.table_chunking(table)
+        if chunking is not None and stored is not None and not stored.same_chunks(chunking):
+            raise ChunkingMismatchError(
+                f"table={tname} was built with chunk.tokens={stored.tokens} chunk.overlap={stored.overlap} "
+                f"(budget {stored.budget}, tokenizer {stored.tokenizer_hash[:12]}); this run asks for "
+                f"chunk.tokens={chunking.tokens} chunk.overlap={chunking.overlap} (budget {chunking.budget}, "
+                f"tokenizer {chunking.tokenizer_hash[:12]}). Run `embedpipe reindex --chunk-tokens "
+                f"{chunking.tokens} --chunk-overlap {chunking.overlap}` to rebuild the table, or run with "
+                f"--chunk-tokens {stored.tokens} --chunk-overlap {stored.overlap}"
+            )
+
+    # ------------------------------------------------------------------ state at a version
+
+    def snapshot(self, name: str | None = None) -> Any | None:
+        """The table pinned at its current latest version (a consistent read), or ``None``."""
+        table = self.open_table(name)
+        if table is not None:
+            table.checkout(int(table.version))
+        return table
+
+    def doc_state(self, table: Any, scopes: Sequence[Scope]) -> dict[tuple[str, str], dict[str, DocState]]:
+        """Per (source, path), the documents the table holds and their content state.
+
+        Args:
+            table: A pinned table (:meth:`snapshot`).
+            scopes: Which sources (or single files) to read state for.
+        """
+        out: dict[tuple[str, str], dict[str, DocState]] = {}
+        flt = _scopes_filter(scopes)
+        if table is None or not flt:
+            return out
+        cols = [C.SOURCE, C.PATH, C.DOC_ID, C.DOC_HASH, C.SIZE, C.MTIME, C.METADATA]
+        for batch in table.search().where(flt).select(cols).limit(None).to_batches(65536):
+            for src, path, doc_id, h, size, mtime, md in zip(
+                *(batch.column(c).to_pylist() for c in cols), strict=True
+            ):
+                docs = out.setdefault((src, path), {})
+                if doc_id not in docs:
+                    docs[doc_id] = DocState(doc_hash=h, size=size, mtime=mtime, metadata=md)
+        return out
+
+    def vectors_for_hashes(self, table: Any, hashes: Sequence[str]) -> dict[str, Any]:
+        """Stored vectors of chunks with these text hashes (any document), for reuse."""
+        out: dict[str, Any] = {}
+        if table is None:
+            return out
+        uniq = sorted(set(hashes))
+        for i in range(0, len(uniq), _IN_LIST):
+            flt = f"{C.CHUNK_HASH} IN ({', '.join(sql_quote(h) for h in uniq[i : i + _IN_LIST])})"
+            for batch in (
+                table.search().where(flt).select([C.CHUNK_HASH, C.VECTOR]).limit(None).to_batches(8192)
+            ):
+                vecs = batch.column(C.VECTOR)
+                for j, h in enumerate(batch.column(C.CHUNK_HASH).to_pylist()):
+                    if h not in out:
+                        out[h] = vecs[j].values.to_numpy(zero_copy_only=False)
+        return out
+
+    def rows_for_docs(self, table: Any, docs: Sequence[tuple[str, str]], schema: pa.Schema) -> pa.Table:
+        """All stored chunk rows of these (source, doc_id) documents."""
+        parts = []
+        uniq = sorted(set(docs))
+        for i in range(0, len(uniq), _IN_LIST):
+            flt = _docs_filter(uniq[i : i + _IN_LIST])
+            parts.append(table.search().where(flt).select(schema.names).limit(None).to_arrow())
+        if not parts:
+            return schema.empty_table()
+        return pa.concat_tables([p.select(schema.names).cast(schema) for p in parts])
+
+    def iter_rows(self, table: Any, columns: Sequence[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
+        """Stream the given columns of a pinned table."""
+        yield from table.search().select(list(columns)).limit(None).to_batches(batch_rows)
 
     # ------------------------------------------------------------------ staging
 
@@ -197,70 +367,166 @@ class Store:
 
     # ------------------------------------------------------------------ commit
 
-    def commit(
+    def _staged_reader(
         self,
-        run_id: str,
         staged: Sequence[StagedShard],
         schema: pa.Schema,
-        replace_scope: dict[str, list[str]],
-        exclude: dict[str, list[str]] | None = None,
-    ) -> tuple[int | None, int]:
-        """Apply a run's staged shards to the table as exactly one new version, tagged with the run id.
-
-        Args:
-            run_id: The run; the new version gets a tag of this name.
-            staged: Staged shard files.
-            schema: The chunks schema (with model identity metadata).
-            replace_scope: Per source root, the files this run re-read: their chunks that the run did
-                not produce again are removed in the same commit.
-            exclude: Per staged file URI, documents to leave out (found to be duplicates later).
-
-        Returns:
-            ``(version, rows)``: the new version (``None`` when there was nothing to write) and the
-            number of chunk rows written.
-        """
+        exclude: dict[str, list[str]],
+        counter: list[int],
+    ) -> pa.RecordBatchReader:
         files = [s.uri for s in staged if s.rows]
-        if not files:
-            return None, 0
-        exclude = exclude or {}
         fs, _ = self._fs()
-        written = 0
 
         def batches() -> Iterator[pa.RecordBatch]:
-            nonlocal written
             for uri in files:
                 path = uri if "://" not in uri else pafs.FileSystem.from_uri(uri)[1]
                 dataset = pads.dataset(path, format="ipc", filesystem=fs, schema=schema)
                 drop = exclude.get(uri)
                 flt = ~pc.field(C.DOC_ID).isin(drop) if drop else None
                 for batch in dataset.to_batches(filter=flt, batch_size=8192):
-                    written += batch.num_rows
+                    counter[0] += batch.num_rows
                     yield batch
 
-        reader = pa.RecordBatchReader.from_batches(schema, batches())
+        return pa.RecordBatchReader.from_batches(schema, batches())
+
+    def commit(
+        self,
+        run_id: str,
+        staged: Sequence[StagedShard],
+        schema: pa.Schema,
+        replace_docs: Sequence[tuple[str, str]] = (),
+        exclude: dict[str, list[str]] | None = None,
+    ) -> CommitResult:
+        """Apply a run's changes to the table as exactly one new version, tagged with the run id.
+
+        Staged rows are upserted by ``chunk_id``; rows of ``replace_docs`` that the staged rows do
+        not carry (stale chunks of changed documents, all chunks of deleted documents) are removed
+        in the same commit.
+
+        Args:
+            run_id: The run; the new version gets a tag of this name.
+            staged: Staged shard files.
+            schema: The chunks schema (with model identity metadata).
+            replace_docs: (source, doc_id) of documents whose stored chunks are replaced by the staged
+                ones (or removed).
+            exclude: Per staged file URI, documents to leave out (found to be duplicates later).
+
+        Returns:
+            The new version (``None`` when there was nothing to change) and row counts.
+        """
+        has_rows = any(s.rows for s in staged)
+        if not has_rows and not replace_docs:
+            return CommitResult(None, 0, 0)
+        counter = [0]
         name = self.settings.table
+        deleted = 0
         try:
             table = self.open_table(name)
             if table is None:
+                if not has_rows:
+                    return CommitResult(None, 0, 0)
+                reader = self._staged_reader(staged, schema, exclude or {}, counter)
                 table = self.db.create_table(name, data=reader, schema=schema)
             else:
+                reader = self._staged_reader(staged, schema, exclude or {}, counter)
                 builder = (
                     table.merge_insert(C.CHUNK_ID).when_matched_update_all().when_not_matched_insert_all()
                 )
-                scope = _scope_filter(replace_scope)
-                if scope:
-                    builder = builder.when_not_matched_by_source_delete(scope)
-                builder.execute(reader)
+                if replace_docs:
+                    builder = builder.when_not_matched_by_source_delete(_docs_filter(replace_docs))
+                result = builder.execute(reader)
+                deleted = int(getattr(result, "num_deleted_rows", 0) or 0)
             version = int(table.version)
         except Exception as e:
             raise StoreError(
                 f"commit of run={run_id} into table={name} failed: {type(e).__name__}: {e}"
             ) from e
+        self._tag(table, run_id, version)
+        return CommitResult(version, counter[0], deleted)
+
+    def overwrite(self, run_id: str, staged: Sequence[StagedShard], schema: pa.Schema) -> CommitResult:
+        """Replace the whole table (new model, new schema) as one new version: the atomic switch.
+
+        Readers keep reading the previous version until this single commit lands; the previous
+        versions stay available for ``rollback`` until retention removes them.
+        """
+        counter = [0]
+        name = self.settings.table
+        reader = self._staged_reader(staged, schema, {}, counter)
+        previous_rows = 0
+        try:
+            table = self.open_table(name)
+            if table is None:
+                table = self.db.create_table(name, data=reader, schema=schema)
+            else:
+                previous_rows = int(table.count_rows())
+                table.add(reader, mode="overwrite")
+            version = int(table.version)
+        except Exception as e:
+            raise StoreError(
+                f"reindex commit of run={run_id} into table={name} failed: {type(e).__name__}: {e}"
+            ) from e
+        self._tag(table, run_id, version)
+        return CommitResult(version, counter[0], previous_rows)
+
+    @staticmethod
+    def _tag(table: Any, run_id: str, version: int) -> None:
         try:
             table.tags.create(run_id, version)
         except Exception as e:  # the data is committed; a missing tag is reported, not fatal
             log.warning("could not tag version=%d with run_id=%s: %s", version, run_id, e)
-        return version, written
+
+    # ------------------------------------------------------------------ retention
+
+    def apply_retention(
+        self, keep_versions: int, max_age_hours: float, compact: bool = False
+    ) -> dict[str, Any]:
+        """Remove old versions of the chunks, runs and rejects tables.
+
+        A version is removed only when it is older than ``max_age_hours`` and not among the last
+        ``keep_versions``. Tags other than run-id tags (for example a served or baseline tag) always
+        protect their version. Run-id tags of versions past the policy are dropped first (the run
+        and its version stay recorded in the ``runs`` table). With ``compact``, small data files of
+        the chunks table are merged first (that makes one new version).
+
+        Returns:
+            Per table: versions before and after, bytes removed, run tags dropped, compaction.
+        """
+        from datetime import UTC, datetime, timedelta
+
+        report: dict[str, Any] = {}
+        age = timedelta(hours=max_age_hours)
+        cutoff = datetime.now(UTC) - age
+        for name in (self.settings.table, RUNS_TABLE, REJECTS_TABLE):
+            table = self.open_table(name)
+            if table is None:
+                continue
+            entry: dict[str, Any] = {"versions_before": len(table.list_versions())}
+            if compact and name == self.settings.table:
+                stats = table.compact_files()
+                entry["compacted"] = str(stats)
+            versions = sorted(table.list_versions(), key=lambda v: int(v["version"]))
+            keep = {int(v["version"]) for v in versions[-keep_versions:]}
+            dropped = []
+            for tag, info in table.tags.list().items():
+                v = int(info["version"])
+                ts = next((x["timestamp"] for x in versions if int(x["version"]) == v), None)
+                if _UUID.match(tag) and v not in keep and ts is not None and _aware(ts) < cutoff:
+                    table.tags.delete(tag)
+                    dropped.append(tag)
+            try:
+                stats = table.to_lance().cleanup_old_versions(
+                    older_than=age, retain_versions=keep_versions, error_if_tagged_old_versions=False
+                )
+            except Exception as e:
+                raise StoreError(f"cleanup of table={name} failed: {type(e).__name__}: {e}") from e
+            entry.update(
+                versions_after=len(table.list_versions()),
+                bytes_removed=int(getattr(stats, "bytes_removed", 0)),
+                run_tags_dropped=len(dropped),
+            )
+            report[name] = entry
+        return report
 
     # ------------------------------------------------------------------ records
 
@@ -268,6 +534,7 @@ class Store:
         """Append the run summary to the ``runs`` table (created on first use)."""
         row = summary.model_dump()
         row.pop("rejects")
+        row.pop("reused_chunk_texts")
         data = pa.Table.from_pylist([row], schema=runs_schema())
         self._append(RUNS_TABLE, data)
 
@@ -351,9 +618,9 @@ class Store:
             "version": int(table.version),
         }
 
-    def search(self, vector: Any, k: int, name: str | None = None) -> list[dict[str, Any]]:
-        """Nearest chunks by cosine similarity, best first."""
-        table = self.require_table(name)
+    def search(self, vector: Any, k: int, name: str | None = None, table: Any = None) -> list[dict[str, Any]]:
+        """Nearest chunks by cosine similarity, best first (on ``table`` when given: a pinned snapshot)."""
+        table = table if table is not None else self.require_table(name)
         rows = (
             table.search(vector, vector_column_name=C.VECTOR)
             .distance_type("cosine")
@@ -370,12 +637,3 @@ class Store:
             }
             for r in rows
         ]
-
-
-def _scope_filter(scope: dict[str, list[str]]) -> str:
-    clauses = []
-    for source, paths in sorted(scope.items()):
-        if paths:
-            plist = ", ".join(sql_quote(p) for p in sorted(set(paths)))
-            clauses.append(f"({C.SOURCE} = {sql_quote(source)} AND {C.PATH} IN ({plist}))")
-    return " OR ".join(clauses)

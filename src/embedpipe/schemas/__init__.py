@@ -9,11 +9,12 @@ from embedpipe.schemas.arrow import (
     runs_schema,
     segments_schema,
 )
-from embedpipe.schemas.records import ModelIdentity, Reject, RunSummary
+from embedpipe.schemas.records import ChunkingIdentity, ModelIdentity, Reject, RunSummary
 
 __all__ = [
     "SCHEMA_VERSION",
     "C",
+    "ChunkingIdentity",
     "ModelIdentity",
     "Reject",
     "RunSummary",

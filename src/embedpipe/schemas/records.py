@@ -60,12 +60,51 @@ class ModelIdentity(BaseModel):
         )
 
 
+class ChunkingIdentity(BaseModel):
+    """What determines chunk boundaries: settings and the tokenizer that counts tokens."""
+
+    model_config = ConfigDict(frozen=True)
+
+    tokens: int
+    overlap: int
+    budget: int = Field(description="Content tokens per chunk after the model limit and special tokens.")
+    tokenizer_hash: str = Field(description="sha256 of the tokenizer's serialised definition.")
+
+    def table_metadata(self) -> dict[str, str]:
+        return {
+            "embedpipe.chunk.tokens": str(self.tokens),
+            "embedpipe.chunk.overlap": str(self.overlap),
+            "embedpipe.chunk.budget": str(self.budget),
+            "embedpipe.chunk.tokenizer_hash": self.tokenizer_hash,
+        }
+
+    @classmethod
+    def from_table_metadata(cls, md: dict[str, str]) -> ChunkingIdentity | None:
+        if "embedpipe.chunk.tokens" not in md:
+            return None
+        return cls(
+            tokens=int(md["embedpipe.chunk.tokens"]),
+            overlap=int(md.get("embedpipe.chunk.overlap", "0")),
+            budget=int(md.get("embedpipe.chunk.budget", "0")),
+            tokenizer_hash=md.get("embedpipe.chunk.tokenizer_hash", ""),
+        )
+
+    def same_chunks(self, other: ChunkingIdentity) -> bool:
+        """Whether both produce the same chunks from the same text."""
+        return (self.budget, self.overlap, self.tokenizer_hash) == (
+            other.budget,
+            other.overlap,
+            other.tokenizer_hash,
+        )
+
+
 class RunSummary(BaseModel):
     """The typed summary of one sync run; ``embedpipe run --json`` prints it."""
 
     run_id: str
     flow: str = "sync"
     status: str = Field(description="completed or failed")
+    previous_version: int | None = Field(None, description="Latest table version when the run started.")
     message: str | None = None
     table: str
     table_version: int | None = Field(description="Version created by this run; null when none was.")
@@ -75,7 +114,13 @@ class RunSummary(BaseModel):
     duration_s: float
     docs_seen: int
     docs_rejected: int
+    docs_new: int = 0
+    docs_changed: int = Field(0, description="Documents whose text or metadata changed.")
+    docs_unchanged: int = 0
+    docs_deleted: int = 0
     chunks_written: int
+    chunks_deleted: int = 0
+    chunks_reused: int = Field(0, description="Chunks whose vector was reused from the table (same text).")
     chunks_embedded: int
     chunks_truncated: int
     embed_seconds: float
@@ -85,3 +130,7 @@ class RunSummary(BaseModel):
     dim: int
     device: str
     rejects: list[Reject]
+    reused_chunk_texts: bool | None = Field(
+        None,
+        description="reindex only: chunk texts were reused from the table instead of re-reading sources.",
+    )

@@ -9,9 +9,8 @@ from prefect import get_run_logger, task
 
 from embedpipe.chunking import chunk_budget, chunk_documents
 from embedpipe.config import Settings
-from embedpipe.progress import chunks_progress
-from embedpipe.resources.embedder import get_embedder
-from embedpipe.schemas import Reject
+from embedpipe.resources.embedder import Embedder, get_embedder
+from embedpipe.schemas import ChunkingIdentity, Reject
 from embedpipe.tasks._common import TASK_DEFAULTS
 from embedpipe.tasks.ingest import Documents
 
@@ -25,20 +24,28 @@ class Chunks:
     rejects: list[Reject]
 
 
-def chunk_shard(docs: Documents, settings: Settings) -> Chunks:
-    """Chunk one shard with the configured model's tokenizer."""
-    embedder = get_embedder(settings.model)
+def chunking_identity(embedder: Embedder, settings: Settings) -> ChunkingIdentity:
+    """The chunking a run uses: settings, the budget they give with this model, and its tokenizer."""
     budget = chunk_budget(settings.chunk.tokens, embedder.identity.max_seq_length, embedder.special_tokens)
-    table, rejects = chunk_documents(
-        docs.table, embedder.tokenizer, budget, min(settings.chunk.overlap, budget // 2)
+    return ChunkingIdentity(
+        tokens=settings.chunk.tokens,
+        overlap=min(settings.chunk.overlap, budget // 2),
+        budget=budget,
+        tokenizer_hash=embedder.tokenizer.tokenizer_hash,
     )
-    chunks_progress.add_total(table.num_rows)
-    return Chunks(shard=docs.shard, table=table, rejects=rejects)
+
+
+def chunk_table(docs: pa.Table, shard: int, settings: Settings) -> Chunks:
+    """Chunk documents with the configured model's tokenizer."""
+    embedder = get_embedder(settings.model)
+    ident = chunking_identity(embedder, settings)
+    table, rejects = chunk_documents(docs, embedder.tokenizer, ident.budget, ident.overlap)
+    return Chunks(shard=shard, table=table, rejects=rejects)
 
 
 @task(name="chunk", **TASK_DEFAULTS)
 def chunk_task(docs: Documents, settings: Settings) -> Chunks:
-    """Chunk one shard of documents."""
-    out = chunk_shard(docs, settings)
+    """Chunk one shard's new and changed documents."""
+    out = chunk_table(docs.delta.to_chunk, docs.shard, settings)
     get_run_logger().debug("stage=chunk shard=%d chunks=%d", out.shard, out.table.num_rows)
     return out

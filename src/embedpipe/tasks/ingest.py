@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
-import pyarrow as pa
 from prefect import get_run_logger, task
 
 from embedpipe.config import Settings
-from embedpipe.readers import FileRef, discover, plan_shards, read_documents
-from embedpipe.schemas import Reject
+from embedpipe.incremental import Delta, Known, classify
+from embedpipe.readers import FileRef, discover, normalize_source, plan_shards, read_documents
+from embedpipe.resources.store import Scope
+from embedpipe.schemas import C, Reject
 from embedpipe.tasks._common import RETRYING, TASK_DEFAULTS
 
 
@@ -22,18 +24,22 @@ class Plan:
     rejects: list[Reject] = field(default_factory=list)
     files: int = 0
     bytes: int = 0
-    scanned: dict[str, list[str]] = field(default_factory=dict)
-    """Per source root, the files that were scanned (their stale chunks are replaced)."""
+    scopes: list[Scope] = field(default_factory=list)
+    """The sources scanned: whole roots, or single files given as sources."""
+    scanned_files: set[tuple[str, str]] = field(default_factory=set)
+    """(source, path) of every file listed (read or rejected)."""
 
 
 @dataclass
 class Documents:
-    """One shard's documents and what was rejected while reading it."""
+    """One shard's documents compared with the table, and what was rejected while reading it."""
 
     shard: int
-    table: pa.Table
+    delta: Delta
     rejects: list[Reject]
     seen: int
+    protected_files: set[tuple[str, str]] = field(default_factory=set)
+    """Files with any reject: records missing from them are not deleted."""
     split_ids: list[str] = field(default_factory=list)
     """doc_ids of records read from parts of split files, checked for duplicates across shards."""
 
@@ -42,16 +48,21 @@ def make_plan(sources: Sequence[str], settings: Settings) -> Plan:
     """Discover files and group them into shards of about ``runtime.shard_mb``."""
     shard_bytes = int(settings.runtime.shard_mb * 1024 * 1024)
     refs, rejects = discover(sources, settings.source, split_bytes=shard_bytes)
-    scanned: dict[str, set[str]] = {}
-    for r in refs:
-        scanned.setdefault(r.source, set()).add(r.path)
-    files = len({(r.source, r.path) for r in refs})
+    scopes = []
+    for raw in sources:
+        p = Path(raw).expanduser()
+        if p.is_file():
+            scopes.append(Scope(str(p.resolve().parent), (p.resolve().name,)))
+        else:
+            scopes.append(Scope(normalize_source(raw)))
+    files = {(r.source, r.path) for r in refs} | {(r.source, r.path) for r in rejects}
     return Plan(
         shards=plan_shards(refs, shard_bytes, settings.runtime.shard_files),
         rejects=rejects,
-        files=files,
+        files=len({(r.source, r.path) for r in refs}),
         bytes=sum(r.size for r in refs if r.part is None or r.part[0] == 0),
-        scanned={k: sorted(v) for k, v in scanned.items()},
+        scopes=list(dict.fromkeys(scopes)),
+        scanned_files=files,
     )
 
 
@@ -69,14 +80,37 @@ def discover_task(sources: list[str], settings: Settings) -> Plan:
     return plan
 
 
-@task(name="ingest", **RETRYING)
-def ingest_task(shard_no: int, refs: list[FileRef], settings: Settings) -> Documents:
-    """Read one shard of files into a documents table."""
+def ingest_shard(shard_no: int, refs: list[FileRef], settings: Settings, known: Known) -> Documents:
+    """Read one shard of files and compare its documents with the table's state."""
     table, rejects, seen = read_documents(refs, settings.source)
+    files = {(r.source, r.path) for r in refs}
+    protected = set()
+    for rj in rejects:
+        file_path = rj.path if (rj.source, rj.path) in files else rj.path.rsplit("#", 1)[0]
+        protected.add((rj.source, file_path))
+    split = {r.path for r in refs if r.part is not None}
+    split_ids = [
+        d
+        for d, p in zip(table.column(C.DOC_ID).to_pylist(), table.column(C.PATH).to_pylist(), strict=True)
+        if p in split
+    ]
+    return Documents(shard_no, classify(table, known), rejects, seen, protected, split_ids)
+
+
+@task(name="ingest", **RETRYING)
+def ingest_task(shard_no: int, refs: list[FileRef], settings: Settings, known: Known) -> Documents:
+    """Read one shard of files into documents and compare them with the table."""
+    docs = ingest_shard(shard_no, refs, settings, known)
+    d = docs.delta
     get_run_logger().debug(
-        "stage=ingest shard=%d docs=%d rejected=%d", shard_no, table.num_rows, len(rejects)
+        "stage=ingest shard=%d new=%d changed=%d unchanged=%d rejected=%d",
+        shard_no,
+        d.new,
+        d.changed,
+        d.unchanged,
+        len(docs.rejects),
     )
-    return Documents(shard=shard_no, table=table, rejects=rejects, seen=seen)
+    return docs
 
 
 __all__ = ["TASK_DEFAULTS", "Documents", "Plan", "discover_task", "ingest_task", "make_plan"]

@@ -1,36 +1,61 @@
-"""Preparation task: load the model once, refuse an incompatible table, sweep dead staging."""
+"""Preparation task: load the model once, refuse an incompatible table, pin the version read."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from prefect import get_run_logger, task
 
 from embedpipe.config import Settings
 from embedpipe.resources.embedder import get_embedder
 from embedpipe.resources.store import Store
-from embedpipe.schemas import ModelIdentity
+from embedpipe.schemas import ChunkingIdentity, ModelIdentity
 from embedpipe.tasks._common import TASK_DEFAULTS
+from embedpipe.tasks.chunk import chunking_identity
 
 
-def prepare(settings: Settings) -> tuple[ModelIdentity, str]:
-    """Load the model and check that the target table was built with it.
+@dataclass(frozen=True)
+class Prepared:
+    """What a run starts from."""
 
-    Returns:
-        The model identity and the device it runs on.
+    identity: ModelIdentity
+    chunking: ChunkingIdentity
+    device: str
+    read_version: int | None
+    """The table version the run compares the sources with (``None``: no table yet)."""
+
+
+def prepare(settings: Settings, check: bool = True) -> Prepared:
+    """Load the model, check that the target table was built with it, and pin the version read.
 
     Raises:
         ModelError: The model cannot be loaded.
-        ModelMismatchError: The table holds vectors of another model.
+        TableMismatchError: The table holds vectors of another model or other chunking.
     """
     embedder = get_embedder(settings.model)
+    chunking = chunking_identity(embedder, settings)
     store = Store(settings.store)
-    store.check_compatible(embedder.identity)
+    table = store.snapshot()
+    if check:
+        store.check_compatible(embedder.identity, chunking, table=table)
     store.sweep_staging(settings.runtime.staging_ttl_hours)
-    return embedder.identity, embedder.device
+    return Prepared(
+        identity=embedder.identity,
+        chunking=chunking,
+        device=embedder.device,
+        read_version=int(table.version) if table is not None else None,
+    )
 
 
 @task(name="prepare", **TASK_DEFAULTS)
-def prepare_task(settings: Settings) -> tuple[ModelIdentity, str]:
+def prepare_task(settings: Settings, check: bool = True) -> Prepared:
     """Load the model and check the table (see :func:`prepare`)."""
-    identity, device = prepare(settings)
-    get_run_logger().info("stage=prepare model=%s device=%s dim=%d", identity.model_id, device, identity.dim)
-    return identity, device
+    p = prepare(settings, check)
+    get_run_logger().info(
+        "stage=prepare model=%s device=%s dim=%d read_version=%s",
+        p.identity.model_id,
+        p.device,
+        p.identity.dim,
+        p.read_version,
+    )
+    return p

@@ -1,19 +1,23 @@
-"""Write tasks: stage each embedded shard, then commit the run as one table version."""
+"""Write tasks: stage each shard's rows, commit a run as one table version, apply retention."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import pyarrow as pa
 from prefect import get_run_logger, task
 
 from embedpipe.config import Settings
-from embedpipe.resources.store import StagedShard, Store
+from embedpipe.resources.store import CommitResult, StagedShard, Store
 from embedpipe.tasks._common import RETRYING
 from embedpipe.tasks.embed import Embedded
 
 
 @task(name="stage", **RETRYING)
 def stage_task(embedded: Embedded, settings: Settings, run_id: str) -> StagedShard:
-    """Write one embedded shard to the run's staging area (invisible to readers)."""
+    """Write one shard's rows to the run's staging area (invisible to readers)."""
+    if embedded.table.num_rows == 0:
+        return StagedShard(uri="", rows=0)
     return Store(settings.store).stage(run_id, embedded.shard, embedded.table)
 
 
@@ -23,12 +27,43 @@ def write_task(
     settings: Settings,
     run_id: str,
     schema: pa.Schema,
-    scope: dict[str, list[str]],
+    replace_docs: list[tuple[str, str]],
     exclude: dict[str, list[str]],
-) -> tuple[int | None, int]:
-    """Commit the staged shards as exactly one new table version tagged with the run id."""
+) -> CommitResult:
+    """Commit the staged rows and removals as exactly one new table version tagged with the run id."""
     store = Store(settings.store)
-    version, rows = store.commit(run_id, staged, schema, scope, exclude)
+    result = store.commit(run_id, staged, schema, replace_docs, exclude)
     store.drop_staging(run_id)
-    get_run_logger().info("stage=write table=%s version=%s rows=%d", settings.store.table, version, rows)
-    return version, rows
+    get_run_logger().info(
+        "stage=write table=%s version=%s written=%d deleted=%d",
+        settings.store.table,
+        result.version,
+        result.written,
+        result.deleted,
+    )
+    return result
+
+
+@task(name="switch", **RETRYING)
+def switch_task(
+    staged: list[StagedShard], settings: Settings, run_id: str, schema: pa.Schema
+) -> CommitResult:
+    """Replace the table's contents with the staged rows in one commit (the reindex switch)."""
+    store = Store(settings.store)
+    result = store.overwrite(run_id, staged, schema)
+    store.drop_staging(run_id)
+    get_run_logger().info(
+        "stage=switch table=%s version=%s written=%d", settings.store.table, result.version, result.written
+    )
+    return result
+
+
+@task(name="retention", **RETRYING)
+def retention_task(settings: Settings, compact: bool = False) -> dict[str, Any]:
+    """Remove old versions by the retention policy (and compact small files when asked)."""
+    r = settings.retention
+    report = Store(settings.store).apply_retention(r.keep_versions, r.max_age_hours, compact=compact)
+    get_run_logger().info(
+        "stage=retention tables=%s", {k: v.get("versions_after") for k, v in report.items()}
+    )
+    return report

@@ -1,0 +1,141 @@
+"""The shard pipeline shared by the sync and reindex flows.
+
+Shards are pipelined: while the model embeds shard *i*, shards *i+1..i+k* are read and chunked and
+shard *i-1* is staged, with at most ``runtime.max_inflight_shards`` shards in memory. Embedding is
+chained shard after shard so that one model instance is never asked for two forward passes at once.
+"""
+
+from __future__ import annotations
+
+import gc
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.runtime import flow_run
+
+from embedpipe.config import Settings
+from embedpipe.incremental import Known
+from embedpipe.resources.store import StagedShard
+from embedpipe.schemas import Reject
+from embedpipe.tasks.chunk import chunk_task
+from embedpipe.tasks.embed import embed_task
+from embedpipe.tasks.ingest import Plan, ingest_task
+from embedpipe.tasks.write import stage_task
+
+
+@dataclass
+class Tally:
+    """What the shards of a run added up to."""
+
+    seen: int = 0
+    rejects: list[Reject] = field(default_factory=list)
+    protected_files: set[tuple[str, str]] = field(default_factory=set)
+    staged: list[StagedShard] = field(default_factory=list)
+    seen_ids: set[tuple[str, str]] = field(default_factory=set)
+    changed_text: list[tuple[str, str]] = field(default_factory=list)
+    new: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    embedded: int = 0
+    reused: int = 0
+    refreshed: int = 0
+    truncated: int = 0
+    seconds: float = 0.0
+    split_ids: set[str] = field(default_factory=set)
+    exclude: dict[str, list[str]] = field(default_factory=dict)
+
+
+class ArtifactProgress:
+    """Mirrors chunk progress into a Prefect progress artifact, at most once per model call."""
+
+    def __init__(self, key: str) -> None:
+        self.total = 0
+        self.done = 0
+        self.id: Any = None
+        try:
+            self.id = create_progress_artifact(progress=0.0, key=key, description="Chunks embedded")
+        except Exception:  # the UI artifact is a nicety; a run never fails for it
+            self.id = None
+
+    def add_total(self, n: int) -> None:
+        self.total += n
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        if self.id is not None and self.total:
+            try:
+                update_progress_artifact(self.id, progress=min(100.0, 100.0 * self.done / self.total))
+            except Exception:
+                self.id = None
+
+    def close(self) -> None:
+        pass
+
+
+def run_id() -> str:
+    """The Prefect flow run id (a fresh UUID outside a flow run)."""
+    rid = flow_run.get_id()
+    return str(rid) if rid else str(uuid.uuid4())
+
+
+def _collect(tally: Tally, futures: tuple[Any, Any, Any, Any]) -> None:
+    docs_f, chunks_f, emb_f, stage_f = futures
+    del futures
+    docs = docs_f.result()
+    chunks = chunks_f.result()
+    emb = emb_f.result()
+    staged = stage_f.result()
+    tally.staged.append(staged)
+    tally.seen += docs.seen
+    tally.rejects += docs.rejects + chunks.rejects
+    tally.protected_files |= docs.protected_files
+    d = docs.delta
+    tally.seen_ids.update(d.seen)
+    tally.changed_text += d.changed_text
+    tally.new += d.new
+    tally.changed += d.changed
+    tally.unchanged += d.unchanged
+    tally.embedded += emb.embedded
+    tally.reused += emb.reused
+    tally.refreshed += emb.refreshed
+    tally.truncated += emb.truncated
+    tally.seconds += emb.seconds
+    # Parts of one big record file are read in different shards: an id seen in an earlier part wins.
+    for doc_id in docs.split_ids:
+        if doc_id in tally.split_ids:
+            tally.exclude.setdefault(staged.uri, []).append(doc_id)
+            tally.rejects.append(
+                Reject(path=doc_id, reason="duplicate id in this file (an earlier part has it)")
+            )
+        tally.split_ids.add(doc_id)
+    del docs, chunks, emb, docs_f, chunks_f, emb_f, stage_f
+    # Prefect's states and contexts form reference cycles that keep a finished shard's Arrow
+    # buffers alive until the cyclic collector runs; collecting here keeps memory bounded by the
+    # in-flight window instead of by how often Python happens to collect (once per shard: cheap).
+    gc.collect()
+
+
+def run_shards(
+    plan: Plan, settings: Settings, rid: str, known: Known, read_version: int | None, tally: Tally
+) -> None:
+    """Ingest, chunk, embed and stage every shard of the plan, pipelined, into ``tally``."""
+    inflight: deque[tuple[Any, Any, Any, Any]] = deque()
+    prev_embed: Any = None
+    for shard_no, refs in enumerate(plan.shards):
+        shard_known = {k: known[k] for k in {(r.source, r.path) for r in refs} if k in known}
+        # Futures are passed where tasks take values: Prefect resolves them (hence the ignores).
+        docs_f: Any = ingest_task.submit(shard_no, refs, settings, shard_known)
+        chunks_f: Any = chunk_task.submit(docs_f, settings)  # type: ignore[call-overload]
+        emb_f: Any = embed_task.submit(  # type: ignore[call-overload]
+            chunks_f, docs_f, settings, rid, read_version, wait_for=[prev_embed] if prev_embed else None
+        )
+        stage_f = stage_task.submit(emb_f, settings, rid)  # type: ignore[call-overload]
+        prev_embed = emb_f
+        inflight.append((docs_f, chunks_f, emb_f, stage_f))
+        while len(inflight) >= settings.runtime.max_inflight_shards:
+            _collect(tally, inflight.popleft())
+    while inflight:
+        _collect(tally, inflight.popleft())

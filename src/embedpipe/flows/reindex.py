@@ -1,0 +1,154 @@
+"""The reindex flow: rebuild the table with another model or chunking, then switch in one commit.
+
+When the chunking is unchanged (same budget, overlap and tokenizer), the stored chunk texts are
+re-embedded and the sources are not read at all; otherwise the sources recorded in the table are
+read and chunked again. Either way the new rows are staged and then replace the table's contents
+in a single commit: readers see the old index until that commit and the new one after it, never a
+half-built one. The previous version stays available to ``rollback`` until retention removes it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.states import Completed, Failed, State
+
+from embedpipe.config import Settings, get_settings
+from embedpipe.errors import EmbedpipeError, RejectRatioExceeded
+from embedpipe.flows._pipeline import ArtifactProgress, Tally, run_id, run_shards
+from embedpipe.progress import chunks_progress
+from embedpipe.resources.embedder import get_embedder
+from embedpipe.resources.store import CommitResult, Store
+from embedpipe.schemas import C, RunSummary
+from embedpipe.tasks.embed import reembed_task, table_schema
+from embedpipe.tasks.ingest import discover_task
+from embedpipe.tasks.prepare import Prepared, prepare_task
+from embedpipe.tasks.report import build_summary, summarize_task
+from embedpipe.tasks.stored import read_stored_task, stored_sources
+from embedpipe.tasks.write import retention_task, stage_task, switch_task
+
+_ROWS_PER_SHARD = 4096
+
+
+def _reembed_stored(
+    settings: Settings, rid: str, version: int, total: int, same_model: bool, tally: Tally
+) -> None:
+    inflight: deque[Any] = deque()
+    prev: Any = None
+    doc_ids: set[str] = set()
+
+    def collect(fut: Any) -> None:
+        emb_f, stage_f = fut
+        emb = emb_f.result()
+        tally.staged.append(stage_f.result())
+        doc_ids.update(emb.table.column(C.DOC_ID).to_pylist())
+        tally.embedded += emb.embedded
+        tally.reused += emb.reused
+        tally.truncated += emb.truncated
+        tally.seconds += emb.seconds
+
+    for shard, offset in enumerate(range(0, total, _ROWS_PER_SHARD)):
+        rows_f: Any = read_stored_task.submit(settings, version, offset, _ROWS_PER_SHARD)
+        emb_f: Any = reembed_task.submit(  # type: ignore[call-overload]
+            rows_f, settings, rid, shard, version if same_model else None, wait_for=[prev] if prev else None
+        )
+        stage_f = stage_task.submit(emb_f, settings, rid)  # type: ignore[call-overload]
+        prev = emb_f
+        inflight.append((emb_f, stage_f))
+        while len(inflight) >= settings.runtime.max_inflight_shards:
+            collect(inflight.popleft())
+    while inflight:
+        collect(inflight.popleft())
+    tally.seen = tally.new = len(doc_ids)
+
+
+@flow(name="reindex", persist_result=False, log_prints=False, validate_parameters=True)
+def reindex(
+    settings: Settings | None = None, sources: list[str] | None = None
+) -> State[RunSummary] | RunSummary:
+    """Rebuild the chunks table with the configured model and chunking, then switch atomically.
+
+    Args:
+        settings: The new configuration (model, chunking); loaded from the environment when omitted.
+        sources: Read these sources instead of the table's own (forces re-reading).
+
+    Returns:
+        The run summary (``flow="reindex"``); on failure a ``Failed`` state carrying it, and the
+        table still serves the previous index.
+    """
+    settings = settings or get_settings()
+    logger = get_run_logger()
+    rid = run_id()
+    started = datetime.now(UTC)
+    tally = Tally()
+    prepared: Prepared | None = None
+    result = CommitResult(None, 0, 0)
+    reused_texts: bool | None = None
+    status, message = "completed", None
+    store = Store(settings.store)
+    progress = ArtifactProgress("embedpipe-reindex-progress")
+    chunks_progress.add(progress)
+    try:
+        prepared = prepare_task(settings, check=False)
+        table = store.require_table()
+        table.checkout(prepared.read_version)
+        old_identity = store.table_identity(table=table)
+        old_chunking = store.table_chunking(table)
+        assert old_identity is not None and prepared.read_version is not None
+        same_model = (old_identity.weights_hash, old_identity.dim, old_identity.normalize) == (
+            prepared.identity.weights_hash,
+            prepared.identity.dim,
+            prepared.identity.normalize,
+        )
+        reused_texts = (
+            sources is None and old_chunking is not None and old_chunking.same_chunks(prepared.chunking)
+        )
+        if reused_texts:
+            _reembed_stored(settings, rid, prepared.read_version, int(table.count_rows()), same_model, tally)
+        else:
+            roots = sources or stored_sources(settings, prepared.read_version)
+            plan = discover_task(roots, settings)
+            tally.seen += len(plan.rejects)
+            tally.rejects += plan.rejects
+            run_shards(plan, settings, rid, {}, prepared.read_version if same_model else None, tally)
+            ratio = len(tally.rejects) / tally.seen if tally.seen else 0.0
+            if ratio > settings.source.max_reject_ratio:
+                raise RejectRatioExceeded(
+                    f"{len(tally.rejects)} of {tally.seen} documents rejected (ratio {ratio:.2f} > "
+                    f"source.max_reject_ratio={settings.source.max_reject_ratio}); the table was not switched"
+                )
+        schema = table_schema(get_embedder(settings.model), settings)
+        result = switch_task(tally.staged, settings, rid, schema)
+        if settings.retention.auto:
+            retention_task(settings)
+    except EmbedpipeError as e:
+        status, message = "failed", str(e)
+        store.drop_staging(rid)
+    except Exception as e:  # recorded as a failed run; the table still serves the old index
+        logger.error("reindex failed unexpectedly: %s: %s", type(e).__name__, e, exc_info=True)
+        status, message = "failed", f"{type(e).__name__}: {e}"
+        store.drop_staging(rid)
+    finally:
+        chunks_progress.remove(progress)
+    summary = build_summary(
+        run_id=rid,
+        flow="reindex",
+        settings=settings,
+        sources=list(sources or []),
+        started_at=started,
+        status=status,
+        message=message,
+        prepared=prepared,
+        result=CommitResult(result.version, result.written, 0),
+        tally=tally,
+        docs_deleted=0,
+        reused_chunk_texts=reused_texts,
+    )
+    summary = summarize_task(summary, settings)
+    if status == "failed":
+        logger.warning("reindex failed: %s", message)
+        return Failed(message=message, data=summary)
+    return Completed(message=f"table={summary.table} version={result.version}", data=summary)
