@@ -193,5 +193,73 @@ def test_sigkill_mid_run_keeps_previous_version_and_next_run_recovers(
     table = lancedb.connect(str(tmp_path / "db")).open_table("chunks")
     rows = table.to_arrow()
     ids = rows.column("chunk_id").to_pylist()
-    assert len(ids) == len(set(ids)) == done["chunks_written"]
+    assert len(ids) == len(set(ids)) == v1["chunks_written"] + done["chunks_written"]
+    assert done["docs_unchanged"] == 1 and done["docs_new"] == 39
     assert len(set(rows.column("doc_id").to_pylist())) == 40
+
+
+def test_reindex_and_compact_commands(tmp_path: Path, prefect_harness: str) -> None:
+    env = cli_env(prefect_harness)
+    src = mini_corpus(tmp_path / "src")
+    first = json.loads(embedpipe("run", str(src), "--db", "db", "--json", cwd=tmp_path, env=env).stdout)
+    refused = embedpipe("run", str(src), "--db", "db", "--chunk-tokens", "128", cwd=tmp_path, env=env)
+    assert refused.returncode != 0
+    assert "embedpipe reindex --chunk-tokens 128" in refused.stderr
+
+    proc = embedpipe(
+        "reindex",
+        "--db",
+        "db",
+        "--chunk-tokens",
+        "128",
+        "--chunk-overlap",
+        "16",
+        "--json",
+        cwd=tmp_path,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)
+    assert r["flow"] == "reindex" and r["status"] == "completed"
+    assert r["table"] == "chunks" and r["table_version"] == first["table_version"] + 1
+    assert r["previous_version"] == first["table_version"]
+    assert r["model"] == "sentence-transformers/all-MiniLM-L6-v2" and r["dim"] == 384
+    assert r["reused_chunk_texts"] is False  # the chunking changed, so the sources were read again
+    assert r["chunks_written"] > first["chunks_written"]
+
+    again = json.loads(
+        embedpipe(
+            "run",
+            str(src),
+            "--db",
+            "db",
+            "--chunk-tokens",
+            "128",
+            "--chunk-overlap",
+            "16",
+            "--json",
+            cwd=tmp_path,
+            env=env,
+        ).stdout
+    )
+    assert again["table_version"] is None and again["chunks_embedded"] == 0
+
+    compact = embedpipe(
+        "compact",
+        "--db",
+        "db",
+        "--keep-versions",
+        "1",
+        "--older-than-hours",
+        "0.0000001",
+        "--json",
+        cwd=tmp_path,
+        env=env,
+    )
+    assert compact.returncode == 0, compact.stderr
+    report = json.loads(compact.stdout)
+    assert report["chunks"]["versions_before"] == 2 and report["chunks"]["versions_after"] == 1
+    hits = json.loads(
+        embedpipe("search", "vector index", "--db", "db", "--json", cwd=tmp_path, env=env).stdout
+    )
+    assert hits and hits[0]["doc_id"] == "en/ann.md"
