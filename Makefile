@@ -43,6 +43,7 @@ typecheck: setup
 
 bench: setup
 	$(PY) benchmarks/throughput.py
+	$(PY) benchmarks/incremental.py
 
 clean:
 	rm -rf .embedpipe .pytest_cache test-artifacts

@@ -131,6 +131,11 @@ def test_deleted_documents_removed_scoped_and_no_delete(tmp_path: Path) -> None:
         by_source.setdefault(Path(r[C.SOURCE]).name, set()).add(r[C.DOC_ID])
     assert by_source["a"] == {"doc0.md", "doc1.md", "doc2.md", "records.jsonl#a", "records.jsonl#b"}
     assert by_source["b"] == {"doc1.md", "doc2.md", "records.jsonl#a"}
+    (b / "doc2.md").unlink()  # a deletion alone is a change too: one version, no embedding
+    _, only_delete = run([b], settings)
+    assert only_delete.table_version == s.table_version + 1
+    assert (only_delete.docs_deleted, only_delete.chunks_embedded, only_delete.chunks_written) == (1, 0, 0)
+    assert "doc2.md" not in {r[C.DOC_ID] for r in rows(settings) if r[C.SOURCE] == str(b.resolve())}
 
 
 def test_file_with_rejects_or_excluded_keeps_its_rows(tmp_path: Path) -> None:
@@ -195,7 +200,7 @@ def test_reindex_switches_model_atomically_and_rollback_returns(tmp_path: Path) 
     store = Store(old.store)
     old_rows = store.open_table().to_arrow()
     reader = store.snapshot()  # a reader that opened the table before the switch
-    new = settings_for(tmp_path, model={"name": "fake:24"})
+    new = settings_for(tmp_path, model={"name": "fake:24"}, runtime={"shard_rows": 7})  # several shards
     state = reindex(new, return_state=True)
     r = state.result()
     assert state.is_completed(), state.message

@@ -143,6 +143,9 @@ class RuntimeSettings(_Group):
 
     shard_mb: float = Field(4.0, gt=0, le=4096, description="Source bytes per ingest/chunk/embed shard.")
     shard_files: int = Field(2000, ge=1, le=1_000_000, description="Most files per shard.")
+    shard_rows: int = Field(
+        4096, ge=1, le=10_000_000, description="Stored chunk rows per shard when reindexing from the table."
+    )
     max_inflight_shards: int = Field(
         3, ge=1, le=64, description="Shards read/chunked ahead of the model; bounds memory."
     )

@@ -30,8 +30,6 @@ from embedpipe.tasks.report import build_summary, summarize_task
 from embedpipe.tasks.stored import read_stored_task, stored_sources
 from embedpipe.tasks.write import retention_task, stage_task, switch_task
 
-_ROWS_PER_SHARD = 4096
-
 
 def _reembed_stored(
     settings: Settings, rid: str, version: int, total: int, same_model: bool, tally: Tally
@@ -50,8 +48,9 @@ def _reembed_stored(
         tally.truncated += emb.truncated
         tally.seconds += emb.seconds
 
-    for shard, offset in enumerate(range(0, total, _ROWS_PER_SHARD)):
-        rows_f: Any = read_stored_task.submit(settings, version, offset, _ROWS_PER_SHARD)
+    step = settings.runtime.shard_rows
+    for shard, offset in enumerate(range(0, total, step)):
+        rows_f: Any = read_stored_task.submit(settings, version, offset, step)
         emb_f: Any = reembed_task.submit(  # type: ignore[call-overload]
             rows_f, settings, rid, shard, version if same_model else None, wait_for=[prev] if prev else None
         )
