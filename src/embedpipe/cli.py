@@ -52,6 +52,14 @@ def _store_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML settings file (default ./embedpipe.toml)")
 
 
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="sentence-transformers model id or local path")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--batch-size", type=int, dest="batch_size")
+    p.add_argument("--chunk-tokens", type=int, dest="chunk_tokens")
+    p.add_argument("--chunk-overlap", type=int, dest="chunk_overlap")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embedpipe", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"embedpipe {__version__}")
@@ -60,11 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="sync documents into the chunks table (one new version)")
     run.add_argument("sources", nargs="+", metavar="SOURCE", help="folders or files to read")
     _store_args(run)
-    run.add_argument("--model", help="sentence-transformers model id or local path")
-    run.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
-    run.add_argument("--batch-size", type=int, dest="batch_size")
-    run.add_argument("--chunk-tokens", type=int, dest="chunk_tokens")
-    run.add_argument("--chunk-overlap", type=int, dest="chunk_overlap")
+    _model_args(run)
     run.add_argument("--include", action="append", help="glob of files to read (repeatable)")
     run.add_argument("--exclude", action="append", help="glob of files to skip (repeatable)")
     run.add_argument("--text-field", dest="text_field")
@@ -83,11 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         "reindex", help="rebuild the table with another model or chunking, then switch to it atomically"
     )
     _store_args(reindex)
-    reindex.add_argument("--model", help="sentence-transformers model id or local path")
-    reindex.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
-    reindex.add_argument("--batch-size", type=int, dest="batch_size")
-    reindex.add_argument("--chunk-tokens", type=int, dest="chunk_tokens")
-    reindex.add_argument("--chunk-overlap", type=int, dest="chunk_overlap")
+    _model_args(reindex)
     reindex.add_argument(
         "--source",
         action="append",
@@ -238,26 +238,38 @@ def _summary_text(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from embedpipe.config import get_settings
-
-    settings = get_settings(_overrides(args), args.config)
-    _prepare_prefect()
-    from embedpipe.flows.sync import sync
+def _run_flow(name: str, call: Any, as_json: bool) -> int:
+    """Run a flow in this process with terminal progress, then print its summary."""
     from embedpipe.progress import chunks_progress
 
     _install_log_filter()
     progress = TerminalProgress(sys.stderr)
     chunks_progress.add(progress)
     print(
-        "embedpipe: starting the sync flow (Prefect) and loading the model ...", file=sys.stderr, flush=True
+        f"embedpipe: starting the {name} flow (Prefect) and loading the model ...",
+        file=sys.stderr,
+        flush=True,
     )
     try:
-        state = sync(args.sources, settings, delete_missing=not args.no_delete, return_state=True)
+        state = call()
     finally:
         chunks_progress.remove(progress)
         progress.close()
-    return _finish(state, args.json)
+    return _finish(state, as_json)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from embedpipe.config import get_settings
+
+    settings = get_settings(_overrides(args), args.config)
+    _prepare_prefect()
+    from embedpipe.flows.sync import sync
+
+    return _run_flow(
+        "sync",
+        lambda: sync(args.sources, settings, delete_missing=not args.no_delete, return_state=True),
+        args.json,
+    )
 
 
 def _finish(state: Any, as_json: bool) -> int:
@@ -278,22 +290,8 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     settings = get_settings(_overrides(args), args.config)
     _prepare_prefect()
     from embedpipe.flows.reindex import reindex
-    from embedpipe.progress import chunks_progress
 
-    _install_log_filter()
-    progress = TerminalProgress(sys.stderr)
-    chunks_progress.add(progress)
-    print(
-        "embedpipe: starting the reindex flow (Prefect) and loading the model ...",
-        file=sys.stderr,
-        flush=True,
-    )
-    try:
-        state = reindex(settings, args.reindex_sources, return_state=True)
-    finally:
-        chunks_progress.remove(progress)
-        progress.close()
-    return _finish(state, args.json)
+    return _run_flow("reindex", lambda: reindex(settings, args.reindex_sources, return_state=True), args.json)
 
 
 def cmd_compact(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.runtime import flow_run
 
 from embedpipe.config import Settings
+from embedpipe.errors import RejectRatioExceeded
 from embedpipe.incremental import Known
 from embedpipe.resources.store import StagedShard
 from embedpipe.schemas import Reject
@@ -73,6 +74,21 @@ class ArtifactProgress:
 
     def close(self) -> None:
         pass
+
+
+def check_reject_ratio(tally: Tally, settings: Settings, consequence: str) -> None:
+    """Fail the run when more input was rejected than ``source.max_reject_ratio`` allows.
+
+    Raises:
+        RejectRatioExceeded: With the counts, the limit and ``consequence``.
+    """
+    ratio = len(tally.rejects) / tally.seen if tally.seen else 0.0
+    if ratio > settings.source.max_reject_ratio:
+        raise RejectRatioExceeded(
+            f"{len(tally.rejects)} of {tally.seen} documents rejected (ratio {ratio:.2f} > "
+            f"source.max_reject_ratio={settings.source.max_reject_ratio}); {consequence}. "
+            "See the rejects for reasons"
+        )
 
 
 def run_id() -> str:

@@ -17,8 +17,8 @@ from prefect import flow, get_run_logger
 from prefect.states import Completed, Failed, State
 
 from embedpipe.config import Settings, get_settings
-from embedpipe.errors import EmbedpipeError, RejectRatioExceeded
-from embedpipe.flows._pipeline import ArtifactProgress, Tally, run_id, run_shards
+from embedpipe.errors import EmbedpipeError
+from embedpipe.flows._pipeline import ArtifactProgress, Tally, check_reject_ratio, run_id, run_shards
 from embedpipe.progress import chunks_progress
 from embedpipe.resources.embedder import get_embedder
 from embedpipe.resources.store import CommitResult, Store
@@ -113,12 +113,7 @@ def reindex(
             tally.seen += len(plan.rejects)
             tally.rejects += plan.rejects
             run_shards(plan, settings, rid, {}, prepared.read_version if same_model else None, tally)
-            ratio = len(tally.rejects) / tally.seen if tally.seen else 0.0
-            if ratio > settings.source.max_reject_ratio:
-                raise RejectRatioExceeded(
-                    f"{len(tally.rejects)} of {tally.seen} documents rejected (ratio {ratio:.2f} > "
-                    f"source.max_reject_ratio={settings.source.max_reject_ratio}); the table was not switched"
-                )
+            check_reject_ratio(tally, settings, "the table was not switched")
         schema = table_schema(get_embedder(settings.model), settings)
         result = switch_task(tally.staged, settings, rid, schema)
         if settings.retention.auto:

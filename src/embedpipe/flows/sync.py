@@ -14,8 +14,8 @@ from prefect import flow, get_run_logger
 from prefect.states import Completed, Failed, State
 
 from embedpipe.config import Settings, get_settings
-from embedpipe.errors import EmbedpipeError, RejectRatioExceeded
-from embedpipe.flows._pipeline import ArtifactProgress, Tally, run_id, run_shards
+from embedpipe.errors import EmbedpipeError
+from embedpipe.flows._pipeline import ArtifactProgress, Tally, check_reject_ratio, run_id, run_shards
 from embedpipe.incremental import missing_documents
 from embedpipe.progress import chunks_progress
 from embedpipe.readers import PathFilter
@@ -64,13 +64,7 @@ def sync(
         tally.protected_files |= {(r.source, r.path) for r in plan.rejects}
         known = load_state_task(settings, plan.scopes, prepared.read_version)
         run_shards(plan, settings, rid, known, prepared.read_version, tally)
-        ratio = len(tally.rejects) / tally.seen if tally.seen else 0.0
-        if ratio > settings.source.max_reject_ratio:
-            raise RejectRatioExceeded(
-                f"{len(tally.rejects)} of {tally.seen} documents rejected (ratio {ratio:.2f} > "
-                f"source.max_reject_ratio={settings.source.max_reject_ratio}); nothing was committed. "
-                "See the rejects for reasons"
-            )
+        check_reject_ratio(tally, settings, "nothing was committed")
         if delete_missing:
             keep = PathFilter(settings.source.include, settings.source.exclude)
             deleted_docs = missing_documents(
