@@ -10,17 +10,21 @@ from __future__ import annotations
 import gc
 import uuid
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.runtime import flow_run
+from prefect.states import Completed, Failed, State
 
 from embedpipe.config import Settings
-from embedpipe.errors import RejectRatioExceeded
+from embedpipe.errors import EmbedpipeError, RejectRatioExceeded
 from embedpipe.incremental import Known
-from embedpipe.resources.store import StagedShard
-from embedpipe.schemas import Reject
+from embedpipe.progress import chunks_progress
+from embedpipe.resources.store import StagedShard, Store
+from embedpipe.schemas import Reject, RunSummary
 from embedpipe.tasks.chunk import chunk_task
 from embedpipe.tasks.embed import embed_task
 from embedpipe.tasks.ingest import Plan, ingest_task
@@ -89,6 +93,46 @@ def check_reject_ratio(tally: Tally, settings: Settings, consequence: str) -> No
             f"source.max_reject_ratio={settings.source.max_reject_ratio}); {consequence}. "
             "See the rejects for reasons"
         )
+
+
+@dataclass
+class Outcome:
+    """How a guarded run ended."""
+
+    status: str = "completed"
+    message: str | None = None
+
+
+@contextmanager
+def guarded_run(flow_name: str, settings: Settings, rid: str, logger: Any) -> Iterator[Outcome]:
+    """Turn any failure inside a run into a recorded failed outcome, and clean its staging.
+
+    Expected failures (embedpipe errors) keep their one-line message; anything else is logged with
+    its traceback. Either way the table is untouched (nothing was committed) and the run's staged
+    files are removed. The Prefect progress artifact lives for the duration of the block.
+    """
+    outcome = Outcome()
+    progress = ArtifactProgress(f"embedpipe-{flow_name}-progress")
+    chunks_progress.add(progress)
+    try:
+        yield outcome
+    except EmbedpipeError as e:
+        outcome.status, outcome.message = "failed", str(e)
+        Store(settings.store).drop_staging(rid)
+    except Exception as e:  # a bug or a library failure: recorded as a failed run, table untouched
+        logger.error("%s failed unexpectedly: %s: %s", flow_name, type(e).__name__, e, exc_info=True)
+        outcome.status, outcome.message = "failed", f"{type(e).__name__}: {e}"
+        Store(settings.store).drop_staging(rid)
+    finally:
+        chunks_progress.remove(progress)
+
+
+def final_state(outcome: Outcome, summary: RunSummary, logger: Any) -> State[RunSummary]:
+    """The flow's final state, carrying the summary either way."""
+    if outcome.status == "failed":
+        logger.warning("%s failed: %s", summary.flow, outcome.message)
+        return Failed(message=outcome.message, data=summary)
+    return Completed(message=f"table={summary.table} version={summary.table_version}", data=summary)
 
 
 def run_id() -> str:

@@ -14,12 +14,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.states import Completed, Failed, State
+from prefect.states import State
 
 from embedpipe.config import Settings, get_settings
-from embedpipe.errors import EmbedpipeError
-from embedpipe.flows._pipeline import ArtifactProgress, Tally, check_reject_ratio, run_id, run_shards
-from embedpipe.progress import chunks_progress
+from embedpipe.flows._pipeline import Tally, check_reject_ratio, final_state, guarded_run, run_id, run_shards
 from embedpipe.resources.embedder import get_embedder
 from embedpipe.resources.store import CommitResult, Store
 from embedpipe.schemas import C, RunSummary
@@ -86,11 +84,8 @@ def reindex(
     prepared: Prepared | None = None
     result = CommitResult(None, 0, 0)
     reused_texts: bool | None = None
-    status, message = "completed", None
     store = Store(settings.store)
-    progress = ArtifactProgress("embedpipe-reindex-progress")
-    chunks_progress.add(progress)
-    try:
+    with guarded_run("reindex", settings, rid, logger) as outcome:
         prepared = prepare_task(settings, check=False)
         table = store.require_table()
         table.checkout(prepared.read_version)
@@ -118,31 +113,18 @@ def reindex(
         result = switch_task(tally.staged, settings, rid, schema)
         if settings.retention.auto:
             retention_task(settings)
-    except EmbedpipeError as e:
-        status, message = "failed", str(e)
-        store.drop_staging(rid)
-    except Exception as e:  # recorded as a failed run; the table still serves the old index
-        logger.error("reindex failed unexpectedly: %s: %s", type(e).__name__, e, exc_info=True)
-        status, message = "failed", f"{type(e).__name__}: {e}"
-        store.drop_staging(rid)
-    finally:
-        chunks_progress.remove(progress)
     summary = build_summary(
         run_id=rid,
         flow="reindex",
         settings=settings,
         sources=list(sources or []),
         started_at=started,
-        status=status,
-        message=message,
+        status=outcome.status,
+        message=outcome.message,
         prepared=prepared,
         result=CommitResult(result.version, result.written, 0),
         tally=tally,
         docs_deleted=0,
         reused_chunk_texts=reused_texts,
     )
-    summary = summarize_task(summary, settings)
-    if status == "failed":
-        logger.warning("reindex failed: %s", message)
-        return Failed(message=message, data=summary)
-    return Completed(message=f"table={summary.table} version={result.version}", data=summary)
+    return final_state(outcome, summarize_task(summary, settings), logger)

@@ -11,16 +11,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger
-from prefect.states import Completed, Failed, State
+from prefect.states import State
 
 from embedpipe.config import Settings, get_settings
-from embedpipe.errors import EmbedpipeError
-from embedpipe.flows._pipeline import ArtifactProgress, Tally, check_reject_ratio, run_id, run_shards
+from embedpipe.flows._pipeline import Tally, check_reject_ratio, final_state, guarded_run, run_id, run_shards
 from embedpipe.incremental import missing_documents
-from embedpipe.progress import chunks_progress
 from embedpipe.readers import PathFilter
 from embedpipe.resources.embedder import get_embedder
-from embedpipe.resources.store import CommitResult, Store
+from embedpipe.resources.store import CommitResult
 from embedpipe.schemas import RunSummary
 from embedpipe.tasks.embed import table_schema
 from embedpipe.tasks.ingest import discover_task
@@ -52,11 +50,7 @@ def sync(
     prepared: Prepared | None = None
     result = CommitResult(None, 0, 0)
     deleted_docs: list[tuple[str, str]] = []
-    status, message = "completed", None
-    store = Store(settings.store)
-    progress = ArtifactProgress("embedpipe-sync-progress")
-    chunks_progress.add(progress)
-    try:
+    with guarded_run("sync", settings, rid, logger) as outcome:
         prepared = prepare_task(settings)
         plan = discover_task(sources, settings)
         tally.seen += len(plan.rejects)
@@ -75,30 +69,17 @@ def sync(
         result = write_task(tally.staged, settings, rid, schema, replace, tally.exclude)
         if result.version is not None and settings.retention.auto:
             retention_task(settings)
-    except EmbedpipeError as e:
-        status, message = "failed", str(e)
-        store.drop_staging(rid)
-    except Exception as e:  # a bug or a library failure: recorded as a failed run, table untouched
-        logger.error("run failed unexpectedly: %s: %s", type(e).__name__, e, exc_info=True)
-        status, message = "failed", f"{type(e).__name__}: {e}"
-        store.drop_staging(rid)
-    finally:
-        chunks_progress.remove(progress)
     summary = build_summary(
         run_id=rid,
         flow="sync",
         settings=settings,
         sources=[str(s) for s in sources],
         started_at=started,
-        status=status,
-        message=message,
+        status=outcome.status,
+        message=outcome.message,
         prepared=prepared,
         result=result,
         tally=tally,
         docs_deleted=len(deleted_docs) if result.version is not None else 0,
     )
-    summary = summarize_task(summary, settings)
-    if status == "failed":
-        logger.warning("run failed: %s", message)
-        return Failed(message=message, data=summary)
-    return Completed(message=f"table={summary.table} version={result.version}", data=summary)
+    return final_state(outcome, summarize_task(summary, settings), logger)
