@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from embedpipe import __version__
-from embedpipe.errors import EmbedpipeError
+from embedpipe.errors import ConfigError, EmbedpipeError
 
 # Quiet, self-contained defaults for Prefect's embedded mode; every one can be overridden by the
 # environment. Logs still reach the Prefect API at INFO: only the console is held to WARNING.
@@ -320,7 +320,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     settings = get_settings(_overrides(args) | {"model": {"device": args.device}}, args.config)
     if args.k < 1:
-        raise EmbedpipeError(f"-k={args.k}: expected a positive number of results")
+        raise ConfigError(f"-k={args.k}: expected a positive number of results")
+    if not args.query.strip():
+        raise ConfigError("empty query: pass the text to search for, e.g. embedpipe search 'vector index'")
     store = Store(settings.store)
     table = store.snapshot()  # one consistent version: a concurrent reindex cannot switch underneath
     if table is None:

@@ -132,6 +132,10 @@ def test_wrong_setting_fails_at_start_naming_it(tmp_path: Path) -> None:
     assert bad_env.returncode == 2 and "chunk.overlap=500" in bad_env.stderr
     no_table = embedpipe("search", "x", "--db", "nowhere", cwd=tmp_path, env=cli_env(None))
     assert no_table.returncode != 0 and "table=chunks not found" in no_table.stderr
+    blank = embedpipe("search", "   ", "--db", "nowhere", cwd=tmp_path, env=cli_env(None))
+    assert blank.returncode == 2 and "empty query" in blank.stderr
+    zero_k = embedpipe("search", "x", "-k", "0", cwd=tmp_path, env=cli_env(None))
+    assert zero_k.returncode == 2 and "-k=0" in zero_k.stderr
 
 
 def test_first_run_with_embedded_prefect_is_clean(tmp_path: Path) -> None:

@@ -263,3 +263,20 @@ def test_retention_keeps_tagged_latest_and_last_n(tmp_path: Path) -> None:
     before = len(store.versions())
     store.apply_retention(keep_versions=1, max_age_hours=1000)
     assert len(store.versions()) == before
+
+
+def test_hostile_file_names_survive_filters(tmp_path: Path) -> None:
+    """Quotes, SQL-looking text and unicode in paths are data, never filter syntax."""
+    src = tmp_path / "src"
+    names = ["it's.md", "x' OR '1'='1.md", "目录/文件 1.md", 'dq"uote.md']
+    for i, name in enumerate(names):
+        make_doc(src / name, [f"Document {i}.", *PARAS[:2]])
+    settings = settings_for(tmp_path)
+    _, s1 = run([src], settings)
+    assert s1.docs_new == 4
+    make_doc(src / "it's.md", ["Document 0 rewritten.", *PARAS[:2]])
+    (src / "x' OR '1'='1.md").unlink()
+    _, s2 = run([src], settings)
+    assert (s2.docs_changed, s2.docs_deleted, s2.docs_unchanged) == (1, 1, 2), s2
+    ids = {r[C.DOC_ID] for r in rows(settings)}
+    assert ids == {"it's.md", "目录/文件 1.md", 'dq"uote.md'}

@@ -94,3 +94,23 @@ def test_secrets_never_appear_in_dumps_or_reprs(monkeypatch: pytest.MonkeyPatch)
     assert "hunter2" not in repr(s)
     assert "hunter2" not in str(s.public_dict())
     assert "hunter2" not in s.model_dump_json()
+
+
+def test_empty_toml_means_defaults(tmp_path: Path) -> None:
+    (tmp_path / "embedpipe.toml").write_text("")
+    assert get_settings().model.batch_size == 64
+
+
+def test_wrongly_encoded_toml_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "embedpipe.toml").write_bytes('[store]\ntable = "caf\xe9"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"embedpipe\.toml"):
+        get_settings()
+
+
+def test_huge_and_hostile_values_are_refused_by_name(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"store\.table"):
+        get_settings({"store": {"table": "x" * 10_000}})
+    with pytest.raises(ConfigError, match=r"store\.table"):
+        get_settings({"store": {"table": "chunks; DROP TABLE runs"}})
+    with pytest.raises(ConfigError, match=r"model\.batch_size"):
+        get_settings({"model": {"batch_size": 10**12}})

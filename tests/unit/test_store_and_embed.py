@@ -175,3 +175,20 @@ def test_store_and_embedder_pickle_without_connections(tmp_path: Path) -> None:
     _ = store.db
     clone = pickle.loads(pickle.dumps(store))
     assert clone.uri == store.uri and clone._db is None
+
+
+def test_foreign_table_without_identity_is_refused(tmp_path: Path) -> None:
+    store = Store(make_settings(tmp_path).store)
+    store.db.create_table("chunks", data=pa.table({"vector": [[0.0, 1.0]], "text": ["x"]}))
+    with pytest.raises(ModelMismatchError, match="records no embedpipe model identity"):
+        store.check_compatible(FakeEmbedder(ModelSettings(name="fake:2")).identity)
+
+
+def test_database_path_that_is_a_file_is_a_clear_error(tmp_path: Path) -> None:
+    from embedpipe.errors import StoreError
+
+    (tmp_path / "db").write_text("not a folder")
+    store = Store(make_settings(tmp_path).store)
+    with pytest.raises((StoreError, TableNotFoundError)) as exc:
+        store.versions()
+    assert str(tmp_path / "db") in str(exc.value) or "table=chunks" in str(exc.value)
