@@ -225,7 +225,13 @@ def _summary_text(s: dict[str, Any]) -> str:
         f"  chunks     {s['chunks_written']} written, {s['chunks_embedded']} embedded, "
         f"{s['chunks_reused']} reused, {s['chunks_deleted']} deleted, {s['chunks_truncated']} truncated "
         f"({s['chunks_per_s']:.1f} chunks/s)",
-        f"  table      {s['table']} version {s['table_version']}  model {s['model_id']} on {s['device']}",
+        f"  table      {s['table']} "
+        + (
+            f"version {s['table_version']}"
+            if s["table_version"] is not None
+            else "unchanged (no new version)"
+        )
+        + f"  model {s['model_id']} on {s['device']}",
     ]
     if s["rejects"]:
         lines.append("  rejects")
