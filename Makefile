@@ -9,7 +9,7 @@ PIP    := $(PY) -m pip
 TORCH_CPU   ?= torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: setup demo test lint typecheck bench clean
+.PHONY: setup browser demo test lint typecheck bench clean
 
 setup: $(VENV)/.installed
 
@@ -30,8 +30,20 @@ demo: setup
 	$(VENV)/bin/embedpipe run examples/corpus
 	$(VENV)/bin/embedpipe search "how do vector indexes trade recall for speed" -k 3
 
+# Debian's Chromium and ChromeDriver for the dashboard's browser test (root or sudo needed once).
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \
+		echo "chromium and chromedriver present"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	elif command -v sudo >/dev/null 2>&1; then \
+		sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	else \
+		echo "cannot install chromium (not root, no sudo): the browser test will be skipped"; \
+	fi
+
 # Second command of the README, and what .ci/run calls.
-test: setup
+test: setup browser
 	$(PY) -m pytest -q
 
 lint: setup

@@ -120,6 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     _store_args(versions)
     versions.add_argument("--json", action="store_true")
 
+    dash = sub.add_parser("dashboard", help="write (or serve) the self-contained HTML dashboard")
+    _store_args(dash)
+    dash.add_argument("--out", default="embedpipe-dashboard.html", help="HTML file to write")
+    dash.add_argument("--serve", action="store_true", help="serve the page (rebuilt per request) instead")
+    dash.add_argument("--host", default="127.0.0.1", help="address to bind with --serve (default loopback)")
+    dash.add_argument("--port", type=int, default=8765, help="port for --serve (default 8765)")
+    dash.add_argument("--sample", type=int, default=2000, help="chunks drawn for the embedding map")
+
     rollback = sub.add_parser("rollback", help="restore a version or tag as the latest version")
     rollback.add_argument("target", help="version number or tag (a run id)")
     _store_args(rollback)
@@ -319,6 +327,37 @@ def cmd_compact(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from embedpipe import dashboard
+    from embedpipe.config import get_settings
+    from embedpipe.resources.store import Store
+
+    settings = get_settings(_overrides(args), args.config)
+    store = Store(settings.store)
+    if args.sample < 1:
+        raise ConfigError(f"--sample={args.sample}: expected a positive number of chunks")
+    if args.serve:
+        server = dashboard.serve(store, host=args.host, port=args.port, sample=args.sample)
+        port = server.server_address[1]
+        print(
+            f"embedpipe: dashboard at http://{args.host}:{port}/ (Ctrl-C to stop)",
+            file=sys.stderr,
+            flush=True,
+        )
+        try:
+            server.serve_forever()
+        finally:
+            server.server_close()
+        return 0
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(dashboard.build(store, sample=args.sample), encoding="utf-8")
+    print(f"embedpipe: wrote {out} ({out.stat().st_size // 1024} KiB, works offline)", file=sys.stderr)
+    return 0
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from embedpipe.config import get_settings
     from embedpipe.resources.embedder import get_embedder
@@ -376,6 +415,7 @@ COMMANDS = {
     "reindex": cmd_reindex,
     "compact": cmd_compact,
     "search": cmd_search,
+    "dashboard": cmd_dashboard,
     "versions": cmd_versions,
     "rollback": cmd_rollback,
 }

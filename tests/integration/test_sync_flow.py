@@ -211,3 +211,21 @@ def test_memory_does_not_grow_with_corpus_size(tmp_path: Path) -> None:
     small, large = peak_for(6), peak_for(24)
     assert small > 0
     assert large < 1.6 * small, (small, large)
+
+
+def test_run_publishes_prefect_artifacts(tmp_path: Path) -> None:
+    """The Prefect UI gets a table of stage statistics and a markdown verdict for the run."""
+    from prefect.artifacts import Artifact
+
+    src = corpus(tmp_path / "src", n=3)
+    write(src / "bad.txt", b"\x00\x00")
+    state, s = run([src], make_settings(tmp_path))
+    assert state.is_completed()
+    table = Artifact.get("embedpipe-sync-stages")
+    md = Artifact.get("embedpipe-sync-summary")
+    progress = Artifact.get("embedpipe-sync-progress")
+    assert table is not None and md is not None and progress is not None
+    assert str(table.flow_run_id) == s.run_id and str(md.flow_run_id) == s.run_id
+    assert "chunk+embed" in str(table.data) and str(s.chunks_embedded) in str(table.data)
+    assert f"version **{s.table_version}**" in str(md.data) and "rejected `bad.txt`" in str(md.data)
+    assert float(progress.data) == 100.0

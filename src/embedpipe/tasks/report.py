@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from embedpipe.config import Settings
 from embedpipe.resources.store import CommitResult, Store
@@ -66,12 +67,76 @@ def build_summary(
     )
 
 
+def stage_table(s: RunSummary) -> list[dict[str, Any]]:
+    """Per-stage statistics of a run, one row per stage (the Prefect table artifact)."""
+    return [
+        {
+            "stage": "discover+ingest",
+            "items": s.docs_seen,
+            "detail": f"{s.docs_new} new, {s.docs_changed} "
+            f"changed, {s.docs_unchanged} unchanged, {s.docs_deleted} deleted, {s.docs_rejected} rejected",
+        },
+        {
+            "stage": "chunk+embed",
+            "items": s.chunks_embedded + s.chunks_reused,
+            "detail": f"{s.chunks_embedded} "
+            f"embedded in {s.embed_seconds:.1f}s, {s.chunks_reused} reused, {s.chunks_truncated} truncated",
+        },
+        {
+            "stage": "write",
+            "items": s.chunks_written,
+            "detail": f"{s.chunks_written} written, {s.chunks_deleted} "
+            f"deleted, table {s.table} version {s.table_version}",
+        },
+        {
+            "stage": "run",
+            "items": 1,
+            "detail": f"{s.status} in {s.duration_s:.1f}s, {s.chunks_per_s:.1f} chunks/s",
+        },
+    ]
+
+
+def markdown_summary(s: RunSummary) -> str:
+    """A short markdown verdict of a run (the Prefect markdown artifact); paths are code spans."""
+    verdict = "completed" if s.status == "completed" else f"**failed**: {s.message}"
+    version = (
+        f"version **{s.table_version}**" if s.table_version is not None else "no new version (no change)"
+    )
+    lines = [
+        f"### embedpipe {s.flow}: {verdict}",
+        f"Table `{s.table}` {version}; model `{s.model_id}` on {s.device}.",
+        "",
+        f"- documents: {s.docs_seen} seen, {s.docs_new} new, {s.docs_changed} changed, "
+        f"{s.docs_unchanged} unchanged, {s.docs_deleted} deleted, {s.docs_rejected} rejected",
+        f"- chunks: {s.chunks_embedded} embedded, {s.chunks_reused} reused, {s.chunks_written} written, "
+        f"{s.chunks_deleted} deleted, {s.chunks_truncated} truncated",
+        f"- {s.duration_s:.1f}s, {s.chunks_per_s:.1f} chunks/s",
+    ]
+    for r in s.rejects[:10]:
+        path, reason = r.path.replace("`", "'"), r.reason.replace("`", "'")
+        lines.append(f"- rejected `{path}`: {reason}")
+    if len(s.rejects) > 10:
+        lines.append(f"- ... and {len(s.rejects) - 10} more rejects (see the `rejects` table)")
+    return "\n".join(lines)
+
+
 @task(name="summarize", **RETRYING)
 def summarize_task(summary: RunSummary, settings: Settings) -> RunSummary:
-    """Append the run to the ``runs`` table and its rejects to ``rejects``."""
+    """Append the run to the ``runs`` table and its rejects to ``rejects``; publish UI artifacts."""
     store = Store(settings.store)
     store.append_rejects(summary.run_id, summary.rejects, summary.finished_at)
     store.append_run(summary)
+    try:
+        create_table_artifact(
+            stage_table(summary),
+            key=f"embedpipe-{summary.flow}-stages",
+            description="Stage statistics of this run",
+        )
+        create_markdown_artifact(
+            markdown_summary(summary), key=f"embedpipe-{summary.flow}-summary", description="Run summary"
+        )
+    except Exception as e:  # the UI is a view of the run; the run's record is already written
+        get_run_logger().warning("could not publish run artifacts: %s: %s", type(e).__name__, e)
     get_run_logger().info(
         "stage=summarize status=%s docs_seen=%d new=%d changed=%d unchanged=%d deleted=%d "
         "chunks_embedded=%d version=%s duration_s=%.1f",
