@@ -18,6 +18,7 @@ import pytest
 from embedpipe import dashboard
 from embedpipe.flows.sync import sync
 from embedpipe.resources.store import Store
+from embedpipe.schemas import checks_schema
 from tests.conftest import ROOT, make_settings, write
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
@@ -57,7 +58,8 @@ def small_db(tmp_path_factory: pytest.TempPathFactory):
     store.db.create_table(
         dashboard.CHECKS_TABLE,
         data=pa.Table.from_pylist(
-            [
+            schema=checks_schema(),
+            mapping=[
                 {
                     "run_id": s.run_id,
                     "table_version": s.table_version,
@@ -73,7 +75,7 @@ def small_db(tmp_path_factory: pytest.TempPathFactory):
                     ("centroid_shift", 0.9 + 0.1 * (s is s2), 3.0),
                     ("recall_at_10", 0.95, 0.9),
                 )
-            ]
+            ],
         ),
     )
     return settings, store
@@ -178,4 +180,5 @@ def test_readme_queries_with_duckdb_and_polars(small_db) -> None:
     )
     assert by_folder["folder"].to_list() == ["cats", "engines", "evil", "rivers"]
     rejects = pl.from_arrow(db.open_table("rejects").to_arrow())
-    assert rejects.filter(pl.col("path") == "evil/bad.bin.txt").height == 2  # rejected by both runs
+    per_reason = rejects.group_by("path", "reason").agg(pl.len().alias("times")).sort("path")
+    assert per_reason["path"].to_list() == ["evil/bad.bin.txt"] and per_reason["times"].to_list() == [2]

@@ -15,6 +15,7 @@ import pytest
 from embedpipe.schemas import (
     C,
     ModelIdentity,
+    checks_schema,
     chunks_schema,
     docs_schema,
     rejects_schema,
@@ -47,6 +48,7 @@ def current() -> dict:
         "chunks_384": describe(chunks_schema(384)),
         "rejects": describe(rejects_schema()),
         "runs": describe(runs_schema()),
+        "checks": describe(checks_schema()),
     }
 
 
@@ -63,7 +65,14 @@ def test_vector_is_fixed_size_float32() -> None:
 
 
 def test_every_field_is_described() -> None:
-    for schema in (docs_schema(), segments_schema(), chunks_schema(8), rejects_schema(), runs_schema()):
+    for schema in (
+        docs_schema(),
+        segments_schema(),
+        chunks_schema(8),
+        rejects_schema(),
+        runs_schema(),
+        checks_schema(),
+    ):
         for f in schema:
             assert (f.metadata or {}).get(b"description"), f.name
 

@@ -3,6 +3,7 @@
 from embedpipe.schemas.arrow import (
     SCHEMA_VERSION,
     C,
+    checks_schema,
     chunks_schema,
     docs_schema,
     rejects_schema,
@@ -18,6 +19,7 @@ __all__ = [
     "ModelIdentity",
     "Reject",
     "RunSummary",
+    "checks_schema",
     "chunks_schema",
     "docs_schema",
     "rejects_schema",

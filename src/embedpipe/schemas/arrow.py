@@ -122,6 +122,23 @@ def rejects_schema() -> pa.Schema:
     )
 
 
+def checks_schema() -> pa.Schema:
+    """Schema of the ``checks`` table: one row per check result on a table version (dashboards read it)."""
+    return pa.schema(
+        [
+            _f(C.RUN_ID, pa.string(), False, "The run whose version was checked."),
+            _f("table_version", pa.int64(), True, "Checked table version."),
+            _f("check", pa.string(), False, "Check name, e.g. centroid_shift or recall_at_10."),
+            _f("statistic", pa.float64(), True, "Measured value."),
+            _f("threshold", pa.float64(), True, "Gate threshold."),
+            _f("severity", pa.string(), False, "fail or warn."),
+            _f("status", pa.string(), False, "pass, warn or fail."),
+            _f(C.AT, TS, False, "When."),
+        ],
+        metadata={"embedpipe.schema": "checks", "embedpipe.schema_version": SCHEMA_VERSION},
+    )
+
+
 def runs_schema() -> pa.Schema:
     """Schema of the ``runs`` table: one row per pipeline run, for dashboards."""
     i64 = pa.int64()
