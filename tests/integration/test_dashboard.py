@@ -182,3 +182,56 @@ def test_readme_queries_with_duckdb_and_polars(small_db) -> None:
     rejects = pl.from_arrow(db.open_table("rejects").to_arrow())
     per_reason = rejects.group_by("path", "reason").agg(pl.len().alias("times")).sort("path")
     assert per_reason["path"].to_list() == ["evil/bad.bin.txt"] and per_reason["times"].to_list() == [2]
+
+
+def test_cli_dashboard_file_and_serve(small_db, tmp_path: Path) -> None:
+    """`embedpipe dashboard --out` writes the page; `--serve` answers on loopback until stopped."""
+    import subprocess
+    import sys
+    import time
+
+    settings, _ = small_db
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDPIPE_")}
+    out = tmp_path / "sub" / "dash.html"
+    made = subprocess.run(
+        [sys.executable, "-m", "embedpipe.cli", "dashboard", "--db", settings.store.uri, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert made.returncode == 0, made.stderr
+    assert "works offline" in made.stderr and out.stat().st_size > 1_000_000  # plotly.js inlined
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "embedpipe.cli",
+            "dashboard",
+            "--db",
+            settings.store.uri,
+            "--serve",
+            "--port",
+            "0",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        line = proc.stderr.readline()
+        assert "dashboard at http://127.0.0.1:" in line, line
+        port = int(line.split("127.0.0.1:")[1].split("/")[0])
+        assert port > 0
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as resp:
+                    assert resp.status == 200 and b"chart-runs" in resp.read()
+                break
+            except urllib.error.URLError:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
