@@ -1,6 +1,6 @@
 """Render the dashboard of a database and screenshot it in headless Chromium (for the README).
 
-    python docs/screenshot.py --db .embedpipe/db --out docs/dashboard.png
+python docs/screenshot.py --db .embedpipe/db --out docs/dashboard.png
 """
 
 from __future__ import annotations
@@ -29,8 +29,15 @@ def main() -> None:
         page.write_text(dashboard.build(store), encoding="utf-8")
         opts = webdriver.ChromeOptions()
         opts.binary_location = "/usr/bin/chromium"
-        for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                     "--no-first-run", f"--user-data-dir={tmp}/profile", "--window-size=1400,1250"):
+        for flag in (
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--no-first-run",
+            f"--user-data-dir={tmp}/profile",
+            "--window-size=1400,1250",
+        ):
             opts.add_argument(flag)
         drv = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
         try:
