@@ -192,3 +192,38 @@ def test_database_path_that_is_a_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises((StoreError, TableNotFoundError)) as exc:
         store.versions()
     assert str(tmp_path / "db") in str(exc.value) or "table=chunks" in str(exc.value)
+
+
+def test_concurrent_commits_of_the_same_chunks_never_duplicate(tmp_path: Path) -> None:
+    """chunk_id is Lance's (unenforced) primary key: racing merge_inserts conflict and retry."""
+    import threading
+
+    files = {f"d{i}.txt": f"Document {i}. " + "alpha beta gamma. " * 400 for i in range(20)}
+    settings, embedder, chunks, schema, _, _ = build(tmp_path, files)
+    store = Store(settings.store)
+    seed, *_ = embed_chunks(chunks.slice(0, 1), embedder, 8, RUN_A, schema)
+    store.commit(RUN_A, [store.stage(RUN_A, 0, seed)], schema)
+    table, *_ = embed_chunks(chunks, embedder, 8, RUN_B, schema)
+    runs = [f"33333333-3333-3333-3333-33333333333{i}" for i in range(4)]
+    staged = {r: [store.stage(r, 0, table)] for r in runs}
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(runs))
+
+    def commit(rid: str) -> None:
+        start.wait()
+        try:
+            Store(settings.store).commit(rid, staged[rid], schema)
+        except BaseException as e:  # collected and asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=commit, args=(r,)) for r in runs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    ids = store.open_table().to_arrow().column(C.CHUNK_ID).to_pylist()
+    assert len(ids) == len(set(ids)) == chunks.num_rows
+    assert (
+        store.open_table().schema.field(C.CHUNK_ID).metadata[b"lance-schema:unenforced-primary-key:position"]
+    )

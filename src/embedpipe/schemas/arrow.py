@@ -41,6 +41,7 @@ def _f(name: str, typ: pa.DataType, nullable: bool, description: str) -> pa.Fiel
 
 
 TS = pa.timestamp("us", tz="UTC")
+PRIMARY_KEY_MD = b"lance-schema:unenforced-primary-key:position"
 
 
 def _doc_fields() -> list[pa.Field]:
@@ -96,8 +97,13 @@ def chunks_schema(dim: int, metadata: dict[str, str] | None = None) -> pa.Schema
     if dim <= 0:
         raise ValueError(f"dim must be positive, got {dim}")
     base = segments_schema()
+    key = base.field(C.CHUNK_ID)
+    # Lance's unenforced primary key: concurrent merge_inserts on the same keys then conflict and
+    # retry instead of both inserting, so two runs committing at once never duplicate a chunk.
+    key = key.with_metadata({**(key.metadata or {}), PRIMARY_KEY_MD: b"1"})
     fields = [
-        *base,
+        key,
+        *(f for f in base if f.name != C.CHUNK_ID),
         _f(C.VECTOR, pa.list_(pa.float32(), dim), False, f"Embedding, float32[{dim}]."),
         _f(C.MODEL_ID, pa.string(), False, "Model identity: name@weights-hash."),
         _f(C.RUN_ID, pa.string(), False, "The run that embedded this chunk."),
