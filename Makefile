@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml
 
 # First command of the README: set up and run the main job on the bundled sample corpus.
 demo: setup
-	$(VENV)/bin/embedpipe run examples/corpus
+	$(VENV)/bin/embedpipe run examples/corpus --golden examples/quality/golden.jsonl
 	$(VENV)/bin/embedpipe search "how do vector indexes trade recall for speed" -k 3
 
 # Debian's Chromium and ChromeDriver for the dashboard's browser test (root or sudo needed once).
@@ -56,6 +56,8 @@ typecheck: setup
 bench: setup
 	$(PY) benchmarks/throughput.py
 	$(PY) benchmarks/incremental.py
+	$(PY) benchmarks/checks.py
+	$(PY) benchmarks/calibration.py
 
 clean:
 	rm -rf .embedpipe .pytest_cache test-artifacts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Sequence
 
@@ -13,6 +14,14 @@ from embedpipe.schemas import ModelIdentity
 
 EXPLODE = "EXPLODE_IN_EMBEDDER"
 """A document containing this marker makes the fake model fail, to test crashes mid-run."""
+NAN = "NAN_IN_EMBEDDER"
+"""A text containing this marker gets a NaN vector, to test the integrity gate."""
+ZERO = "ZERO_IN_EMBEDDER"
+"""A text containing this marker gets an all-zero vector (LanceDB stores it; the integrity gate
+must catch it)."""
+SWAP_ENV = "FAKE_EMBEDDER_SILENT_SWAP"
+"""When this environment variable is set, the fake model's vectors change but its identity does not:
+a silent model, library or hardware change that only the canary and drift checks can see."""
 _TOKEN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]|\w+|[^\w\s]")
 
 
@@ -55,7 +64,8 @@ class FakeEmbedder:
         )
 
     def _token_vec(self, token: str) -> np.ndarray:
-        digest = hashlib.blake2b(f"{self.seed}:{token.lower()}".encode(), digest_size=8).digest()
+        salt = os.environ.get(SWAP_ENV, "")
+        digest = hashlib.blake2b(f"{self.seed}{salt}:{token.lower()}".encode(), digest_size=8).digest()
         rng = np.random.default_rng(int.from_bytes(digest, "little"))
         return rng.standard_normal(self.dim).astype(np.float32)
 
@@ -67,6 +77,10 @@ class FakeEmbedder:
         for i, t in enumerate(texts):
             for m in _TOKEN.finditer(t):
                 out[i] += self._token_vec(m.group())
+            if NAN in t:
+                out[i, 0] = np.nan
+            if ZERO in t:
+                out[i] = 0.0
             if self.settings.normalize:
                 norm = np.linalg.norm(out[i])
                 if norm > 0:

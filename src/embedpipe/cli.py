@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from embedpipe import __version__
-from embedpipe.errors import ConfigError, EmbedpipeError
+from embedpipe.errors import ConfigError, EmbedpipeError, GateFailed
 
 # Quiet, self-contained defaults for Prefect's embedded mode; every one can be overridden by the
 # environment. Logs still reach the Prefect API at INFO: only the console is held to WARNING.
@@ -35,6 +35,11 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "store": {"uri": get("db"), "table": get("table")},
         "model": {"name": get("model"), "device": get("device"), "batch_size": get("batch_size")},
         "chunk": {"tokens": get("chunk_tokens"), "overlap": get("chunk_overlap")},
+        "checks": {
+            "golden": get("golden"),
+            "baseline_tag": get("baseline"),
+            "enabled": False if get("no_checks") else None,
+        },
         "source": {
             "include": get("include"),
             "exclude": get("exclude"),
@@ -60,6 +65,20 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk-overlap", type=int, dest="chunk_overlap")
 
 
+def _check_args(p: argparse.ArgumentParser, writes: bool) -> None:
+    p.add_argument(
+        "--golden", action="append", help="golden-set JSONL file checked through search (repeatable)"
+    )
+    p.add_argument("--baseline", help="compare with this tag or version instead of the served version")
+    if writes:
+        p.add_argument(
+            "--no-checks",
+            action="store_true",
+            dest="no_checks",
+            help="serve the new version without checking it (checks.enabled=false)",
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embedpipe", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"embedpipe {__version__}")
@@ -81,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="no_delete",
         help="keep the chunks of documents that disappeared from the sources",
     )
+    _check_args(run, writes=True)
     run.add_argument("--json", action="store_true", help="print one JSON object with the run summary")
 
     reindex = sub.add_parser(
@@ -94,7 +114,23 @@ def build_parser() -> argparse.ArgumentParser:
         dest="reindex_sources",
         help="re-read this source instead of reusing stored chunk texts (repeatable)",
     )
+    _check_args(reindex, writes=True)
     reindex.add_argument("--json", action="store_true", help="print one JSON object with the run summary")
+
+    check = sub.add_parser(
+        "check", help="run the drift and quality checks on a version (and publish it with --publish)"
+    )
+    _store_args(check)
+    check.add_argument(
+        "--version",
+        dest="check_version",
+        default="latest",
+        help="latest (default), serving, a version number or a tag",
+    )
+    check.add_argument("--publish", action="store_true", help="serve the version if its gates pass")
+    check.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
+    _check_args(check, writes=False)
+    check.add_argument("--json", action="store_true", help="print one JSON object with the report")
 
     compact = sub.add_parser(
         "compact", help="compact small files and remove old versions by the retention policy"
@@ -113,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("query")
     _store_args(search)
     search.add_argument("-k", type=int, default=5, help="results (default 5)")
+    search.add_argument(
+        "--version",
+        dest="search_version",
+        default="serving",
+        help="serving (default: the version that passed its checks), latest, a number or a tag",
+    )
     search.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
     search.add_argument("--json", action="store_true")
 
@@ -128,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     dash.add_argument("--port", type=int, default=8765, help="port for --serve (default 8765)")
     dash.add_argument("--sample", type=int, default=2000, help="chunks drawn for the embedding map")
 
-    rollback = sub.add_parser("rollback", help="restore a version or tag as the latest version")
+    rollback = sub.add_parser("rollback", help="restore a version or tag as the latest version, and serve it")
     rollback.add_argument("target", help="version number or tag (a run id)")
     _store_args(rollback)
     rollback.add_argument("--json", action="store_true")
@@ -241,6 +283,8 @@ def _summary_text(s: dict[str, Any]) -> str:
         )
         + f"  model {s['model_id']} on {s['device']}",
     ]
+    if s.get("gate"):
+        lines.append(_checks_line(s))
     if s["rejects"]:
         lines.append("  rejects")
         for r in s["rejects"][:20]:
@@ -250,6 +294,56 @@ def _summary_text(s: dict[str, Any]) -> str:
     if s.get("message"):
         lines.append(f"  reason     {s['message']}")
     return "\n".join(lines)
+
+
+def _checks_line(s: dict[str, Any]) -> str:
+    fired = [c for c in s.get("checks", []) if c["status"] in {"warn", "fail", "error"}]
+    counts: dict[str, int] = {}
+    for c in s.get("checks", []):
+        counts[c["status"]] = counts.get(c["status"], 0) + 1
+    line = f"  checks     {s['gate']}, serving version {s.get('served_version')}"
+    if counts:
+        line += " (" + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + ")"
+    for c in fired:
+        line += f"\n    {c['status']:<5} {c['check']}: {c['detail']}"
+    return line
+
+
+def _check_text(r: dict[str, Any]) -> str:
+    lines = [
+        f"embedpipe check: table {r['table']} version {r['version']} against {r['reference']}: "
+        f"{r['gate'].upper()}" + (f" (blocked by {', '.join(r['blocking'])})" if r["blocking"] else ""),
+    ]
+    for c in r["checks"]:
+        stat = "" if c["statistic"] is None else f"{c['statistic']:.4g}"
+        thr = "" if c["threshold"] is None else f"{c['threshold']:.4g}"
+        lines.append(f"  {c['status']:<7} {c['check']:<20} {stat:>10} {thr:>10}  {c['detail']}")
+    lines.append(
+        f"  serving version {r['served_version']}" + (" (published by this check)" if r["published"] else "")
+    )
+    return "\n".join(lines)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from embedpipe.config import get_settings
+
+    settings = get_settings(_overrides(args), args.config)
+    _prepare_prefect()
+    _install_log_filter()
+    from embedpipe.flows.check import check
+
+    state = check(
+        settings, version=args.check_version, baseline=args.baseline, publish=args.publish, return_state=True
+    )
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        raise result
+    report = result.model_dump(mode="json")
+    _emit(report, args.json, _check_text(report))
+    if state.is_failed():
+        print(f"embedpipe: error: {report.get('message') or state.message}", file=sys.stderr)
+        return GateFailed.exit_code
+    return 0
 
 
 def _run_flow(name: str, call: Any, as_json: bool) -> int:
@@ -294,7 +388,7 @@ def _finish(state: Any, as_json: bool) -> int:
     _emit(summary, as_json, _summary_text(summary))
     if state.is_failed():
         print(f"embedpipe: error: {summary.get('message') or state.message}", file=sys.stderr)
-        return 1
+        return GateFailed.exit_code if summary.get("gate") == "failed" else 1
     return 0
 
 
@@ -369,9 +463,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     if not args.query.strip():
         raise ConfigError("empty query: pass the text to search for, e.g. embedpipe search 'vector index'")
     store = Store(settings.store)
-    table = store.snapshot()  # one consistent version: a concurrent reindex cannot switch underneath
-    if table is None:
-        store.require_table()
+    # One consistent version (the served one by default): a concurrent run cannot switch underneath.
+    table = store.open_version(args.search_version)
     identity = store.table_identity(table=table)
     assert identity is not None
     # Queries are embedded with the table's own model, so they land in the same vector space.
@@ -413,6 +506,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 COMMANDS = {
     "run": cmd_run,
     "reindex": cmd_reindex,
+    "check": cmd_check,
     "compact": cmd_compact,
     "search": cmd_search,
     "dashboard": cmd_dashboard,

@@ -82,9 +82,11 @@ def collect(store: Store, sample: int = 2000, seed: int = 0) -> DashboardData:
     data.checks = sorted(_rows(store, CHECKS_TABLE), key=lambda r: r.get("table_version") or 0)
     rejects = sorted(_rows(store, REJECTS_TABLE), key=lambda r: r[C.AT], reverse=True)
     data.rejects = rejects[:50]
-    chunks = store.open_table()
-    if chunks is None:
+    if store.open_table() is None:
         return data
+    # The charts of the chunks show what users get: the served version (the latest when a table
+    # was never published).
+    chunks = store.open_version(None)
     data.served_version = int(chunks.version)
     data.versions = list(reversed(store.versions()))[:30]
     identity = store.table_identity(table=chunks)
@@ -173,38 +175,65 @@ def _figures(d: DashboardData) -> dict[str, dict[str, Any]]:
             },
         }
     if d.checks:
-        data: list[dict[str, Any]] = []
-        shapes: list[dict[str, Any]] = []
-        for name in sorted({str(c["check"]) for c in d.checks}):
-            rows = [c for c in d.checks if str(c["check"]) == name]
-            xs = [c["table_version"] for c in rows]
-            data.append(
-                {
-                    "type": "scatter",
-                    "mode": "lines+markers",
-                    "name": name,
-                    "x": xs,
-                    "y": [c["statistic"] for c in rows],
-                }
-            )
-            thresholds = [c["threshold"] for c in rows if c.get("threshold") is not None]
-            if thresholds:
-                data.append(
-                    {
-                        "type": "scatter",
-                        "mode": "lines",
-                        "name": f"{name} threshold",
-                        "x": xs,
-                        "y": [c.get("threshold") for c in rows],
-                        "line": {"dash": "dash"},
-                    }
+        # One cell per (check, version): its latest status. Statistics have different scales, so
+        # the chart shows verdicts; the hover text gives statistic, threshold and detail.
+        codes = {"skipped": 0, "pass": 1, "warn": 2, "fail": 3, "error": 4}
+        latest: dict[tuple[str, int], dict[str, Any]] = {}
+        for c in sorted(d.checks, key=lambda c: str(c.get(C.AT))):
+            if c.get("table_version") is not None:
+                latest[(str(c["check"]), int(c["table_version"]))] = c
+        names = sorted({k[0] for k in latest})
+        versions = sorted({k[1] for k in latest})
+        z: list[list[int | None]] = []
+        hover: list[list[str]] = []
+        for name in names:
+            zrow: list[int | None] = []
+            hrow: list[str] = []
+            for v in versions:
+                cell = latest.get((name, v))
+                zrow.append(None if cell is None else codes.get(str(cell["status"]), 4))
+                hrow.append(
+                    ""
+                    if cell is None
+                    # escaped: details can quote doc_ids, which come from documents
+                    else html.escape(
+                        f"{name} @ version {v}: {cell['status']} (severity {cell['severity']}); "
+                        f"statistic {_fmt(cell.get('statistic'))} vs threshold "
+                        f"{_fmt(cell.get('threshold'))}. {cell.get('detail') or ''}"[:_HOVER_CHARS]
+                    )
                 )
+            z.append(zrow)
+            hover.append(hrow)
+        scale = ["#bdbdbd", "#2e7d32", "#f9a825", "#c62828", "#6a1b9a"]
         figs["checks"] = {
-            "data": data,
+            "data": [
+                {
+                    "type": "heatmap",
+                    "x": [str(v) for v in versions],
+                    "y": names,
+                    "z": z,
+                    "zmin": -0.5,
+                    "zmax": 4.5,
+                    "colorscale": [
+                        [f, col]
+                        for i, col in enumerate(scale)
+                        for f in (i / len(scale), (i + 1) / len(scale))
+                    ],
+                    "colorbar": {
+                        "tickvals": list(range(5)),
+                        "ticktext": ["skipped", "pass", "warn", "fail", "error"],
+                    },
+                    "hovertext": hover,
+                    "hoverinfo": "text",
+                    "xgap": 2,
+                    "ygap": 2,
+                }
+            ],
             "layout": {
-                "title": {"text": "Drift and quality checks by table version"},
+                "title": {"text": "Checks by table version (served only when no fail-gate fails)"},
                 "xaxis": {"title": {"text": "table version"}, "type": "category"},
-                "shapes": shapes,
+                "yaxis": {"automargin": True},
+                "height": max(320, 24 * len(names) + 140),
             },
         }
     if d.seq_lengths:
@@ -269,6 +298,10 @@ def _figures(d: DashboardData) -> dict[str, dict[str, Any]]:
             },
         }
     return figs
+
+
+def _fmt(x: Any) -> str:
+    return "n/a" if x is None else f"{float(x):.4g}"
 
 
 def _safe_json(obj: Any) -> str:

@@ -72,6 +72,18 @@ class RejectRatioExceeded(EmbedpipeError):
     exit_code = 6
 
 
+class GateFailed(EmbedpipeError):
+    """A new version failed a check of severity ``fail``: it was written but is not served."""
+
+    exit_code = 7
+
+
+class CheckError(EmbedpipeError):
+    """A check could not be measured (for example a golden set naming documents the table lacks)."""
+
+    exit_code = 7
+
+
 class RejectedInput(EmbedpipeError):
     """One file or record cannot be used; it is quarantined with this message as the reason.
 

@@ -267,3 +267,41 @@ def test_reindex_and_compact_commands(tmp_path: Path, prefect_harness: str) -> N
         embedpipe("search", "vector index", "--db", "db", "--json", cwd=tmp_path, env=env).stdout
     )
     assert hits and hits[0]["doc_id"] == "en/ann.md"
+
+
+def test_checks_gate_the_sample_corpus_with_the_real_model(tmp_path: Path, prefect_harness: str) -> None:
+    """`run --json` reports checks and the served version; `check` re-runs them; a broken golden
+    set makes `check` exit 7 with the reason and leaves the served version alone."""
+    env = cli_env(prefect_harness)
+    golden = str(Path(SAMPLE_CORPUS).parent / "quality" / "golden.jsonl")
+    first = embedpipe(
+        "run", str(SAMPLE_CORPUS), "--db", "db", "--golden", golden, "--json", cwd=tmp_path, env=env
+    )
+    assert first.returncode == 0, first.stderr
+    s = json.loads(first.stdout)
+    assert s["served_version"] == s["table_version"] == 1 and s["gate"] == "passed"
+    checks = {c["check"]: c for c in s["checks"]}
+    assert checks["triplets"]["status"] == "pass" and checks["triplets"]["statistic"] >= 0.9
+    assert checks["pairs_spearman"]["status"] == "pass" and checks["pairs_spearman"]["statistic"] >= 0.7
+    assert checks["golden_ndcg"]["status"] == "pass" and checks["golden_ndcg"]["statistic"] > 0.6
+    assert checks["integrity"]["status"] == "pass" and checks["truncation_rate"]["statistic"] == 0.0
+    assert {"check", "status", "severity", "statistic", "threshold"} <= set(checks["integrity"])
+
+    again = embedpipe("check", "--db", "db", "--golden", golden, "--json", cwd=tmp_path, env=env)
+    assert again.returncode == 0, again.stderr
+    report = json.loads(again.stdout)
+    assert report["version"] == 1 and report["gate"] == "passed" and report["served_version"] == 1
+    by = {c["check"]: c for c in report["checks"]}
+    # same model, same machine: the canary re-embeds bit-for-bit (or within float noise)
+    assert by["canary"]["status"] == "pass" and by["canary"]["statistic"] > 0.9999
+    assert by["golden_ndcg"]["statistic"] == pytest.approx(checks["golden_ndcg"]["statistic"])
+
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"query": "what is an embedding", "relevant": {"basics/missing.md": 2}}\n')
+    bad = embedpipe("check", "--db", "db", "--golden", str(broken), "--json", cwd=tmp_path, env=env)
+    assert bad.returncode == 7, (bad.returncode, bad.stderr)
+    report = json.loads(bad.stdout)
+    assert report["gate"] == "failed" and "golden_recall" in report["blocking"]
+    assert "basics/missing.md" in bad.stderr and "Traceback" not in bad.stderr
+    hits = embedpipe("search", "vector index", "--db", "db", "--json", cwd=tmp_path, env=env)
+    assert hits.returncode == 0 and json.loads(hits.stdout)

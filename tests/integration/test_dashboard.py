@@ -9,16 +9,13 @@ import os
 import shutil
 import threading
 import urllib.request
-from datetime import UTC, datetime
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 
 from embedpipe import dashboard
 from embedpipe.flows.sync import sync
 from embedpipe.resources.store import Store
-from embedpipe.schemas import checks_schema
 from tests.conftest import ROOT, make_settings, write
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
@@ -53,31 +50,7 @@ def small_db(tmp_path_factory: pytest.TempPathFactory):
     write(src / "cats" / "doc0.txt", "Changed. " * 40)
     s2 = sync([str(src)], settings)
     store = Store(settings.store)
-    # A checks table as the checks flow writes it (one row per check result).
-    now = datetime.now(UTC)
-    store.db.create_table(
-        dashboard.CHECKS_TABLE,
-        data=pa.Table.from_pylist(
-            schema=checks_schema(),
-            mapping=[
-                {
-                    "run_id": s.run_id,
-                    "table_version": s.table_version,
-                    "check": check,
-                    "statistic": stat,
-                    "threshold": thr,
-                    "severity": "fail",
-                    "status": "pass",
-                    "at": now,
-                }
-                for s in (s1, s2)
-                for check, stat, thr in (
-                    ("centroid_shift", 0.9 + 0.1 * (s is s2), 3.0),
-                    ("recall_at_10", 0.95, 0.9),
-                )
-            ],
-        ),
-    )
+    assert s1.checks and s2.checks  # the checks table is written by the runs themselves
     return settings, store
 
 
@@ -115,7 +88,8 @@ def test_dashboard_renders_in_headless_chromium(small_db, tmp_path: Path) -> Non
         drv.get(page.as_uri())
         count_marks = (
             "return [...document.querySelectorAll('.chart')].map(c => [c.id,"
-            " c.querySelectorAll('svg.main-svg .trace path, svg.main-svg .trace .point').length])"
+            " c.querySelectorAll('svg.main-svg .trace path, svg.main-svg .trace .point,"
+            " svg.main-svg .hm image').length])"
         )
         WebDriverWait(drv, 60).until(
             lambda d: (lambda cs: len(cs) == 4 and all(n > 0 for _, n in cs))(d.execute_script(count_marks))

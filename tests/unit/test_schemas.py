@@ -15,6 +15,7 @@ import pytest
 from embedpipe.schemas import (
     C,
     ModelIdentity,
+    canary_schema,
     checks_schema,
     chunks_schema,
     docs_schema,
@@ -49,6 +50,7 @@ def current() -> dict:
         "rejects": describe(rejects_schema()),
         "runs": describe(runs_schema()),
         "checks": describe(checks_schema()),
+        "canary": describe(canary_schema()),
     }
 
 
@@ -72,6 +74,7 @@ def test_every_field_is_described() -> None:
         rejects_schema(),
         runs_schema(),
         checks_schema(),
+        canary_schema(),
     ):
         for f in schema:
             assert (f.metadata or {}).get(b"description"), f.name

@@ -5,7 +5,10 @@ Precedence, highest first: CLI flags, ``EMBEDPIPE_*`` environment variables (nes
 """
 
 from embedpipe.config.settings import (
+    CHECK_GATES,
+    ChecksSettings,
     ChunkSettings,
+    GateSettings,
     ModelSettings,
     RetentionSettings,
     RuntimeSettings,
@@ -16,7 +19,10 @@ from embedpipe.config.settings import (
 )
 
 __all__ = [
+    "CHECK_GATES",
+    "ChecksSettings",
     "ChunkSettings",
+    "GateSettings",
     "ModelSettings",
     "RetentionSettings",
     "RuntimeSettings",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -167,6 +167,93 @@ class RetentionSettings(_Group):
     )
 
 
+CHECK_GATES: dict[str, tuple[str, float, float | None]] = {
+    # name: (default severity, default threshold, default max_drop vs the reference or None)
+    "integrity": ("fail", 0.0, None),
+    "canary": ("fail", 0.9999, None),
+    "centroid_shift": ("warn", 1.5, None),
+    "domain_auc": ("warn", 0.6, None),
+    "mmd": ("warn", 0.001, None),
+    "drifted_components": ("warn", 0.25, None),
+    "anisotropy": ("warn", 0.1, None),
+    "effective_rank": ("fail", 0.5, None),
+    "duplicate_vectors": ("fail", 0.01, None),
+    "token_length_psi": ("warn", 0.25, None),
+    "truncation_rate": ("warn", 0.01, None),
+    "language_mix": ("warn", 0.1, None),
+    "golden_recall": ("fail", 0.0, 0.05),
+    "golden_mrr": ("fail", 0.0, 0.05),
+    "golden_ndcg": ("fail", 0.0, 0.05),
+    "triplets": ("fail", 0.9, 0.02),
+    "pairs_spearman": ("fail", 0.7, 0.02),
+    "neighbour_stability": ("fail", 0.9, None),
+    "index_recall": ("warn", 0.9, None),
+}
+"""Every check with its default gate. The meaning of each threshold is in the README's checks table."""
+
+
+class GateSettings(_Group):
+    """How one check gates publication."""
+
+    severity: Literal["fail", "warn", "off"] | None = Field(
+        None, description="fail blocks serving, warn only reports, off skips the check; None: default."
+    )
+    threshold: float | None = Field(None, description="The check's threshold; None: its default.")
+    max_drop: float | None = Field(
+        None, ge=0, description="Quality checks: largest allowed drop against the reference version."
+    )
+
+
+class ChecksSettings(_Group):
+    """Drift and similarity-quality checks that gate which version is served."""
+
+    enabled: bool = Field(True, description="Check every new version before serving it.")
+    baseline_tag: str | None = Field(
+        None, description="Compare against this pinned tag (or version number) instead of the served version."
+    )
+    sample_size: int = Field(
+        5000, ge=50, le=10_000_000, description="Vectors per side drawn (fixed seed) for distribution checks."
+    )
+    seed: int = Field(0, ge=0, description="Seed of every subsample and permutation.")
+    alpha: float = Field(
+        0.001, gt=0, lt=0.5, description="Significance level of the statistical drift tests."
+    )
+    golden: list[str] = Field(
+        default_factory=list, description="Golden-set JSONL files ({query, relevant: {doc_id: grade}})."
+    )
+    triplets: list[str] = Field(
+        default_factory=lambda: ["builtin"],
+        description="Triplet JSONL files ({anchor, positive, negative, margin}); builtin = the bundled set.",
+    )
+    pairs: list[str] = Field(
+        default_factory=lambda: ["builtin"],
+        description="Scored pair JSONL files ({a, b, score}); builtin = the bundled set.",
+    )
+    canary: str = Field("builtin", description="Text file of canary probes, one per line; builtin = bundled.")
+    k: int = Field(10, ge=1, le=1000, description="k of recall@k and of neighbour stability.")
+    gates: dict[str, GateSettings] = Field(
+        default_factory=dict, description="Per-check overrides of severity, threshold and max_drop."
+    )
+
+    @field_validator("gates")
+    @classmethod
+    def _known_checks(cls, value: dict[str, GateSettings]) -> dict[str, GateSettings]:
+        unknown = sorted(set(value) - set(CHECK_GATES))
+        if unknown:
+            raise ValueError(f"unknown check(s) {unknown}; known: {sorted(CHECK_GATES)}")
+        return value
+
+    def gate(self, name: str) -> tuple[str, float, float | None]:
+        """The effective (severity, threshold, max_drop) of check ``name``."""
+        severity, threshold, max_drop = CHECK_GATES[name]
+        g = self.gates.get(name)
+        if g is not None:
+            severity = g.severity or severity
+            threshold = threshold if g.threshold is None else g.threshold
+            max_drop = max_drop if g.max_drop is None else g.max_drop
+        return severity, threshold, max_drop
+
+
 class Settings(BaseSettings):
     """Root settings of embedpipe."""
 
@@ -183,6 +270,7 @@ class Settings(BaseSettings):
     store: StoreSettings = Field(default_factory=StoreSettings)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    checks: ChecksSettings = Field(default_factory=ChecksSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -158,6 +158,12 @@ def _collect(tally: Tally, futures: tuple[Any, Any, Any, Any]) -> None:
     tally.new += d.new
     tally.changed += d.changed
     tally.unchanged += d.unchanged
+    tally.rejects += emb.rejects
+    if emb.dropped:
+        # Documents left out by the embed stage keep their stored rows and are never deleted.
+        dropped = set(emb.dropped)
+        tally.changed_text = [d for d in tally.changed_text if d not in dropped]
+        tally.protected_files |= emb.dropped_files
     tally.embedded += emb.embedded
     tally.reused += emb.reused
     tally.refreshed += emb.refreshed

@@ -4,7 +4,9 @@ When the chunking is unchanged (same budget, overlap and tokenizer), the stored 
 re-embedded and the sources are not read at all; otherwise the sources recorded in the table are
 read and chunked again. Either way the new rows are staged and then replace the table's contents
 in a single commit: readers see the old index until that commit and the new one after it, never a
-half-built one. The previous version stays available to ``rollback`` until retention removes it.
+half-built one. The new version is checked like any other and served only when its gates pass
+(a model change is judged by the quality checks; the vector-space drift checks do not apply
+across models). The previous version stays available to ``rollback`` until retention removes it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from prefect import flow, get_run_logger
 from prefect.states import State
 
 from embedpipe.config import Settings, get_settings
+from embedpipe.flows._audit import Audit, audit_and_publish
 from embedpipe.flows._pipeline import Tally, check_reject_ratio, final_state, guarded_run, run_id, run_shards
 from embedpipe.resources.embedder import get_embedder
 from embedpipe.resources.store import CommitResult, Store
@@ -85,6 +88,7 @@ def reindex(
     result = CommitResult(None, 0, 0)
     reused_texts: bool | None = None
     store = Store(settings.store)
+    audit = Audit()
     with guarded_run("reindex", settings, rid, logger) as outcome:
         prepared = prepare_task(settings, check=False)
         table = store.require_table()
@@ -111,6 +115,8 @@ def reindex(
             check_reject_ratio(tally, settings, "the table was not switched")
         schema = table_schema(get_embedder(settings.model), settings)
         result = switch_task(tally.staged, settings, rid, schema)
+        assert result.version is not None
+        audit_and_publish(settings, rid, result.version, audit)
         if settings.retention.auto:
             retention_task(settings)
     summary = build_summary(
@@ -126,5 +132,6 @@ def reindex(
         tally=tally,
         docs_deleted=0,
         reused_chunk_texts=reused_texts,
+        audit=audit,
     )
     return final_state(outcome, summarize_task(summary, settings), logger)

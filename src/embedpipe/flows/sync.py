@@ -1,9 +1,11 @@
 """The sync flow: compare the sources with the table, then write only what changed, as one version.
 
-prepare → discover → load-state → per shard (ingest → chunk → embed → stage) → write → summarize.
+prepare → discover → load-state → per shard (ingest → chunk → embed → stage) → write → checks →
+publish → summarize.
 Unchanged documents are skipped, only new chunk texts go through the model, stale and deleted
 chunks are removed, and nothing becomes visible until the single ``write`` commit. A run that
-changes nothing creates no version.
+changes nothing creates no version. A new version is then checked (one task per check family)
+and served only when its gates pass (write, audit, publish; see :mod:`embedpipe.flows._audit`).
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ from prefect import flow, get_run_logger
 from prefect.states import State
 
 from embedpipe.config import Settings, get_settings
+from embedpipe.flows._audit import Audit, audit_and_publish
 from embedpipe.flows._pipeline import Tally, check_reject_ratio, final_state, guarded_run, run_id, run_shards
 from embedpipe.incremental import missing_documents
 from embedpipe.readers import PathFilter
 from embedpipe.resources.embedder import get_embedder
-from embedpipe.resources.store import CommitResult
+from embedpipe.resources.store import CommitResult, Store
 from embedpipe.schemas import RunSummary
 from embedpipe.tasks.embed import table_schema
 from embedpipe.tasks.ingest import discover_task
@@ -50,6 +53,7 @@ def sync(
     prepared: Prepared | None = None
     result = CommitResult(None, 0, 0)
     deleted_docs: list[tuple[str, str]] = []
+    audit = Audit()
     with guarded_run("sync", settings, rid, logger) as outcome:
         prepared = prepare_task(settings)
         plan = discover_task(sources, settings)
@@ -67,8 +71,12 @@ def sync(
         schema = table_schema(get_embedder(settings.model), settings)
         replace = sorted(set(tally.changed_text) | set(deleted_docs))
         result = write_task(tally.staged, settings, rid, schema, replace, tally.exclude)
-        if result.version is not None and settings.retention.auto:
-            retention_task(settings)
+        if result.version is not None:
+            audit_and_publish(settings, rid, result.version, audit, written_by=rid)
+            if settings.retention.auto:
+                retention_task(settings)
+    if audit.served_version is None and outcome.status == "completed":
+        audit.served_version = Store(settings.store).serving_version()
     summary = build_summary(
         run_id=rid,
         flow="sync",
@@ -81,5 +89,6 @@ def sync(
         result=result,
         tally=tally,
         docs_deleted=len(deleted_docs) if result.version is not None else 0,
+        audit=audit,
     )
     return final_state(outcome, summarize_task(summary, settings), logger)

@@ -32,10 +32,13 @@ from embedpipe.errors import (
 )
 from embedpipe.schemas import (
     C,
+    CheckResult,
     ChunkingIdentity,
     ModelIdentity,
     Reject,
     RunSummary,
+    canary_schema,
+    checks_schema,
     rejects_schema,
     runs_schema,
 )
@@ -45,6 +48,9 @@ log = logging.getLogger(__name__)
 STAGING_DIR = "_embedpipe_staging"
 RUNS_TABLE = "runs"
 REJECTS_TABLE = "rejects"
+CHECKS_TABLE = "checks"
+CANARY_TABLE = "canary"
+SERVING_TAG = "serving"
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
@@ -476,6 +482,178 @@ class Store:
         except Exception as e:  # the data is committed; a missing tag is reported, not fatal
             log.warning("could not tag version=%d with run_id=%s: %s", version, run_id, e)
 
+    # ------------------------------------------------------------------ serving
+
+    def serving_version(self, table: Any = None) -> int | None:
+        """The version the ``serving`` tag points at, or ``None`` when nothing was published."""
+        table = table if table is not None else self.open_table()
+        if table is None:
+            return None
+        info = table.tags.list().get(SERVING_TAG)
+        return int(info["version"]) if info else None
+
+    def resolve_version(self, target: str | int | None, table: Any = None) -> int:
+        """A version number from ``serving``, ``latest``, a tag or a number (``None`` = serving).
+
+        A table that was never published (built before checks existed) serves its latest version.
+
+        Raises:
+            VersionNotFoundError: No such version or tag.
+        """
+        table = table if table is not None else self.require_table()
+        latest = int(table.version)
+        if target is None or target == SERVING_TAG:
+            served = self.serving_version(table)
+            return latest if served is None else served
+        if target == "latest":
+            return latest
+        tags = table.tags.list()
+        if isinstance(target, str) and target in tags:
+            return int(tags[target]["version"])
+        if isinstance(target, int) or str(target).isdigit():
+            version = int(target)
+            if version in {int(v["version"]) for v in table.list_versions()}:
+                return version
+        raise VersionNotFoundError(
+            f"no version or tag named {target!r} in table={table.name}; see `embedpipe versions`"
+        )
+
+    def open_version(self, target: str | int | None = None, name: str | None = None) -> Any:
+        """The table pinned at a version (default: the served one), for consistent reads.
+
+        Raises:
+            TableNotFoundError: No such table.
+            VersionNotFoundError: No such version or tag.
+        """
+        table = self.require_table(name)
+        table.checkout(self.resolve_version(target, table))
+        return table
+
+    def publish(self, version: int) -> None:
+        """Point the ``serving`` tag at ``version``: readers that ask for the served table get it."""
+        table = self.require_table()
+        try:
+            if SERVING_TAG in table.tags.list():
+                table.tags.update(SERVING_TAG, version)
+            else:
+                table.tags.create(SERVING_TAG, version)
+        except Exception as e:
+            raise StoreError(
+                f"cannot publish version={version} of table={table.name}: {type(e).__name__}: {e}"
+            ) from e
+
+    def sample_rows(self, table: Any, n: int, seed: int, columns: Sequence[str]) -> pa.Table:
+        """At most ``n`` rows of a pinned table, drawn uniformly with a fixed seed."""
+        import numpy as np
+
+        ds = table.to_lance()
+        total = ds.count_rows()
+        if total == 0:
+            return ds.schema.empty_table().select(list(columns))
+        if total <= n:
+            return ds.to_table(columns=list(columns))
+        idx = np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False))
+        return ds.take(idx.tolist(), columns=list(columns))
+
+    def rows_by_chunk_ids(self, table: Any, chunk_ids: Sequence[str], columns: Sequence[str]) -> pa.Table:
+        """Rows of a pinned table with these chunk ids."""
+        parts = []
+        uniq = sorted(set(chunk_ids))
+        for i in range(0, len(uniq), _IN_LIST):
+            flt = _in_filter(C.CHUNK_ID, uniq[i : i + _IN_LIST])
+            parts.append(table.search().where(flt).select(list(columns)).limit(None).to_arrow())
+        if not parts:
+            return pa.table({c: pa.array([], type=table.schema.field(c).type) for c in columns})
+        return pa.concat_tables(parts)
+
+    # ------------------------------------------------------------------ check records
+
+    def append_checks(self, run_id: str, results: Sequence[CheckResult], at: Any) -> None:
+        """Append check results to the ``checks`` table (created on first use)."""
+        if not results:
+            return
+        rows = [
+            {
+                C.RUN_ID: run_id,
+                "table_version": r.table_version,
+                "check": r.check,
+                "statistic": r.statistic,
+                "threshold": r.threshold,
+                "severity": r.severity,
+                "status": r.status,
+                C.AT: at,
+                "reference_version": r.reference_version,
+                "p_value": r.p_value,
+                "effect": r.effect,
+                "detail": r.detail,
+            }
+            for r in results
+        ]
+        self._append(CHECKS_TABLE, pa.Table.from_pylist(rows, schema=checks_schema()))
+
+    def recorded_checks(self, version: int) -> dict[str, float]:
+        """The latest recorded statistic of each check on ``version`` of this table (for comparisons)."""
+        table = self.open_table(CHECKS_TABLE)
+        if table is None:
+            return {}
+        rows = (
+            table.search()
+            .where(f"table_version = {int(version)} AND status <> 'error' AND status <> 'skipped'")
+            .select(["check", "statistic", C.AT])
+            .limit(None)
+            .to_arrow()
+            .to_pylist()
+        )
+        out: dict[str, float] = {}
+        for r in sorted(rows, key=lambda r: r[C.AT]):
+            if r["statistic"] is not None:
+                out[r["check"]] = float(r["statistic"])
+        return out
+
+    def append_canary(
+        self, run_id: str, version: int | None, model_id: str, hashes: Sequence[str], vectors: Any, at: Any
+    ) -> None:
+        """Store the canary probe vectors embedded by a run."""
+        rows = [
+            {
+                C.RUN_ID: run_id,
+                "table_version": version,
+                C.MODEL_ID: model_id,
+                "probe": i,
+                "probe_hash": h,
+                C.VECTOR: [float(x) for x in v],
+                C.AT: at,
+            }
+            for i, (h, v) in enumerate(zip(hashes, vectors, strict=True))
+        ]
+        self._append(CANARY_TABLE, pa.Table.from_pylist(rows, schema=canary_schema()))
+
+    def canary_baseline(self, model_id: str, version: int | None) -> tuple[int | None, dict[str, Any]]:
+        """Stored probe vectors of ``model_id``: those of ``version`` if any, else the oldest stored.
+
+        Returns:
+            (the version they were stored with, {probe_hash: vector}); empty when none are stored.
+        """
+        table = self.open_table(CANARY_TABLE)
+        if table is None:
+            return None, {}
+        rows = (
+            table.search()
+            .where(f"{C.MODEL_ID} = {sql_quote(model_id)}")
+            .select(["table_version", "probe_hash", C.VECTOR, C.AT])
+            .limit(None)
+            .to_arrow()
+            .to_pylist()
+        )
+        if not rows:
+            return None, {}
+        chosen = [r for r in rows if version is not None and r["table_version"] == version]
+        if not chosen:
+            first = min(rows, key=lambda r: r[C.AT])
+            chosen = [r for r in rows if r["table_version"] == first["table_version"]]
+        ver = chosen[0]["table_version"]
+        return ver, {r["probe_hash"]: r[C.VECTOR] for r in chosen}
+
     # ------------------------------------------------------------------ retention
 
     def apply_retention(
@@ -497,14 +675,20 @@ class Store:
         report: dict[str, Any] = {}
         age = timedelta(hours=max_age_hours)
         cutoff = datetime.now(UTC) - age
-        for name in (self.settings.table, RUNS_TABLE, REJECTS_TABLE):
+        for name in (self.settings.table, RUNS_TABLE, REJECTS_TABLE, CHECKS_TABLE, CANARY_TABLE):
             table = self.open_table(name)
             if table is None:
                 continue
             entry: dict[str, Any] = {"versions_before": len(table.list_versions())}
             if compact and name == self.settings.table:
+                served, before = self.serving_version(table), int(table.version)
                 stats = table.compact_files()
                 entry["compacted"] = str(stats)
+                # Compaction rewrites files, not content: a served latest version stays served as
+                # its compacted copy (and the old files can go).
+                table = self.require_table(name)
+                if served is not None and served == before and int(table.version) != before:
+                    self.publish(int(table.version))
             versions = sorted(table.list_versions(), key=lambda v: int(v["version"]))
             keep = {int(v["version"]) for v in versions[-keep_versions:]}
             dropped = []
@@ -533,8 +717,8 @@ class Store:
     def append_run(self, summary: RunSummary) -> None:
         """Append the run summary to the ``runs`` table (created on first use)."""
         row = summary.model_dump()
-        row.pop("rejects")
-        row.pop("reused_chunk_texts")
+        for extra in ("rejects", "reused_chunk_texts", "checks", "gate", "served_version"):
+            row.pop(extra)
         data = pa.Table.from_pylist([row], schema=runs_schema())
         self._append(RUNS_TABLE, data)
 
@@ -611,6 +795,9 @@ class Store:
             )
         previous = int(table.version)
         table.restore(version)
+        # An operator's rollback is a decision to serve that content again: the restored copy is
+        # published at once (the version it copies was served or inspected before).
+        self.publish(int(table.version))
         return {
             "table": table.name,
             "restored": version,

@@ -3,6 +3,7 @@
 from embedpipe.schemas.arrow import (
     SCHEMA_VERSION,
     C,
+    canary_schema,
     checks_schema,
     chunks_schema,
     docs_schema,
@@ -10,15 +11,25 @@ from embedpipe.schemas.arrow import (
     runs_schema,
     segments_schema,
 )
-from embedpipe.schemas.records import ChunkingIdentity, ModelIdentity, Reject, RunSummary
+from embedpipe.schemas.records import (
+    CheckReport,
+    CheckResult,
+    ChunkingIdentity,
+    ModelIdentity,
+    Reject,
+    RunSummary,
+)
 
 __all__ = [
     "SCHEMA_VERSION",
     "C",
+    "CheckReport",
+    "CheckResult",
     "ChunkingIdentity",
     "ModelIdentity",
     "Reject",
     "RunSummary",
+    "canary_schema",
     "checks_schema",
     "chunks_schema",
     "docs_schema",

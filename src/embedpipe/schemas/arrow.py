@@ -134,14 +134,34 @@ def checks_schema() -> pa.Schema:
         [
             _f(C.RUN_ID, pa.string(), False, "The run whose version was checked."),
             _f("table_version", pa.int64(), True, "Checked table version."),
-            _f("check", pa.string(), False, "Check name, e.g. centroid_shift or recall_at_10."),
+            _f("check", pa.string(), False, "Check name, e.g. centroid_shift or golden_recall."),
             _f("statistic", pa.float64(), True, "Measured value."),
             _f("threshold", pa.float64(), True, "Gate threshold."),
-            _f("severity", pa.string(), False, "fail or warn."),
-            _f("status", pa.string(), False, "pass, warn or fail."),
+            _f("severity", pa.string(), False, "fail, warn or off."),
+            _f("status", pa.string(), False, "pass, warn, fail, skipped or error."),
             _f(C.AT, TS, False, "When."),
+            _f("reference_version", pa.int64(), True, "Version compared against (served or baseline)."),
+            _f("p_value", pa.float64(), True, "p-value of 'no change' for statistical tests."),
+            _f("effect", pa.float64(), True, "Effect size, on the scale named in detail."),
+            _f("detail", pa.string(), True, "One line for people: what was measured and on how much."),
         ],
         metadata={"embedpipe.schema": "checks", "embedpipe.schema_version": SCHEMA_VERSION},
+    )
+
+
+def canary_schema() -> pa.Schema:
+    """Schema of the ``canary`` table: the probe vectors embedded by each run, per table version."""
+    return pa.schema(
+        [
+            _f(C.RUN_ID, pa.string(), False, "The run that embedded the probes."),
+            _f("table_version", pa.int64(), True, "The version the run wrote."),
+            _f(C.MODEL_ID, pa.string(), False, "Model identity: name@weights-hash."),
+            _f("probe", pa.int32(), False, "Position of the probe text in the probe set."),
+            _f("probe_hash", pa.string(), False, "sha256 of the probe text."),
+            _f(C.VECTOR, pa.list_(pa.float32()), False, "The probe's vector (any dimension)."),
+            _f(C.AT, TS, False, "When."),
+        ],
+        metadata={"embedpipe.schema": "canary", "embedpipe.schema_version": SCHEMA_VERSION},
     )
 
 

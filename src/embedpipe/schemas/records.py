@@ -98,6 +98,26 @@ class ChunkingIdentity(BaseModel):
         )
 
 
+class CheckResult(BaseModel):
+    """The result of one check on one table version (a row of the ``checks`` table)."""
+
+    check: str
+    status: str = Field(description="pass, warn (fired, severity warn), fail, skipped or error.")
+    severity: str = Field(description="fail, warn or off.")
+    statistic: float | None = None
+    threshold: float | None = None
+    p_value: float | None = None
+    effect: float | None = None
+    detail: str = ""
+    table_version: int | None = None
+    reference_version: int | None = None
+
+    @property
+    def blocks(self) -> bool:
+        """Whether this result keeps the version from being served."""
+        return self.severity == "fail" and self.status in {"fail", "error"}
+
+
 class RunSummary(BaseModel):
     """The typed summary of one sync run; ``embedpipe run --json`` prints it."""
 
@@ -130,7 +150,30 @@ class RunSummary(BaseModel):
     dim: int
     device: str
     rejects: list[Reject]
+    checks: list[CheckResult] = Field(default_factory=list, description="Checks run on the new version.")
+    gate: str | None = Field(
+        None, description="passed, failed, or null when no version was checked (no change, checks off)."
+    )
+    served_version: int | None = Field(None, description="The version the table serves after this run.")
     reused_chunk_texts: bool | None = Field(
         None,
         description="reindex only: chunk texts were reused from the table instead of re-reading sources.",
     )
+
+
+class CheckReport(BaseModel):
+    """What ``embedpipe check`` found: the checks of one version against its reference."""
+
+    run_id: str
+    table: str
+    version: int
+    reference_version: int | None
+    reference: str = Field(description="How the reference was chosen (served, baseline tag, previous).")
+    gate: str = Field(description="passed or failed (or skipped when checks are turned off).")
+    blocking: list[str] = Field(
+        default_factory=list, description="Checks that keep the version from serving."
+    )
+    served_version: int | None
+    published: bool = Field(False, description="Whether this check published the version.")
+    checks: list[CheckResult] = Field(default_factory=list)
+    message: str | None = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
@@ -12,11 +12,12 @@ import pyarrow as pa
 from prefect import get_run_logger, task
 
 from embedpipe.config import Settings
+from embedpipe.errors import ModelError
 from embedpipe.incremental import chunk_hashes, refresh_rows
 from embedpipe.progress import NullProgress, Progress, chunks_progress
 from embedpipe.resources.embedder import Embedder, get_embedder
 from embedpipe.resources.store import Store
-from embedpipe.schemas import C, chunks_schema
+from embedpipe.schemas import C, Reject, chunks_schema
 from embedpipe.tasks._common import TASK_DEFAULTS
 from embedpipe.tasks.chunk import Chunks, chunking_identity
 from embedpipe.tasks.ingest import Documents
@@ -36,6 +37,52 @@ class Embedded:
     refreshed: int
     truncated: int
     seconds: float
+    rejects: list[Reject] = field(default_factory=list)
+    dropped: list[tuple[str, str]] = field(default_factory=list)
+    """(source, doc_id) of documents left out because the model gave one of their chunks a
+    non-finite vector; their stored rows stay as they were."""
+    dropped_files: set[tuple[str, str]] = field(default_factory=set)
+    """(source, path) of the files of dropped documents: never treated as deleted."""
+
+
+def quarantine_nonfinite(
+    table: pa.Table,
+) -> tuple[pa.Table, list[Reject], list[tuple[str, str]], set[tuple[str, str]]]:
+    """Leave out every document with a NaN or infinite vector in any of its chunks.
+
+    A document is written whole or not at all, so a partly embedded document never looks current.
+
+    Returns:
+        The rows of the other documents, a reject per dropped document, their (source, doc_id)
+        and the (source, path) of their files.
+    """
+    if table.num_rows == 0:
+        return table, [], [], set()
+    vec = table.column(C.VECTOR).combine_chunks()
+    flat = vec.flatten().to_numpy(zero_copy_only=False).reshape(table.num_rows, -1)
+    bad_rows = np.flatnonzero(~np.isfinite(flat).all(axis=1))
+    if len(bad_rows) == 0:
+        return table, [], [], set()
+    sources = table.column(C.SOURCE).to_pylist()
+    doc_ids = table.column(C.DOC_ID).to_pylist()
+    index = table.column(C.CHUNK_INDEX).to_pylist()
+    paths = table.column(C.PATH).to_pylist()
+    bad: dict[tuple[str, str], int] = {}
+    files = set()
+    for i in bad_rows:
+        bad.setdefault((sources[i], doc_ids[i]), index[i])
+        files.add((sources[i], paths[i]))
+    keep = np.asarray([(s, d) not in bad for s, d in zip(sources, doc_ids, strict=True)])
+    rejects = [
+        Reject(
+            source=src,
+            path=doc_id,
+            reason=f"the model produced a non-finite (NaN or infinite) vector for chunk {chunk}; "
+            "the document was not written (its stored rows, if any, are unchanged)",
+        )
+        for (src, doc_id), chunk in sorted(bad.items())
+    ]
+    return table.filter(pa.array(keep)), rejects, sorted(bad), files
 
 
 def table_schema(embedder: Embedder, settings: Settings) -> pa.Schema:
@@ -134,6 +181,7 @@ def embed_shard(
     fresh, truncated, seconds, embedded = embed_chunks(
         chunks.table, embedder, settings.model.batch_size, run_id, schema, chunks_progress, reuse
     )
+    fresh, rejects, dropped, dropped_files = quarantine_nonfinite(fresh)
     parts = [fresh]
     refreshed = 0
     if table is not None and meta.num_rows:
@@ -142,7 +190,10 @@ def embed_shard(
         parts.append(refresh_rows(stored, meta))
         refreshed = stored.num_rows
     out = pa.concat_tables(parts) if refreshed else fresh
-    return Embedded(chunks.shard, out, embedded, fresh.num_rows - embedded, refreshed, truncated, seconds)
+    reused = max(0, fresh.num_rows - embedded)
+    return Embedded(
+        chunks.shard, out, embedded, reused, refreshed, truncated, seconds, rejects, dropped, dropped_files
+    )
 
 
 @task(name="embed", **TASK_DEFAULTS)
@@ -175,6 +226,13 @@ def reembed_rows(
     out, truncated, seconds, embedded = embed_chunks(
         stored, embedder, settings.model.batch_size, run_id, schema, chunks_progress, reuse
     )
+    _, rejects, _, _ = quarantine_nonfinite(out)
+    if rejects:
+        # A reindex replaces the whole table: leaving documents out would lose them from the index.
+        raise ModelError(
+            f"the model produced non-finite vectors for {len(rejects)} stored documents, e.g. "
+            f"{rejects[0].path}; the reindex stopped and the table keeps serving the previous index"
+        )
     return Embedded(shard, out, embedded, out.num_rows - embedded, 0, truncated, seconds)
 
 

@@ -28,6 +28,7 @@ def build_summary(
     tally: Any,
     docs_deleted: int,
     reused_chunk_texts: bool | None = None,
+    audit: Any = None,
 ) -> RunSummary:
     """Assemble the typed summary of a run from what its stages reported."""
     finished = datetime.now(UTC)
@@ -64,6 +65,9 @@ def build_summary(
         device=prepared.device if prepared is not None else "",
         rejects=tally.rejects,
         reused_chunk_texts=reused_chunk_texts,
+        checks=list(audit.results) if audit is not None else [],
+        gate=audit.gate if audit is not None else None,
+        served_version=audit.served_version if audit is not None else None,
     )
 
 
@@ -111,6 +115,14 @@ def markdown_summary(s: RunSummary) -> str:
         f"- chunks: {s.chunks_embedded} embedded, {s.chunks_reused} reused, {s.chunks_written} written, "
         f"{s.chunks_deleted} deleted, {s.chunks_truncated} truncated",
         f"- {s.duration_s:.1f}s, {s.chunks_per_s:.1f} chunks/s",
+        f"- checks: {s.gate or 'not run'}; serving version {s.served_version}"
+        + (
+            " ("
+            + ", ".join(f"{c.check} {c.status}" for c in s.checks if c.status in {"warn", "fail", "error"})
+            + ")"
+            if any(c.status in {"warn", "fail", "error"} for c in s.checks)
+            else ""
+        ),
     ]
     for r in s.rejects[:10]:
         path, reason = r.path.replace("`", "'"), r.reason.replace("`", "'")

@@ -1,0 +1,534 @@
+"""The check suite: what each check measures on a table version, and how its gate decides.
+
+A version is checked against a *reference*: the pinned baseline tag when one is configured, else
+the served version, else the version before it. Checks are grouped in families (one Prefect task
+each); a family returns one :class:`~embedpipe.schemas.CheckResult` per check it measures.
+
+Status of a result: ``pass``; ``warn`` or ``fail`` when the check fired (its severity decides
+which); ``skipped`` when it does not apply (no reference yet, another model, no golden set) with
+the reason in ``detail``; ``error`` when it could not be measured (a malformed golden set). A
+version is served only when no check of severity ``fail`` has status ``fail`` or ``error``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from embedpipe.checks import drift, quality
+from embedpipe.checks.integrity import scan_vectors
+from embedpipe.checks.stats import Stat
+from embedpipe.config import ChecksSettings, ModelSettings
+from embedpipe.errors import CheckError, EmbedpipeError
+from embedpipe.resources.embedder import get_embedder
+from embedpipe.resources.store import SERVING_TAG, Store, sql_quote
+from embedpipe.schemas import C, CheckResult, ModelIdentity
+
+log = logging.getLogger(__name__)
+
+SAMPLE_COLUMNS = [C.CHUNK_ID, C.CHUNK_HASH, C.TEXT, C.N_TOKENS, C.VECTOR]
+NEIGHBOUR_SAMPLE = 1000
+INDEX_QUERIES = 50
+
+
+class Skip(Exception):
+    """A check that does not apply to this version; the message says why."""
+
+
+@dataclass
+class Side:
+    """A fixed-seed sample of one table version."""
+
+    version: int
+    rows: int
+    vectors: np.ndarray
+    tokens: np.ndarray
+    texts: list[str]
+    text_hashes: list[str]
+    chunk_ids: list[str]
+
+    @classmethod
+    def from_arrow(cls, version: int, rows: int, data: pa.Table, dim: int) -> Side:
+        vec = data.column(C.VECTOR).combine_chunks()
+        flat = vec.flatten().to_numpy(zero_copy_only=False) if len(vec) else np.zeros(0, np.float32)
+        width = dim if len(vec) == 0 or flat.size == len(vec) * dim else flat.size // len(vec)
+        return cls(
+            version=version,
+            rows=rows,
+            vectors=flat.reshape(len(vec), width).astype(np.float32, copy=False),
+            tokens=data.column(C.N_TOKENS).to_numpy(zero_copy_only=False).astype(np.int64),
+            texts=data.column(C.TEXT).to_pylist(),
+            text_hashes=data.column(C.CHUNK_HASH).to_pylist(),
+            chunk_ids=data.column(C.CHUNK_ID).to_pylist(),
+        )
+
+
+@dataclass
+class AuditContext:
+    """Everything the checks of one version need: samples of it and of its reference."""
+
+    run_id: str
+    table: str
+    version: int
+    identity: ModelIdentity
+    model: ModelSettings
+    new: Side
+    ref: Side | None
+    reference_version: int | None
+    reference_how: str
+    reference_identity: ModelIdentity | None
+    reference_stats: dict[str, float] = field(default_factory=dict)
+    written_by: str | None = None
+
+    @property
+    def comparable(self) -> bool:
+        """Whether both versions' vectors live in the same space (same model and dimension)."""
+        r = self.reference_identity
+        return (
+            self.ref is not None
+            and r is not None
+            and r.model_id == self.identity.model_id
+            and r.dim == self.identity.dim
+        )
+
+    def require_ref(self, same_space: bool = True) -> Side:
+        if self.ref is None:
+            raise Skip(f"no reference version to compare with ({self.reference_how})")
+        if same_space and not self.comparable:
+            ri = self.reference_identity
+            raise Skip(
+                f"reference version {self.reference_version} was embedded by "
+                f"{ri.model_id if ri else 'an unknown model'}, this version by {self.identity.model_id}: "
+                "the vectors are not comparable (a model change is judged by the quality checks)"
+            )
+        return self.ref
+
+
+def reference_for(store: Store, table: Any, version: int, baseline: str | None) -> tuple[int | None, str]:
+    """The version to compare ``version`` with, and how it was chosen."""
+    tags = table.tags.list()
+    versions = {int(v["version"]) for v in table.list_versions()}
+    if baseline:
+        if baseline in tags:
+            return int(tags[baseline]["version"]), f"baseline tag {baseline!r}"
+        if baseline.isdigit() and int(baseline) in versions:
+            return int(baseline), f"baseline version {baseline}"
+        raise Skip(f"baseline {baseline!r} is neither a tag nor a version of table={table.name}")
+    served = tags.get(SERVING_TAG)
+    if served and int(served["version"]) != version:
+        return int(served["version"]), "the served version"
+    earlier = sorted(v for v in versions if v < version)
+    if earlier:
+        return earlier[-1], "the previous version (nothing else was served)"
+    return None, "first version of the table"
+
+
+def load_context(
+    store: Store,
+    checks: ChecksSettings,
+    model: ModelSettings,
+    run_id: str,
+    version: int,
+    written_by: str | None = None,
+    baseline: str | None = None,
+) -> AuditContext:
+    """Draw the fixed-seed samples of ``version`` and of its reference.
+
+    Args:
+        store: The store.
+        checks: Check settings (sample size, seed, baseline).
+        model: Model settings; the name and normalisation are replaced by the table's own.
+        run_id: The run doing the checks.
+        version: The version to check.
+        written_by: Scan only this run's rows for integrity (all rows when ``None``).
+        baseline: A tag or version to compare with instead of ``checks.baseline_tag``.
+    """
+    table = store.open_version(version)
+    identity = store.table_identity(table=table)
+    assert identity is not None
+    model = model.model_copy(update={"name": identity.name, "normalize": identity.normalize})
+    n = checks.sample_size
+    new_rows = int(table.count_rows())
+    new = Side.from_arrow(
+        version, new_rows, store.sample_rows(table, n, checks.seed, SAMPLE_COLUMNS), identity.dim
+    )
+    try:
+        ref_version, how = reference_for(
+            store, store.require_table(), version, baseline or checks.baseline_tag
+        )
+    except Skip as e:
+        ref_version, how = None, str(e)
+    ref = ref_identity = None
+    stats: dict[str, float] = {}
+    if ref_version is not None:
+        try:
+            rt = store.open_version(ref_version)
+            ref_identity = store.table_identity(table=rt)
+            dim = ref_identity.dim if ref_identity else identity.dim
+            ref = Side.from_arrow(
+                ref_version, int(rt.count_rows()), store.sample_rows(rt, n, checks.seed, SAMPLE_COLUMNS), dim
+            )
+            stats = store.recorded_checks(ref_version)
+        except EmbedpipeError as e:  # removed by retention, for example
+            how = f"reference version {ref_version} cannot be read: {e}"
+            ref_version = None
+    return AuditContext(
+        run_id=run_id,
+        table=store.settings.table,
+        version=version,
+        identity=identity,
+        model=model,
+        new=new,
+        ref=ref,
+        reference_version=ref_version,
+        reference_how=how,
+        reference_identity=ref_identity,
+        reference_stats=stats,
+        written_by=written_by,
+    )
+
+
+# ------------------------------------------------------------------------------------ families
+
+Family = Callable[[AuditContext, ChecksSettings, Store], dict[str, Stat]]
+
+
+def _integrity(ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str, Stat]:
+    table = store.open_version(ctx.version)
+    q = table.search().select([C.VECTOR]).limit(None)
+    if ctx.written_by:
+        q = q.where(f"{C.RUN_ID} = {sql_quote(ctx.written_by)}")
+    batches = q.to_batches(16384)
+    stat = scan_vectors(
+        batches, C.VECTOR, ctx.identity.dim, ctx.identity.normalize, table.schema.field(C.VECTOR).type
+    )
+    scope = f"rows written by run {ctx.written_by}" if ctx.written_by else "all rows"
+    return {
+        "integrity": Stat(
+            stat.statistic, stat.threshold, stat.fired, None, stat.effect, f"{scope}: {stat.detail}"
+        )
+    }
+
+
+def _canary(ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str, Stat]:
+    _, threshold, _ = checks.gate("canary")
+    texts = quality.load_canary(checks.canary)
+    hashes = [quality.text_hash(t) for t in texts]
+    embedder = get_embedder(ctx.model)
+    vectors = np.asarray(embedder.encode(texts, batch_size=len(texts)), dtype=np.float64)
+    base_version, stored = store.canary_baseline(ctx.identity.model_id, ctx.reference_version)
+    own_version, _ = store.canary_baseline(ctx.identity.model_id, ctx.version)
+    if own_version != ctx.version:
+        from datetime import UTC, datetime
+
+        store.append_canary(
+            ctx.run_id, ctx.version, ctx.identity.model_id, hashes, vectors, datetime.now(UTC)
+        )
+    if not stored:
+        raise Skip(f"no canary stored for model {ctx.identity.model_id} yet; stored now as its baseline")
+    cos = quality.canary_cosines(stored, hashes, vectors)
+    if len(cos) == 0:
+        raise Skip("the stored canary probes differ from the configured ones; stored the new set")
+    median = float(np.median(cos))
+    return {
+        "canary": Stat(
+            statistic=median,
+            threshold=threshold,
+            fired=median < threshold,
+            effect=float(cos.min()),
+            detail=f"median cosine {median:.6f} (min {cos.min():.6f}) of {len(cos)} probes re-embedded now "
+            f"vs stored with version {base_version}",
+        )
+    }
+
+
+def _drift(name: str) -> Family:
+    def family(ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str, Stat]:
+        ref = ctx.require_ref()
+        _, threshold, _ = checks.gate(name)
+        a, b = ref.vectors, ctx.new.vectors
+        if name == "centroid_shift":
+            stat = drift.centroid_shift(a, b, alpha=checks.alpha, min_ratio=threshold)
+        elif name == "domain_auc":
+            stat = drift.domain_auc(a, b, alpha=checks.alpha, min_auc=threshold, seed=checks.seed)
+        elif name == "mmd":
+            stat = drift.mmd(a, b, alpha=checks.alpha, min_effect=threshold, seed=checks.seed)
+        else:
+            stat = drift.drifted_components(a, b, max_share=threshold, seed=checks.seed)
+        return {name: stat}
+
+    return family
+
+
+def _geometry(ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str, Stat]:
+    new = ctx.new.vectors
+    ref = (
+        ctx.ref.vectors if ctx.comparable and ctx.ref is not None else np.zeros((0, new.shape[1]), np.float32)
+    )
+    out = {}
+    if checks.gate("anisotropy")[0] != "off":
+        out["anisotropy"] = drift.anisotropy(ref, new, max_delta=checks.gate("anisotropy")[1])
+    if checks.gate("effective_rank")[0] != "off":
+        out["effective_rank"] = drift.effective_rank(ref, new, min_ratio=checks.gate("effective_rank")[1])
+    if checks.gate("duplicate_vectors")[0] != "off":
+        out["duplicate_vectors"] = drift.duplicate_vectors(
+            new, ctx.new.text_hashes, max_rate=checks.gate("duplicate_vectors")[1]
+        )
+    return out
+
+
+def _text(ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str, Stat]:
+    out: dict[str, Stat] = {}
+    limit = max(1, ctx.identity.max_seq_length - 2)
+    out["truncation_rate"] = drift.truncation_rate(
+        ctx.new.tokens, limit=limit, max_rate=checks.gate("truncation_rate")[1]
+    )
+    if ctx.ref is not None:
+        out["token_length_psi"] = drift.token_length_psi(
+            ctx.ref.tokens, ctx.new.tokens, max_psi=checks.gate("token_length_psi")[1]
+        )
+        out["language_mix"] = drift.language_mix(
+            ctx.ref.texts, ctx.new.texts, alpha=checks.alpha, max_tvd=checks.gate("language_mix")[1]
+        )
+    return out
+
+
+def _against_reference(
+    name: str, value: float, ctx: AuditContext, checks: ChecksSettings, detail: str
+) -> Stat:
+    _, floor, max_drop = checks.gate(name)
+    ref_value = ctx.reference_stats.get(name)
+    threshold = floor
+    if ref_value is not None and max_drop is not None and math.isfinite(ref_value):
+        threshold = max(floor, ref_value - max_drop)
+        detail += f"; reference version {ctx.reference_version}: {ref_value:.4f} (allowed drop {max_drop})"
+    return Stat(
+        statistic=value,
+        threshold=threshold,
+        fired=value < threshold,
+        effect=None if ref_value is None else value - ref_value,
+        detail=detail,
+    )
+
+
+def search_docs(store: Store, table: Any, vector: np.ndarray, k: int) -> list[str]:
+    """Document ids of the nearest chunks, best first, each document once (the search path users use)."""
+    hits = store.search(vector, k * 5, table=table)
+    seen: dict[str, None] = {}
+    for h in hits:
+        seen.setdefault(h[C.DOC_ID], None)
+    return list(seen)[:k]
+
+
+def _golden(ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str, Stat]:
+    if not checks.golden:
+        raise Skip("no golden set configured (checks.golden, or --golden FILE)")
+    golden = quality.load_golden(checks.golden)
+    table = store.open_version(ctx.version)
+    wanted = sorted({d for q in golden for d in q.relevant})
+    present: set[str] = set()
+    for i in range(0, len(wanted), 1000):
+        part = wanted[i : i + 1000]
+        flt = f"{C.DOC_ID} IN ({', '.join(sql_quote(d) for d in part)})"
+        present |= set(
+            table.search().where(flt).select([C.DOC_ID]).limit(None).to_arrow().column(0).to_pylist()
+        )
+    missing = [d for d in wanted if d not in present]
+    if missing:
+        raise CheckError(
+            f"golden set names {len(missing)} of {len(wanted)} relevant doc_ids that table={ctx.table} "
+            f"version {ctx.version} does not hold, e.g. {missing[:3]}; fix the golden set or the sources"
+        )
+    embedder = get_embedder(ctx.model)
+    k = checks.k
+    qv = embedder.encode([q.query for q in golden], batch_size=32)
+    ranked = [search_docs(store, table, v, max(k, 10)) for v in qv]
+    m = quality.retrieval_metrics(ranked, golden, k)
+    n = f"{len(golden)} queries"
+    return {
+        "golden_recall": _against_reference(
+            "golden_recall", m["recall"], ctx, checks, f"recall@{k} over {n}"
+        ),
+        "golden_mrr": _against_reference("golden_mrr", m["mrr"], ctx, checks, f"MRR over {n}"),
+        "golden_ndcg": _against_reference("golden_ndcg", m["ndcg"], ctx, checks, f"nDCG@10 over {n}"),
+    }
+
+
+def _encoder(ctx: AuditContext) -> Callable[[Sequence[str]], np.ndarray]:
+    embedder = get_embedder(ctx.model)
+    return lambda texts: np.asarray(embedder.encode(list(texts), batch_size=64))
+
+
+def _triplets(ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str, Stat]:
+    if not checks.triplets:
+        raise Skip("no triplet files configured (checks.triplets)")
+    triplets = quality.load_triplets(checks.triplets)
+    acc, gap = quality.triplet_accuracy(_encoder(ctx), triplets)
+    detail = f"{acc:.3f} of {len(triplets)} triplets beat their margin (mean gap {gap:.3f})"
+    return {"triplets": _against_reference("triplets", acc, ctx, checks, detail)}
+
+
+def _pairs(ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str, Stat]:
+    if not checks.pairs:
+        raise Skip("no scored pair files configured (checks.pairs)")
+    pairs = quality.load_pairs(checks.pairs)
+    rho = quality.pair_spearman(_encoder(ctx), pairs)
+    detail = f"Spearman {rho:.3f} between cosine and score over {len(pairs)} pairs"
+    return {"pairs_spearman": _against_reference("pairs_spearman", rho, ctx, checks, detail)}
+
+
+def _neighbours(ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str, Stat]:
+    ctx.require_ref()
+    assert ctx.reference_version is not None
+    ids = ctx.new.chunk_ids[:NEIGHBOUR_SAMPLE]
+    cols = [C.CHUNK_ID, C.CHUNK_HASH, C.VECTOR]
+    new_rows = store.rows_by_chunk_ids(store.open_version(ctx.version), ids, cols).to_pylist()
+    ref_rows = {
+        r[C.CHUNK_ID]: r
+        for r in store.rows_by_chunk_ids(store.open_version(ctx.reference_version), ids, cols).to_pylist()
+    }
+    pairs = [
+        (ref_rows[r[C.CHUNK_ID]][C.VECTOR], r[C.VECTOR])
+        for r in new_rows
+        if r[C.CHUNK_ID] in ref_rows and ref_rows[r[C.CHUNK_ID]][C.CHUNK_HASH] == r[C.CHUNK_HASH]
+    ]
+    k = checks.k
+    if len(pairs) <= k:
+        raise Skip(f"only {len(pairs)} unchanged chunks in the sample; need more than k={k}")
+    a = np.asarray([p[0] for p in pairs], dtype=np.float32)
+    b = np.asarray([p[1] for p in pairs], dtype=np.float32)
+    overlap = quality.neighbour_overlap(a, b, k)
+    _, threshold, _ = checks.gate("neighbour_stability")
+    return {
+        "neighbour_stability": Stat(
+            statistic=overlap,
+            threshold=threshold,
+            fired=overlap < threshold,
+            detail=f"mean top-{k} overlap of {len(pairs)} unchanged chunks between versions "
+            f"{ctx.reference_version} and {ctx.version}",
+        )
+    }
+
+
+def _index_recall(ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str, Stat]:
+    table = store.open_version(ctx.version)
+    indices = [i for i in table.list_indices() if C.VECTOR in list(getattr(i, "columns", []) or [])]
+    if not indices:
+        raise Skip("the table has no vector index (searches are exact)")
+    k = checks.k
+    queries = ctx.new.vectors[:INDEX_QUERIES]
+    recalls = []
+    for v in queries:
+        ann = table.search(v, vector_column_name=C.VECTOR).distance_type("cosine").limit(k)
+        exact = (
+            table.search(v, vector_column_name=C.VECTOR)
+            .distance_type("cosine")
+            .limit(k)
+            .bypass_vector_index()
+        )
+        got = {r[C.CHUNK_ID] for r in ann.select([C.CHUNK_ID]).to_list()}
+        want = {r[C.CHUNK_ID] for r in exact.select([C.CHUNK_ID]).to_list()}
+        recalls.append(len(got & want) / max(1, len(want)))
+    recall = float(np.mean(recalls))
+    _, threshold, _ = checks.gate("index_recall")
+    return {
+        "index_recall": Stat(
+            statistic=recall,
+            threshold=threshold,
+            fired=recall < threshold,
+            detail=f"recall@{k} of index {indices[0].name} against exact search over {len(queries)} queries",
+        )
+    }
+
+
+FAMILIES: dict[str, tuple[tuple[str, ...], Family]] = {
+    "integrity": (("integrity",), _integrity),
+    "canary": (("canary",), _canary),
+    "centroid_shift": (("centroid_shift",), _drift("centroid_shift")),
+    "domain_auc": (("domain_auc",), _drift("domain_auc")),
+    "mmd": (("mmd",), _drift("mmd")),
+    "drifted_components": (("drifted_components",), _drift("drifted_components")),
+    "geometry": (("anisotropy", "effective_rank", "duplicate_vectors"), _geometry),
+    "text": (("truncation_rate", "token_length_psi", "language_mix"), _text),
+    "golden": (("golden_recall", "golden_mrr", "golden_ndcg"), _golden),
+    "triplets": (("triplets",), _triplets),
+    "pairs": (("pairs_spearman",), _pairs),
+    "neighbours": (("neighbour_stability",), _neighbours),
+    "index": (("index_recall",), _index_recall),
+}
+"""Check families: the checks each measures, and the function that measures them."""
+
+
+def _num(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def run_family(family: str, ctx: AuditContext, checks: ChecksSettings, store: Store) -> list[CheckResult]:
+    """Measure one family of checks and apply their gates. Never raises for a check's own failure."""
+    names, fn = FAMILIES[family]
+    gates = {n: checks.gate(n) for n in names}
+    common = {"table_version": ctx.version, "reference_version": ctx.reference_version}
+    active = [n for n in names if gates[n][0] != "off"]
+    off = [
+        CheckResult(check=n, status="skipped", severity="off", detail="turned off (severity off)", **common)
+        for n in names
+        if n not in active
+    ]
+    if not active:
+        return off
+    try:
+        stats = fn(ctx, checks, store)
+    except Skip as e:
+        return off + [
+            CheckResult(check=n, status="skipped", severity=gates[n][0], detail=str(e), **common)
+            for n in active
+        ]
+    except Exception as e:  # a check that cannot be measured must not pass silently: it is an error
+        msg = str(e) if isinstance(e, EmbedpipeError) else f"{type(e).__name__}: {e}"
+        if not isinstance(e, EmbedpipeError):
+            log.warning("check family=%s could not be measured: %s", family, msg, exc_info=True)
+        return off + [
+            CheckResult(check=n, status="error", severity=gates[n][0], detail=msg, **common) for n in active
+        ]
+    out = list(off)
+    for n in active:
+        severity = gates[n][0]
+        st = stats.get(n)
+        if st is None:
+            out.append(
+                CheckResult(
+                    check=n, status="skipped", severity=severity, detail="no reference version", **common
+                )
+            )
+            continue
+        out.append(
+            CheckResult(
+                check=n,
+                status=severity if st.fired else "pass",
+                severity=severity,
+                statistic=_num(st.statistic),
+                threshold=_num(st.threshold),
+                p_value=_num(st.p_value),
+                effect=_num(st.effect),
+                detail=st.detail,
+                **common,
+            )
+        )
+    return out
+
+
+def families_to_run(checks: ChecksSettings) -> list[str]:
+    """Families with at least one check not turned off."""
+    return [f for f, (names, _) in FAMILIES.items() if any(checks.gate(n)[0] != "off" for n in names)]
+
+
+def verdict(results: Sequence[CheckResult]) -> tuple[bool, list[str]]:
+    """Whether the version may be served, and the checks that block it."""
+    blocking = [r.check for r in results if r.blocks]
+    return not blocking, blocking

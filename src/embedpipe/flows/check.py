@@ -1,0 +1,80 @@
+"""The check flow: run the drift and quality checks on demand, and publish a version that passes.
+
+Scheduled runs of this flow catch what changes outside the data: a library upgrade or new hardware
+that moves the vectors of the same model (the canary), an index whose recall decayed, a golden set
+that no longer retrieves what it should.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from prefect.states import Completed, Failed, State
+
+from embedpipe.config import Settings, get_settings
+from embedpipe.errors import GateFailed
+from embedpipe.flows._audit import Audit, audit_and_publish
+from embedpipe.flows._pipeline import run_id
+from embedpipe.resources.store import Store
+from embedpipe.schemas import CheckReport
+
+
+@flow(name="check", persist_result=False, log_prints=False, validate_parameters=True)
+def check(
+    settings: Settings | None = None,
+    version: str = "latest",
+    baseline: str | None = None,
+    publish: bool = False,
+) -> State[CheckReport] | CheckReport:
+    """Check one version of the table against its reference.
+
+    Args:
+        settings: Settings; loaded from the environment and ``embedpipe.toml`` when omitted.
+        version: ``latest``, ``serving``, a version number or a tag.
+        baseline: Compare with this tag or version instead of the served one.
+        publish: Serve the version when its gates pass.
+
+    Returns:
+        The report; a ``Failed`` state carrying it when a gate failed.
+    """
+    settings = settings or get_settings()
+    logger = get_run_logger()
+    rid = run_id()
+    store = Store(settings.store)
+    table = store.require_table()
+    number = store.resolve_version(version, table)
+    audit = Audit()
+    # On demand the checks always run (checks.enabled only governs runs that write).
+    on = settings.model_copy(update={"checks": settings.checks.model_copy(update={"enabled": True})})
+    message = None
+    try:
+        audit_and_publish(on, rid, number, audit, written_by=None, baseline=baseline, publish=publish)
+    except GateFailed as e:
+        message = str(e)
+    ref = next((r.reference_version for r in audit.results if r.reference_version is not None), None)
+    report = CheckReport(
+        run_id=rid,
+        table=settings.store.table,
+        version=number,
+        reference_version=ref,
+        reference=_reference_text(store, number, baseline or settings.checks.baseline_tag),
+        gate=audit.gate or "skipped",
+        blocking=audit.blocking,
+        served_version=store.serving_version(),
+        published=publish and audit.gate == "passed",
+        checks=audit.results,
+        message=message,
+    )
+    if message:
+        logger.warning("check failed: %s", message)
+        return Failed(message=message, data=report)
+    return Completed(message=f"version {number}: {report.gate}", data=report)
+
+
+def _reference_text(store: Store, version: int, baseline: str | None) -> str:
+    from embedpipe.checks.suite import Skip, reference_for
+
+    try:
+        ref, how = reference_for(store, store.require_table(), version, baseline)
+    except Skip as e:
+        return str(e)
+    return how if ref is None else f"version {ref} ({how})"
