@@ -163,11 +163,14 @@ def main() -> None:
     r = run(args.seeds)
     print(f"{r['n']} sample-corpus sentences, {r['seeds']} random half/half splits; "
           f"topic shift vs {r['n_topic']} stdlib docstring sentences")  # fmt: skip
-    print(f"{'check':<22}{'false alarms':>14}{'topic shift':>14}{'model swap':>14}")
+    print(f"{'check':<22}{'false alarms':>14}{'topic shift':>22}{'model swap':>22}")
     for name, rate in r["false_alarm"].items():
         ts, ms = r["topic_shift"].get(name), r["model_swap"].get(name)
-        cell = lambda s: "-" if s is None else ("FIRES" if s.fired else "silent")  # noqa: E731
-        print(f"{name:<22}{rate:>14.2%}{cell(ts):>14}{cell(ms):>14}")
+
+        def cell(s: Any) -> str:
+            return "-" if s is None else f"{'FIRES' if s.fired else 'silent'} ({s.statistic:.3g})"
+
+        print(f"{name:<22}{rate:>14.2%}{cell(ts):>22}{cell(ms):>22}")
     print(f"canary median cosine after the model swap: {r['canary_median_after_swap']:.4f} (gate 0.9999)")
     print(f"embedding {r['embed_s']:.1f} s, calibration {r['calibrate_s']:.1f} s")
 

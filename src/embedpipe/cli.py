@@ -172,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     rollback = sub.add_parser("rollback", help="restore a version or tag as the latest version, and serve it")
     rollback.add_argument("target", help="version number or tag (a run id)")
+    rollback.add_argument(
+        "--force", action="store_true", help="roll back even to a version that failed its checks"
+    )
     _store_args(rollback)
     rollback.add_argument("--json", action="store_true")
     return parser
@@ -328,6 +331,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     from embedpipe.config import get_settings
 
     settings = get_settings(_overrides(args), args.config)
+    from embedpipe.checks.quality import validate_sets
+
+    c = settings.checks
+    validate_sets(c.golden, c.triplets, c.pairs, c.canary)  # a bad file is a usage error (exit 2)
     _prepare_prefect()
     _install_log_filter()
     from embedpipe.flows.check import check
@@ -494,7 +501,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     from embedpipe.resources.store import Store
 
     settings = get_settings(_overrides(args), args.config)
-    res = Store(settings.store).rollback(args.target)
+    res = Store(settings.store).rollback(args.target, force=args.force)
     _emit(
         res,
         args.json,

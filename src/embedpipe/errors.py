@@ -66,6 +66,10 @@ class VersionNotFoundError(EmbedpipeError):
     exit_code = 4
 
 
+class NothingServedError(VersionNotFoundError):
+    """The table was checked but no version of it has passed its checks yet: nothing is served."""
+
+
 class RejectRatioExceeded(EmbedpipeError):
     """More input was rejected than ``source.max_reject_ratio`` allows; nothing was committed."""
 

@@ -167,6 +167,21 @@ def load_canary(spec: str) -> list[str]:
     return texts
 
 
+def validate_sets(golden: Sequence[str], triplets: Sequence[str], pairs: Sequence[str], canary: str) -> None:
+    """Load every configured check set once, so a bad file stops a run before it writes anything.
+
+    Raises:
+        ConfigError: A missing or malformed file, naming it (and the line).
+    """
+    if golden:
+        load_golden(golden)
+    if triplets:
+        load_triplets(triplets)
+    if pairs:
+        load_pairs(pairs)
+    load_canary(canary)
+
+
 def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 

@@ -25,7 +25,7 @@ from embedpipe.checks import drift, quality
 from embedpipe.checks.integrity import scan_vectors
 from embedpipe.checks.stats import Stat
 from embedpipe.config import ChecksSettings, ModelSettings
-from embedpipe.errors import CheckError, EmbedpipeError
+from embedpipe.errors import CheckError, ConfigError, EmbedpipeError
 from embedpipe.resources.embedder import get_embedder
 from embedpipe.resources.store import SERVING_TAG, Store, sql_quote
 from embedpipe.schemas import C, CheckResult, ModelIdentity
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 SAMPLE_COLUMNS = [C.CHUNK_ID, C.CHUNK_HASH, C.TEXT, C.N_TOKENS, C.VECTOR]
 NEIGHBOUR_SAMPLE = 1000
 INDEX_QUERIES = 50
+MIN_ABSOLUTE = 50
 
 
 class Skip(Exception):
@@ -84,7 +85,16 @@ class AuditContext:
     reference_how: str
     reference_identity: ModelIdentity | None
     reference_stats: dict[str, float] = field(default_factory=dict)
-    written_by: str | None = None
+    new_runs: list[str] | None = None
+    """Runs whose rows are new since the reference (``None``: no reference, every row is new)."""
+
+    def require_new(self) -> Side:
+        if len(self.new.vectors) < 5:
+            raise Skip(
+                f"{len(self.new.vectors)} rows are new since version {self.reference_version}: "
+                "too few to compare distributions"
+            )
+        return self.new
 
     @property
     def comparable(self) -> bool:
@@ -119,14 +129,29 @@ def reference_for(store: Store, table: Any, version: int, baseline: str | None) 
             return int(tags[baseline]["version"]), f"baseline tag {baseline!r}"
         if baseline.isdigit() and int(baseline) in versions:
             return int(baseline), f"baseline version {baseline}"
-        raise Skip(f"baseline {baseline!r} is neither a tag nor a version of table={table.name}")
+        raise ConfigError(
+            f"baseline {baseline!r} is neither a tag nor a version of table={table.name}; "
+            "create the tag (see `embedpipe versions`) or fix checks.baseline_tag / --baseline"
+        )
     served = tags.get(SERVING_TAG)
     if served and int(served["version"]) != version:
         return int(served["version"]), "the served version"
     earlier = sorted(v for v in versions if v < version)
     if earlier:
-        return earlier[-1], "the previous version (nothing else was served)"
+        return earlier[-1], "the version before it"
     return None, "first version of the table"
+
+
+def _sample_where(store: Store, table: Any, flt: str, n: int, seed: int, dim: int, version: int) -> Side:
+    """A fixed-seed sample of the rows of a pinned table matching ``flt``."""
+    ids = table.search().where(flt).select([C.CHUNK_ID]).limit(None).to_arrow().column(0).to_pylist()
+    ids.sort()
+    if len(ids) > n:
+        keep = np.sort(np.random.default_rng(seed).choice(len(ids), size=n, replace=False))
+        ids = [ids[i] for i in keep]
+    data = store.rows_by_chunk_ids(table, ids, SAMPLE_COLUMNS)
+    data = data.take(pa.compute.sort_indices(data, [(C.CHUNK_ID, "ascending")]))
+    return Side.from_arrow(version, len(ids), data, dim)
 
 
 def load_context(
@@ -135,10 +160,13 @@ def load_context(
     model: ModelSettings,
     run_id: str,
     version: int,
-    written_by: str | None = None,
     baseline: str | None = None,
 ) -> AuditContext:
     """Draw the fixed-seed samples of ``version`` and of its reference.
+
+    The *new* side is the rows written since the reference (rows of runs the reference does not
+    hold): what this version adds is compared with what was served, so an unchanged majority
+    neither hides a shift nor makes the two samples overlap. Without a reference every row is new.
 
     Args:
         store: The store.
@@ -146,38 +174,43 @@ def load_context(
         model: Model settings; the name and normalisation are replaced by the table's own.
         run_id: The run doing the checks.
         version: The version to check.
-        written_by: Scan only this run's rows for integrity (all rows when ``None``).
         baseline: A tag or version to compare with instead of ``checks.baseline_tag``.
+
+    Raises:
+        ConfigError: The baseline names no tag or version.
     """
     table = store.open_version(version)
     identity = store.table_identity(table=table)
     assert identity is not None
     model = model.model_copy(update={"name": identity.name, "normalize": identity.normalize})
-    n = checks.sample_size
-    new_rows = int(table.count_rows())
-    new = Side.from_arrow(
-        version, new_rows, store.sample_rows(table, n, checks.seed, SAMPLE_COLUMNS), identity.dim
-    )
-    try:
-        ref_version, how = reference_for(
-            store, store.require_table(), version, baseline or checks.baseline_tag
-        )
-    except Skip as e:
-        ref_version, how = None, str(e)
+    n, seed = checks.sample_size, checks.seed
+    ref_version, how = reference_for(store, store.require_table(), version, baseline or checks.baseline_tag)
     ref = ref_identity = None
     stats: dict[str, float] = {}
+    new_runs: list[str] | None = None
     if ref_version is not None:
         try:
             rt = store.open_version(ref_version)
             ref_identity = store.table_identity(table=rt)
             dim = ref_identity.dim if ref_identity else identity.dim
             ref = Side.from_arrow(
-                ref_version, int(rt.count_rows()), store.sample_rows(rt, n, checks.seed, SAMPLE_COLUMNS), dim
+                ref_version, int(rt.count_rows()), store.sample_rows(rt, n, seed, SAMPLE_COLUMNS), dim
             )
             stats = store.recorded_checks(ref_version)
+            new_runs = sorted(store.run_ids(table) - store.run_ids(rt))
         except EmbedpipeError as e:  # removed by retention, for example
             how = f"reference version {ref_version} cannot be read: {e}"
-            ref_version = None
+            ref_version, ref, ref_identity = None, None, None
+    if new_runs is None:
+        new = Side.from_arrow(
+            version, int(table.count_rows()), store.sample_rows(table, n, seed, SAMPLE_COLUMNS), identity.dim
+        )
+    elif new_runs:
+        flt = f"{C.RUN_ID} IN ({', '.join(sql_quote(r) for r in new_runs)})"
+        new = _sample_where(store, table, flt, n, seed, identity.dim, version)
+    else:
+        empty = pa.table({c: pa.array([], type=table.schema.field(c).type) for c in SAMPLE_COLUMNS})
+        new = Side.from_arrow(version, 0, empty, identity.dim)
     return AuditContext(
         run_id=run_id,
         table=store.settings.table,
@@ -190,7 +223,7 @@ def load_context(
         reference_how=how,
         reference_identity=ref_identity,
         reference_stats=stats,
-        written_by=written_by,
+        new_runs=new_runs,
     )
 
 
@@ -200,18 +233,26 @@ Family = Callable[[AuditContext, ChecksSettings, Store], dict[str, Stat]]
 
 
 def _integrity(ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str, Stat]:
+    _, threshold, _ = checks.gate("integrity")
     table = store.open_version(ctx.version)
     q = table.search().select([C.VECTOR]).limit(None)
-    if ctx.written_by:
-        q = q.where(f"{C.RUN_ID} = {sql_quote(ctx.written_by)}")
-    batches = q.to_batches(16384)
-    stat = scan_vectors(
-        batches, C.VECTOR, ctx.identity.dim, ctx.identity.normalize, table.schema.field(C.VECTOR).type
-    )
-    scope = f"rows written by run {ctx.written_by}" if ctx.written_by else "all rows"
+    if ctx.new_runs is not None:
+        if not ctx.new_runs:
+            raise Skip(f"no rows are new since version {ctx.reference_version}")
+        # Every row the reference does not hold, whichever run wrote it: rows carried over from an
+        # unserved version are scanned too.
+        q = q.where(f"{C.RUN_ID} IN ({', '.join(sql_quote(r) for r in ctx.new_runs)})")
+    vtype = table.schema.field(C.VECTOR).type
+    stat = scan_vectors(q.to_batches(16384), C.VECTOR, ctx.identity.dim, ctx.identity.normalize, vtype)
+    scope = "all rows" if ctx.new_runs is None else f"rows new since version {ctx.reference_version}"
+    type_problem = stat.fired and stat.statistic == 0
     return {
         "integrity": Stat(
-            stat.statistic, stat.threshold, stat.fired, None, stat.effect, f"{scope}: {stat.detail}"
+            statistic=stat.statistic,
+            threshold=threshold,
+            fired=type_problem or stat.statistic > threshold,
+            effect=stat.effect,
+            detail=f"{scope}: {stat.detail}",
         )
     }
 
@@ -252,13 +293,17 @@ def _drift(name: str) -> Family:
     def family(ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str, Stat]:
         ref = ctx.require_ref()
         _, threshold, _ = checks.gate(name)
-        a, b = ref.vectors, ctx.new.vectors
+        a, b = ref.vectors, ctx.require_new().vectors
         if name == "centroid_shift":
             stat = drift.centroid_shift(a, b, alpha=checks.alpha, min_ratio=threshold)
         elif name == "domain_auc":
             stat = drift.domain_auc(a, b, alpha=checks.alpha, min_auc=threshold, seed=checks.seed)
         elif name == "mmd":
-            stat = drift.mmd(a, b, alpha=checks.alpha, min_effect=threshold, seed=checks.seed)
+            # enough permutations that p can get below alpha at all
+            perms = max(1000, math.ceil(2 / checks.alpha))
+            stat = drift.mmd(
+                a, b, alpha=checks.alpha, min_effect=threshold, seed=checks.seed, permutations=perms
+            )
         else:
             stat = drift.drifted_components(a, b, max_share=threshold, seed=checks.seed)
         return {name: stat}
@@ -266,37 +311,46 @@ def _drift(name: str) -> Family:
     return family
 
 
-def _geometry(ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str, Stat]:
-    new = ctx.new.vectors
-    ref = (
-        ctx.ref.vectors if ctx.comparable and ctx.ref is not None else np.zeros((0, new.shape[1]), np.float32)
-    )
-    out = {}
-    if checks.gate("anisotropy")[0] != "off":
-        out["anisotropy"] = drift.anisotropy(ref, new, max_delta=checks.gate("anisotropy")[1])
-    if checks.gate("effective_rank")[0] != "off":
-        out["effective_rank"] = drift.effective_rank(ref, new, min_ratio=checks.gate("effective_rank")[1])
-    if checks.gate("duplicate_vectors")[0] != "off":
-        out["duplicate_vectors"] = drift.duplicate_vectors(
-            new, ctx.new.text_hashes, max_rate=checks.gate("duplicate_vectors")[1]
-        )
-    return out
+def _geometry(name: str) -> Family:
+    def family(ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str, Stat]:
+        new = ctx.require_new().vectors
+        _, threshold, _ = checks.gate(name)
+        if name == "duplicate_vectors":
+            return {name: drift.duplicate_vectors(new, ctx.new.text_hashes, max_rate=threshold)}
+        ref = ctx.ref.vectors if ctx.comparable and ctx.ref is not None else None
+        if ref is None and len(new) < MIN_ABSOLUTE:
+            # Without a reference only an absolute collapse test is left, and a handful of
+            # similar chunks (a tiny first corpus) would look collapsed.
+            raise Skip(f"no reference and only {len(new)} vectors: need {MIN_ABSOLUTE} for an absolute test")
+        if name == "anisotropy":
+            return {name: drift.anisotropy(ref, new, max_delta=threshold)}
+        return {name: drift.effective_rank(ref, new, min_ratio=threshold)}
+
+    return family
 
 
-def _text(ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str, Stat]:
-    out: dict[str, Stat] = {}
-    limit = max(1, ctx.identity.max_seq_length - 2)
-    out["truncation_rate"] = drift.truncation_rate(
-        ctx.new.tokens, limit=limit, max_rate=checks.gate("truncation_rate")[1]
-    )
-    if ctx.ref is not None:
-        out["token_length_psi"] = drift.token_length_psi(
-            ctx.ref.tokens, ctx.new.tokens, max_psi=checks.gate("token_length_psi")[1]
-        )
-        out["language_mix"] = drift.language_mix(
-            ctx.ref.texts, ctx.new.texts, alpha=checks.alpha, max_tvd=checks.gate("language_mix")[1]
-        )
-    return out
+def _text(name: str) -> Family:
+    def family(ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str, Stat]:
+        _, threshold, _ = checks.gate(name)
+        if name == "truncation_rate":
+            # chunks longer than what the model reads (special tokens take the rest of its window)
+            chunking = store.table_chunking(store.open_version(ctx.version))
+            special = 2
+            if chunking is not None and chunking.tokens >= ctx.identity.max_seq_length:
+                special = ctx.identity.max_seq_length - chunking.budget
+            limit = max(1, ctx.identity.max_seq_length - special)
+            if len(ctx.new.tokens) == 0:
+                raise Skip("no rows are new since the reference")
+            return {name: drift.truncation_rate(ctx.new.tokens, limit=limit, max_rate=threshold)}
+        ref = ctx.require_ref(same_space=False)
+        new = ctx.require_new()
+        if name == "token_length_psi":
+            return {
+                name: drift.token_length_psi(ref.tokens, new.tokens, max_psi=threshold, alpha=checks.alpha)
+            }
+        return {name: drift.language_mix(ref.texts, new.texts, alpha=checks.alpha, max_tvd=threshold)}
+
+    return family
 
 
 def _against_reference(
@@ -351,6 +405,13 @@ def _golden(ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str
     ranked = [search_docs(store, table, v, max(k, 10)) for v in qv]
     m = quality.retrieval_metrics(ranked, golden, k)
     n = f"{len(golden)} queries"
+    if ctx.comparable and ctx.reference_version is not None:
+        # Same model: measure the same golden set on the reference now (apples to apples, whatever
+        # was recorded before); after a model change the recorded figures are all there is.
+        rt = store.open_version(ctx.reference_version)
+        ref_ranked = [search_docs(store, rt, v, max(k, 10)) for v in qv]
+        rm = quality.retrieval_metrics(ref_ranked, golden, k)
+        ctx.reference_stats.update(golden_recall=rm["recall"], golden_mrr=rm["mrr"], golden_ndcg=rm["ndcg"])
     return {
         "golden_recall": _against_reference(
             "golden_recall", m["recall"], ctx, checks, f"recall@{k} over {n}"
@@ -384,9 +445,9 @@ def _pairs(ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str,
 
 
 def _neighbours(ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str, Stat]:
-    ctx.require_ref()
+    ref = ctx.require_ref()
     assert ctx.reference_version is not None
-    ids = ctx.new.chunk_ids[:NEIGHBOUR_SAMPLE]
+    ids = ref.chunk_ids[:NEIGHBOUR_SAMPLE]
     cols = [C.CHUNK_ID, C.CHUNK_HASH, C.VECTOR]
     new_rows = store.rows_by_chunk_ids(store.open_version(ctx.version), ids, cols).to_pylist()
     ref_rows = {
@@ -422,7 +483,18 @@ def _index_recall(ctx: AuditContext, checks: ChecksSettings, store: Store) -> di
     if not indices:
         raise Skip("the table has no vector index (searches are exact)")
     k = checks.k
-    queries = ctx.new.vectors[:INDEX_QUERIES]
+    pool = (
+        ctx.ref.vectors
+        if ctx.comparable and ctx.ref is not None and len(ctx.ref.vectors)
+        else ctx.new.vectors
+    )
+    if len(pool) < 2:
+        raise Skip("too few vectors to draw queries from")
+    # Queries that are not rows of the table (a stored vector would find itself): midpoints of
+    # random pairs of stored vectors, which land among real neighbourhoods.
+    rng = np.random.default_rng(checks.seed)
+    pairs = rng.integers(0, len(pool), size=(INDEX_QUERIES, 2))
+    queries = (pool[pairs[:, 0]] + pool[pairs[:, 1]]) / 2
     recalls = []
     for v in queries:
         ann = table.search(v, vector_column_name=C.VECTOR).distance_type("cosine").limit(k)
@@ -454,8 +526,12 @@ FAMILIES: dict[str, tuple[tuple[str, ...], Family]] = {
     "domain_auc": (("domain_auc",), _drift("domain_auc")),
     "mmd": (("mmd",), _drift("mmd")),
     "drifted_components": (("drifted_components",), _drift("drifted_components")),
-    "geometry": (("anisotropy", "effective_rank", "duplicate_vectors"), _geometry),
-    "text": (("truncation_rate", "token_length_psi", "language_mix"), _text),
+    "anisotropy": (("anisotropy",), _geometry("anisotropy")),
+    "effective_rank": (("effective_rank",), _geometry("effective_rank")),
+    "duplicate_vectors": (("duplicate_vectors",), _geometry("duplicate_vectors")),
+    "truncation_rate": (("truncation_rate",), _text("truncation_rate")),
+    "token_length_psi": (("token_length_psi",), _text("token_length_psi")),
+    "language_mix": (("language_mix",), _text("language_mix")),
     "golden": (("golden_recall", "golden_mrr", "golden_ndcg"), _golden),
     "triplets": (("triplets",), _triplets),
     "pairs": (("pairs_spearman",), _pairs),

@@ -47,16 +47,15 @@ def check(
     on = settings.model_copy(update={"checks": settings.checks.model_copy(update={"enabled": True})})
     message = None
     try:
-        audit_and_publish(on, rid, number, audit, written_by=None, baseline=baseline, publish=publish)
+        audit_and_publish(on, rid, number, audit, baseline=baseline, publish=publish, writer=False)
     except GateFailed as e:
         message = str(e)
-    ref = next((r.reference_version for r in audit.results if r.reference_version is not None), None)
     report = CheckReport(
         run_id=rid,
         table=settings.store.table,
         version=number,
-        reference_version=ref,
-        reference=_reference_text(store, number, baseline or settings.checks.baseline_tag),
+        reference_version=audit.reference_version,
+        reference=audit.reference,
         gate=audit.gate or "skipped",
         blocking=audit.blocking,
         served_version=store.serving_version(),
@@ -68,13 +67,3 @@ def check(
         logger.warning("check failed: %s", message)
         return Failed(message=message, data=report)
     return Completed(message=f"version {number}: {report.gate}", data=report)
-
-
-def _reference_text(store: Store, version: int, baseline: str | None) -> str:
-    from embedpipe.checks.suite import Skip, reference_for
-
-    try:
-        ref, how = reference_for(store, store.require_table(), version, baseline)
-    except Skip as e:
-        return str(e)
-    return how if ref is None else f"version {ref} ({how})"

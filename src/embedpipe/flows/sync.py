@@ -72,7 +72,7 @@ def sync(
         replace = sorted(set(tally.changed_text) | set(deleted_docs))
         result = write_task(tally.staged, settings, rid, schema, replace, tally.exclude)
         if result.version is not None:
-            audit_and_publish(settings, rid, result.version, audit, written_by=rid)
+            audit_and_publish(settings, rid, result.version, audit)
             if settings.retention.auto:
                 retention_task(settings)
     if audit.served_version is None and outcome.status == "completed":

@@ -25,7 +25,9 @@ import pyarrow.fs as pafs
 from embedpipe.config import StoreSettings
 from embedpipe.errors import (
     ChunkingMismatchError,
+    GateFailed,
     ModelMismatchError,
+    NothingServedError,
     StoreError,
     TableNotFoundError,
     VersionNotFoundError,
@@ -492,19 +494,36 @@ class Store:
         info = table.tags.list().get(SERVING_TAG)
         return int(info["version"]) if info else None
 
+    def audited(self) -> bool:
+        """Whether any version of this table was ever checked (then only a served version is read)."""
+        checks = self.open_table(CHECKS_TABLE)
+        if checks is None:
+            return False
+        flt = f"`{C.TABLE}` = {sql_quote(self.settings.table)}"
+        return bool(checks.search().where(flt).select([C.TABLE]).limit(1).to_list())
+
     def resolve_version(self, target: str | int | None, table: Any = None) -> int:
         """A version number from ``serving``, ``latest``, a tag or a number (``None`` = serving).
 
-        A table that was never published (built before checks existed) serves its latest version.
+        A table that was never checked (built before checks existed, or with checks turned off
+        from the start) serves its latest version.
 
         Raises:
+            NothingServedError: Serving was asked for, and no version has passed its checks yet.
             VersionNotFoundError: No such version or tag.
         """
         table = table if table is not None else self.require_table()
         latest = int(table.version)
         if target is None or target == SERVING_TAG:
             served = self.serving_version(table)
-            return latest if served is None else served
+            if served is not None:
+                return served
+            if self.audited():
+                raise NothingServedError(
+                    f"table={table.name} has no served version: no version has passed its checks yet. "
+                    "See `embedpipe check --version latest`, or read it anyway with --version latest"
+                )
+            return latest
         if target == "latest":
             return latest
         tags = table.tags.list()
@@ -523,17 +542,39 @@ class Store:
 
         Raises:
             TableNotFoundError: No such table.
+            NothingServedError: No version has passed its checks yet.
             VersionNotFoundError: No such version or tag.
         """
         table = self.require_table(name)
         table.checkout(self.resolve_version(target, table))
         return table
 
-    def publish(self, version: int) -> None:
-        """Point the ``serving`` tag at ``version``: readers that ask for the served table get it."""
+    def publish(self, version: int, expect_serving: int | bool | None = False) -> bool:
+        """Point the ``serving`` tag at ``version``: readers that ask for the served table get it.
+
+        Args:
+            version: The version to serve.
+            expect_serving: When not ``False``, publish only if the tag still points where the
+                caller saw it (``None``: no tag); a run never moves the tag over a concurrent
+                publication (compare, then set: Lance tags have no atomic swap, so this narrows
+                rather than closes the window; runs on one table are meant to be serialized).
+
+        Returns:
+            Whether the tag was moved.
+        """
         table = self.require_table()
         try:
-            if SERVING_TAG in table.tags.list():
+            tags = table.tags.list()
+            current = int(tags[SERVING_TAG]["version"]) if SERVING_TAG in tags else None
+            if expect_serving is not False and current != expect_serving:
+                log.warning(
+                    "not publishing version=%d of table=%s: serving moved to %s meanwhile",
+                    version,
+                    table.name,
+                    current,
+                )
+                return False
+            if current is not None:
                 table.tags.update(SERVING_TAG, version)
             else:
                 table.tags.create(SERVING_TAG, version)
@@ -541,6 +582,44 @@ class Store:
             raise StoreError(
                 f"cannot publish version={version} of table={table.name}: {type(e).__name__}: {e}"
             ) from e
+        return True
+
+    def make_head(self, version: int | None) -> int:
+        """Make ``version``'s content the newest version again (a new commit); ``None``: empty it.
+
+        Used when a version fails its checks: the next run must build on checked content, not on
+        the rows that failed. The failed version stays in the history for inspection.
+        """
+        table = self.require_table()
+        try:
+            if version is None:
+                table.delete("true")
+            else:
+                table.restore(version)
+        except Exception as e:
+            raise StoreError(
+                f"cannot restore version={version} of table={table.name}: {type(e).__name__}: {e}"
+            ) from e
+        return int(table.version)
+
+    def run_ids(self, table: Any) -> set[str]:
+        """The ids of the runs whose rows a pinned table holds."""
+        ids: set[str] = set()
+        for batch in table.search().select([C.RUN_ID]).limit(None).to_batches(65536):
+            ids.update(pc.unique(batch.column(0)).to_pylist())
+        return ids
+
+    def failed_checks(self, version: int) -> list[str]:
+        """Checks of severity ``fail`` that failed (or errored) on ``version`` of this table."""
+        checks = self.open_table(CHECKS_TABLE)
+        if checks is None:
+            return []
+        flt = (
+            f"`{C.TABLE}` = {sql_quote(self.settings.table)} AND table_version = {int(version)} "
+            "AND severity = 'fail' AND (status = 'fail' OR status = 'error')"
+        )
+        rows = checks.search().where(flt).select(["check"]).limit(None).to_list()
+        return sorted({r["check"] for r in rows})
 
     def sample_rows(self, table: Any, n: int, seed: int, columns: Sequence[str]) -> pa.Table:
         """At most ``n`` rows of a pinned table, drawn uniformly with a fixed seed."""
@@ -575,6 +654,7 @@ class Store:
         rows = [
             {
                 C.RUN_ID: run_id,
+                C.TABLE: self.settings.table,
                 "table_version": r.table_version,
                 "check": r.check,
                 "statistic": r.statistic,
@@ -598,7 +678,10 @@ class Store:
             return {}
         rows = (
             table.search()
-            .where(f"table_version = {int(version)} AND status <> 'error' AND status <> 'skipped'")
+            .where(
+                f"`{C.TABLE}` = {sql_quote(self.settings.table)} AND table_version = {int(version)} "
+                "AND status <> 'error' AND status <> 'skipped'"
+            )
             .select(["check", "statistic", C.AT])
             .limit(None)
             .to_arrow()
@@ -617,6 +700,7 @@ class Store:
         rows = [
             {
                 C.RUN_ID: run_id,
+                C.TABLE: self.settings.table,
                 "table_version": version,
                 C.MODEL_ID: model_id,
                 "probe": i,
@@ -639,7 +723,7 @@ class Store:
             return None, {}
         rows = (
             table.search()
-            .where(f"{C.MODEL_ID} = {sql_quote(model_id)}")
+            .where(f"{C.MODEL_ID} = {sql_quote(model_id)} AND `{C.TABLE}` = {sql_quote(self.settings.table)}")
             .select(["table_version", "probe_hash", C.VECTOR, C.AT])
             .limit(None)
             .to_arrow()
@@ -685,10 +769,17 @@ class Store:
                 stats = table.compact_files()
                 entry["compacted"] = str(stats)
                 # Compaction rewrites files, not content: a served latest version stays served as
-                # its compacted copy (and the old files can go).
+                # its compacted copy (and the old files can go). It commits up to two versions; any
+                # other commit meanwhile (a row count that moved, more versions) keeps the tag put.
                 table = self.require_table(name)
-                if served is not None and served == before and int(table.version) != before:
-                    self.publish(int(table.version))
+                rows = {
+                    int(v["version"]): (v.get("metadata") or {}).get("total_rows")
+                    for v in table.list_versions()
+                }
+                after = int(table.version)
+                same = all(rows.get(v) == rows.get(before) for v in range(before + 1, after + 1))
+                if served is not None and served == before and 0 < after - before <= 2 and same:
+                    self.publish(after, expect_serving=served)
             versions = sorted(table.list_versions(), key=lambda v: int(v["version"]))
             keep = {int(v["version"]) for v in versions[-keep_versions:]}
             dropped = []
@@ -773,11 +864,14 @@ class Store:
             )
         return out
 
-    def rollback(self, target: str, name: str | None = None) -> dict[str, Any]:
-        """Make a past version (number or tag) the latest again, as a new version.
+    def rollback(self, target: str, name: str | None = None, force: bool = False) -> dict[str, Any]:
+        """Make a past version (number or tag) the latest again, as a new version, and serve it.
+
+        A version that failed a check of severity ``fail`` is refused unless ``force`` is set.
 
         Raises:
             VersionNotFoundError: No such version or tag.
+            GateFailed: The target failed its checks (and ``force`` is not set).
         """
         table = self.require_table(name)
         tags = table.tags.list()
@@ -792,6 +886,12 @@ class Store:
         else:
             raise VersionNotFoundError(
                 f"no version or tag named {target!r} in table={table.name}; see `embedpipe versions`"
+            )
+        failed = self.failed_checks(version)
+        if failed and not force:
+            raise GateFailed(
+                f"version={version} of table={table.name} failed its checks ({', '.join(failed)}); "
+                "rolling back to it would serve it. Pass --force to do it anyway"
             )
         previous = int(table.version)
         table.restore(version)

@@ -31,6 +31,7 @@ class C:
     VECTOR = "vector"
     MODEL_ID = "model_id"
     RUN_ID = "run_id"
+    TABLE = "table"
     EMBEDDED_AT = "embedded_at"
     REASON = "reason"
     AT = "at"
@@ -133,6 +134,7 @@ def checks_schema() -> pa.Schema:
     return pa.schema(
         [
             _f(C.RUN_ID, pa.string(), False, "The run whose version was checked."),
+            _f(C.TABLE, pa.string(), False, "The chunks table that was checked."),
             _f("table_version", pa.int64(), True, "Checked table version."),
             _f("check", pa.string(), False, "Check name, e.g. centroid_shift or golden_recall."),
             _f("statistic", pa.float64(), True, "Measured value."),
@@ -154,6 +156,7 @@ def canary_schema() -> pa.Schema:
     return pa.schema(
         [
             _f(C.RUN_ID, pa.string(), False, "The run that embedded the probes."),
+            _f(C.TABLE, pa.string(), False, "The chunks table the probes were embedded for."),
             _f("table_version", pa.int64(), True, "The version the run wrote."),
             _f(C.MODEL_ID, pa.string(), False, "Model identity: name@weights-hash."),
             _f("probe", pa.int32(), False, "Position of the probe text in the probe set."),

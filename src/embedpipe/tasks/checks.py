@@ -15,13 +15,9 @@ from embedpipe.tasks._common import RETRYING, TASK_DEFAULTS
 
 
 @task(name="audit-sample", **RETRYING)
-def sample_task(
-    settings: Settings, run_id: str, version: int, written_by: str | None, baseline: str | None = None
-) -> AuditContext:
+def sample_task(settings: Settings, run_id: str, version: int, baseline: str | None = None) -> AuditContext:
     """Draw the fixed-seed samples of ``version`` and its reference version."""
-    ctx = load_context(
-        Store(settings.store), settings.checks, settings.model, run_id, version, written_by, baseline
-    )
+    ctx = load_context(Store(settings.store), settings.checks, settings.model, run_id, version, baseline)
     get_run_logger().info(
         "stage=audit-sample version=%d rows=%d sample=%d reference=%s (%s)",
         version,
@@ -70,11 +66,12 @@ def checks_markdown(
 ) -> str:
     """A short markdown verdict of a version's checks."""
     fired = [r for r in results if r.status in {"warn", "fail", "error"}]
-    head = (
-        f"### version {version}: **served**"
-        if served
-        else f"### version {version}: **not served**, blocked by {', '.join(f'`{b}`' for b in blocking)}"
-    )
+    if served:
+        head = f"### version {version}: checks **passed**, **served**"
+    elif blocking:
+        head = f"### version {version}: **not served**, blocked by {', '.join(f'`{b}`' for b in blocking)}"
+    else:
+        head = f"### version {version}: checks **passed** (not published by this check)"
     lines = [head, f"Compared with {ref}.", ""]
     counts = {s: sum(r.status == s for r in results) for s in ("pass", "warn", "fail", "error", "skipped")}
     lines.append(", ".join(f"{n} {s}" for s, n in counts.items() if n))
@@ -110,8 +107,48 @@ def record_task(
 
 
 @task(name="publish", **RETRYING)
-def publish_task(settings: Settings, version: int) -> int:
-    """Serve ``version``: move the table's ``serving`` tag to it."""
-    Store(settings.store).publish(version)
-    get_run_logger().info("stage=publish table=%s serving=%d", settings.store.table, version)
-    return version
+def publish_task(settings: Settings, version: int, served_before: int | None, writer: bool) -> int | None:
+    """Serve ``version``: move the table's ``serving`` tag to it (see :func:`publish_version`)."""
+    served = publish_version(Store(settings.store), version, served_before, writer)
+    get_run_logger().info("stage=publish table=%s serving=%s", settings.store.table, served)
+    return served
+
+
+def publish_version(store: Store, version: int, served_before: int | None, writer: bool) -> int | None:
+    """Serve ``version`` and return what is served afterwards.
+
+    The served content is always the newest version, so that the next run builds on it: a run
+    publishes its own version only while it is the newest (a later commit's run publishes that
+    one); an operator publishing an older version (``embedpipe check --version N --publish``)
+    makes it the newest version first, with a restore commit.
+    """
+    head = int(store.require_table().version)
+    if head != version:
+        if writer:
+            return store.serving_version()
+        version = store.make_head(version)
+    store.publish(version, expect_serving=served_before)
+    return store.serving_version()
+
+
+@task(name="fall-back", **RETRYING)
+def fall_back_task(settings: Settings, version: int, served: int | None) -> int | None:
+    """After ``version`` failed its checks, make the served content the newest version again.
+
+    Returns the restore commit's version (``None`` when ``version`` is no longer the newest: a
+    later run committed on top of it and its own audit decides).
+    """
+    store = Store(settings.store)
+    if int(store.require_table().version) != version:
+        return None
+    head = store.make_head(served)
+    if served is not None:
+        store.publish(head, expect_serving=served)
+    get_run_logger().warning(
+        "stage=fall-back table=%s failed_version=%d restored=%s as version %d",
+        settings.store.table,
+        version,
+        served if served is not None else "empty",
+        head,
+    )
+    return head

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from prefect import get_run_logger, task
 
+from embedpipe.checks.quality import validate_sets
+from embedpipe.checks.suite import reference_for
 from embedpipe.config import Settings
 from embedpipe.resources.embedder import get_embedder
 from embedpipe.resources.store import Store
@@ -31,6 +33,7 @@ def prepare(settings: Settings, check: bool = True) -> Prepared:
     Raises:
         ModelError: The model cannot be loaded.
         TableMismatchError: The table holds vectors of another model or other chunking.
+        ConfigError: A check set (golden, triplets, pairs, canary) or the baseline is wrong.
     """
     embedder = get_embedder(settings.model)
     chunking = chunking_identity(embedder, settings)
@@ -38,6 +41,11 @@ def prepare(settings: Settings, check: bool = True) -> Prepared:
     table = store.snapshot()
     if check:
         store.check_compatible(embedder.identity, chunking, table=table)
+    if settings.checks.enabled:
+        c = settings.checks
+        validate_sets(c.golden, c.triplets, c.pairs, c.canary)
+        if c.baseline_tag and table is not None:
+            reference_for(store, store.require_table(), int(table.version) + 1, c.baseline_tag)
     store.sweep_staging(settings.runtime.staging_ttl_hours)
     return Prepared(
         identity=embedder.identity,
