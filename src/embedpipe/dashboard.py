@@ -232,8 +232,8 @@ def _figures(d: DashboardData) -> dict[str, dict[str, Any]]:
             "layout": {
                 "title": {"text": "Checks by table version (served only when no fail-gate fails)"},
                 "xaxis": {"title": {"text": "table version"}, "type": "category"},
-                "yaxis": {"automargin": True},
-                "height": max(320, 24 * len(names) + 140),
+                "yaxis": {"automargin": True, "tickfont": {"size": 10}},
+                "margin": {"t": 40, "b": 40},
             },
         }
     if d.seq_lengths:
@@ -328,7 +328,7 @@ header{background:#1d2330;color:#fff;padding:14px 24px}header h1{margin:0;font-s
 header p{margin:4px 0 0;color:#b8c0d0;font-size:13px}
 main{display:grid;grid-template-columns:repeat(auto-fit,minmax(560px,1fr));gap:16px;padding:16px}
 section{background:#fff;border-radius:8px;box-shadow:0 1px 3px rgba(0,0,0,.08);padding:12px;min-height:120px}
-section h2{font-size:15px;margin:4px 4px 8px}.chart{height:380px}
+section h2{font-size:15px;margin:4px 4px 8px}.chart{height:380px}#chart-checks{height:460px}
 table{border-collapse:collapse;width:100%;font-size:12px}th,td{text-align:left;padding:4px 6px;
 border-bottom:1px solid #eee;vertical-align:top;word-break:break-word}th{background:#fafafa}
 .empty{color:#777;font-style:italic;padding:8px}.served{font-weight:bold;color:#2e7d32}

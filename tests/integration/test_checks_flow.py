@@ -14,6 +14,7 @@ import pytest
 from embedpipe.config import GateSettings
 from embedpipe.errors import GateFailed, NothingServedError
 from embedpipe.flows.check import check
+from embedpipe.flows.reindex import reindex
 from embedpipe.flows.sync import sync
 from embedpipe.resources.store import CANARY_TABLE, CHECKS_TABLE, SERVING_TAG, Store
 from embedpipe.schemas import C
@@ -442,3 +443,33 @@ def test_vector_index_recall_is_measured_against_exact_search(tmp_path: Path) ->
     )
     fine = index_recall()
     assert fine.status == "pass" and fine.statistic == 1.0, fine
+
+
+def test_a_model_change_is_judged_by_quality_checks_and_served(tmp_path: Path) -> None:
+    src = make_corpus(tmp_path / "src", 20)
+    write(src / "special" / "kites.md", "Kites fly high over windy beaches in spring.")
+    golden = tmp_path / "golden.jsonl"
+    golden.write_text(
+        json.dumps({"query": "kites over windy beaches", "relevant": {"special/kites.md": 2}}) + "\n"
+    )
+    checks = {"golden": [str(golden)], "triplets": [], "pairs": []}
+    settings = settings_for(tmp_path, checks=checks)
+    run(src, settings)
+    other = settings_for(tmp_path, model={"name": "fake:64:2"}, checks=checks)  # other weights, same dim
+    state = reindex(other, return_state=True)
+    s = state.result(raise_on_failure=False)
+    assert state.is_completed(), state.message
+    assert s.gate == "passed" and s.served_version == s.table_version == 2
+    got = {c.check: c for c in s.checks}
+    for name in ("centroid_shift", "domain_auc", "mmd", "drifted_components", "neighbour_stability"):
+        assert got[name].status == "skipped" and "not comparable" in got[name].detail, got[name]
+    # geometry falls back to absolute tests in the new space
+    assert "no reference: absolute ceiling" in got["anisotropy"].detail
+    assert got["canary"].status == "skipped" and "stored now as its baseline" in got["canary"].detail
+    assert got["integrity"].status == "pass" and "rows new since version 1" in got["integrity"].detail
+    # the golden set is compared with the figures recorded for version 1 (another model)
+    assert got["golden_mrr"].status == "pass" and "reference version 1: 1.0000" in got["golden_mrr"].detail
+    assert (
+        Store(settings.store).table_identity(table=Store(settings.store).open_version(None)).name
+        == "fake:64:2"
+    )
