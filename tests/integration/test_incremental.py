@@ -280,3 +280,26 @@ def test_hostile_file_names_survive_filters(tmp_path: Path) -> None:
     assert (s2.docs_changed, s2.docs_deleted, s2.docs_unchanged) == (1, 1, 2), s2
     ids = {r[C.DOC_ID] for r in rows(settings)}
     assert ids == {"it's.md", "目录/文件 1.md", 'dq"uote.md'}
+
+
+def test_unchanged_files_are_not_read_again_unless_told(tmp_path: Path) -> None:
+    """The quick check: same size and mtime means unchanged, for single-document text files only."""
+    src = corpus(tmp_path / "src", n=3)
+    settings = settings_for(tmp_path)
+    _, s1 = run([src], settings)
+    doc = src / "doc1.md"
+    st = doc.stat()
+    # same length, other text, mtime put back: only a content read can tell
+    doc.write_text(doc.read_text().replace("Document 1.", "Document X."))
+    os.utime(doc, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert doc.stat().st_size == st.st_size
+    _, s2 = run([src], settings)
+    assert (s2.docs_unchanged, s2.docs_changed, s2.table_version) == (s1.docs_new, 0, None)
+    careful = settings_for(tmp_path, source={"skip_unchanged_files": False})
+    _, s3 = run([src], careful)
+    assert s3.docs_changed == 1 and s3.chunks_embedded >= 1
+    assert any("Document X." in r[C.TEXT] for r in rows(settings))
+    # a touched file is read again, and found unchanged in content
+    os.utime(src / "doc2.md")
+    _, s4 = run([src], settings)
+    assert s4.docs_changed == 1 and s4.chunks_embedded == 0  # metadata-only: the new mtime

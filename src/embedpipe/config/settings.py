@@ -78,6 +78,11 @@ class SourceSettings(_Group):
     max_reject_ratio: float = Field(
         0.5, ge=0.0, le=1.0, description="The run fails, committing nothing, when rejected/seen exceeds this."
     )
+    skip_unchanged_files: bool = Field(
+        True,
+        description="Do not re-read .txt/.md/.html files whose size and mtime match the table's record "
+        "(false: read and hash every file on every run).",
+    )
 
 
 class ChunkSettings(_Group):

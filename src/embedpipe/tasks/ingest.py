@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
+import pyarrow as pa
 from prefect import get_run_logger, task
 
 from embedpipe.config import Settings
@@ -80,9 +82,41 @@ def discover_task(sources: list[str], settings: Settings) -> Plan:
     return plan
 
 
+# Kinds whose one document depends on the file's bytes alone (no reader settings such as
+# text_field or id_field): unchanged size and mtime mean unchanged content.
+_STAT_KINDS = frozenset({"text", "html"})
+
+
+def _unchanged_by_stat(ref: FileRef, known: Known) -> list[str] | None:
+    """The stored doc ids of a single-document file whose size and mtime match the table's record."""
+    if ref.part is not None or ref.kind not in _STAT_KINDS:
+        return None
+    docs = known.get((ref.source, ref.path))
+    if not docs or len(docs) != 1:
+        return None
+    # the same conversion the reader stores (microsecond timestamps)
+    mtime = pa.scalar(
+        datetime.fromtimestamp(ref.mtime_ns / 1e9, tz=UTC), pa.timestamp("us", tz="UTC")
+    ).as_py()
+    (doc_id, state), *_ = docs.items()
+    return [doc_id] if state.size == ref.size and state.mtime == mtime else None
+
+
 def ingest_shard(shard_no: int, refs: list[FileRef], settings: Settings, known: Known) -> Documents:
-    """Read one shard of files and compare its documents with the table's state."""
-    table, rejects, seen = read_documents(refs, settings.source)
+    """Read one shard of files and compare its documents with the table's state.
+
+    With ``source.skip_unchanged_files`` a plain-text, Markdown or HTML file whose size and mtime
+    equal the table's record is not read at all (the quick check of make and rsync).
+    """
+    skipped: list[tuple[str, str]] = []
+    to_read = []
+    for ref in refs:
+        ids = _unchanged_by_stat(ref, known) if settings.source.skip_unchanged_files else None
+        if ids is None:
+            to_read.append(ref)
+        else:
+            skipped += [(ref.source, d) for d in ids]
+    table, rejects, seen = read_documents(to_read, settings.source)
     files = {(r.source, r.path) for r in refs}
     protected = set()
     for rj in rejects:
@@ -94,7 +128,10 @@ def ingest_shard(shard_no: int, refs: list[FileRef], settings: Settings, known: 
         for d, p in zip(table.column(C.DOC_ID).to_pylist(), table.column(C.PATH).to_pylist(), strict=True)
         if p in split
     ]
-    return Documents(shard_no, classify(table, known), rejects, seen, protected, split_ids)
+    delta = classify(table, known)
+    delta.unchanged += len(skipped)
+    delta.seen += skipped
+    return Documents(shard_no, delta, rejects, seen + len(skipped), protected, split_ids)
 
 
 @task(name="ingest", **RETRYING)
