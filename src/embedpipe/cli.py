@@ -258,8 +258,11 @@ def _prepare_prefect() -> None:
 
 def _install_log_filter() -> None:
     flt = _NoTracebackForKnownErrors()
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(flt)
+    # Prefect's console handlers hang off its own loggers (which do not propagate to the root).
+    names = ["", "prefect", "prefect.flow_runs", "prefect.task_runs"]
+    for name in names:
+        for handler in logging.getLogger(name).handlers:
+            handler.addFilter(flt)
 
 
 def _emit(data: Any, as_json: bool, text: str) -> None:
@@ -332,9 +335,15 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     settings = get_settings(_overrides(args), args.config)
     from embedpipe.checks.quality import validate_sets
+    from embedpipe.checks.suite import reference_for
+    from embedpipe.resources.store import Store
 
     c = settings.checks
     validate_sets(c.golden, c.triplets, c.pairs, c.canary)  # a bad file is a usage error (exit 2)
+    store = Store(settings.store)
+    version = store.resolve_version(args.check_version)  # no table or no such version: said plainly
+    if args.baseline or c.baseline_tag:
+        reference_for(store, store.require_table(), version, args.baseline or c.baseline_tag)
     _prepare_prefect()
     _install_log_filter()
     from embedpipe.flows.check import check

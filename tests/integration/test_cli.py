@@ -305,3 +305,12 @@ def test_checks_gate_the_sample_corpus_with_the_real_model(tmp_path: Path, prefe
     assert "basics/missing.md" in bad.stderr and "Traceback" not in bad.stderr
     hits = embedpipe("search", "vector index", "--db", "db", "--json", cwd=tmp_path, env=env)
     assert hits.returncode == 0 and json.loads(hits.stdout)
+    for args, code, reason in (
+        (("--db", "nodb"), 4, "table=chunks not found"),
+        (("--db", "db", "--version", "99"), 4, "no version or tag named '99'"),
+        (("--db", "db", "--baseline", "nope"), 2, "baseline 'nope' is neither a tag nor a version"),
+        (("--db", "db", "--golden", "missing.jsonl"), 2, "golden file not found: path=missing.jsonl"),
+    ):
+        res = embedpipe("check", *args, cwd=tmp_path, env=env)
+        assert res.returncode == code and reason in res.stderr, (args, res.returncode, res.stderr)
+        assert "Traceback" not in res.stderr and res.stdout == ""
