@@ -638,7 +638,7 @@ def _erank(x: Array) -> float:
     return float(np.exp(-np.sum(prob * np.log(prob))))
 
 
-def effective_rank(ref: ArrayLike | None, new: ArrayLike, *, min_ratio: float = 0.5) -> Stat:
+def effective_rank(ref: ArrayLike | None, new: ArrayLike, *, min_ratio: float = 0.5, seed: int = 0) -> Stat:
     """Collapse of the embedding space: effective rank of the new set relative to the reference.
 
     The effective rank (Roy & Vetterli 2007) is ``exp(H)`` with ``H`` the Shannon entropy of the
@@ -653,6 +653,7 @@ def effective_rank(ref: ArrayLike | None, new: ArrayLike, *, min_ratio: float = 
         ref: Reference vectors, shape ``(n_ref, d)``, or ``None``.
         new: New vectors, shape ``(n_new, d)``.
         min_ratio: Smallest allowed ratio ``erank(new) / erank(ref)``.
+        seed: Seed of the subsample.
 
     Returns:
         ``Stat`` with the ratio (or the new effective rank) as statistic and ``effect = erank(new)``.
@@ -661,7 +662,7 @@ def effective_rank(ref: ArrayLike | None, new: ArrayLike, *, min_ratio: float = 
     r = _as_matrix(ref, "ref") if ref is not None else None
     if r is not None and len(r) and len(n) and r.shape[1] != n.shape[1]:
         raise ValueError(f"ref and new have different dimensions: {r.shape[1]} != {n.shape[1]}")
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     if r is None or len(r) < MIN_ROWS:
         floor = min(2.0, float(n.shape[1])) if n.ndim == 2 and n.shape[1] else 2.0
         early = _too_few(floor, len(n)) or _non_finite(floor, n)
@@ -981,7 +982,7 @@ DRIFT_CHECKS: dict[str, Callable[..., Stat]] = {
 }
 """The comparison checks by name (``truncation_rate`` is absolute and not listed)."""
 
-_SEEDED = frozenset({"domain_auc", "mmd", "drifted_components"})
+_SEEDED = frozenset({"domain_auc", "mmd", "drifted_components", "effective_rank"})
 
 
 def calibrate(

@@ -324,7 +324,7 @@ def _geometry(name: str) -> Family:
             raise Skip(f"no reference and only {len(new)} vectors: need {MIN_ABSOLUTE} for an absolute test")
         if name == "anisotropy":
             return {name: drift.anisotropy(ref, new, max_delta=threshold)}
-        return {name: drift.effective_rank(ref, new, min_ratio=threshold)}
+        return {name: drift.effective_rank(ref, new, min_ratio=threshold, seed=checks.seed)}
 
     return family
 
