@@ -334,16 +334,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     from embedpipe.config import get_settings
 
     settings = get_settings(_overrides(args), args.config)
-    from embedpipe.checks.quality import validate_sets
-    from embedpipe.checks.suite import reference_for
+    from embedpipe.checks.suite import validate_setup
     from embedpipe.resources.store import Store
 
-    c = settings.checks
-    validate_sets(c.golden, c.triplets, c.pairs, c.canary)  # a bad file is a usage error (exit 2)
+    # Usage errors (exit 2 or 4) are said plainly before the flow starts.
     store = Store(settings.store)
-    version = store.resolve_version(args.check_version)  # no table or no such version: said plainly
-    if args.baseline or c.baseline_tag:
-        reference_for(store, store.require_table(), version, args.baseline or c.baseline_tag)
+    validate_setup(store, settings.checks, store.resolve_version(args.check_version), args.baseline)
     _prepare_prefect()
     _install_log_filter()
     from embedpipe.flows.check import check

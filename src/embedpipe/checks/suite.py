@@ -28,7 +28,7 @@ from embedpipe.config import ChecksSettings, ModelSettings
 from embedpipe.errors import CheckError, ConfigError, EmbedpipeError
 from embedpipe.resources.embedder import get_embedder
 from embedpipe.resources.store import SERVING_TAG, Store, sql_quote
-from embedpipe.schemas import C, CheckResult, ModelIdentity
+from embedpipe.schemas import C, CheckResult, ModelIdentity, vector_matrix
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +56,11 @@ class Side:
 
     @classmethod
     def from_arrow(cls, version: int, rows: int, data: pa.Table, dim: int) -> Side:
-        vec = data.column(C.VECTOR).combine_chunks()
-        flat = vec.flatten().to_numpy(zero_copy_only=False) if len(vec) else np.zeros(0, np.float32)
-        width = dim if len(vec) == 0 or flat.size == len(vec) * dim else flat.size // len(vec)
+        vectors = vector_matrix(data.column(C.VECTOR)) if data.num_rows else np.zeros((0, dim), np.float32)
         return cls(
             version=version,
             rows=rows,
-            vectors=flat.reshape(len(vec), width).astype(np.float32, copy=False),
+            vectors=vectors,
             tokens=data.column(C.N_TOKENS).to_numpy(zero_copy_only=False).astype(np.int64),
             texts=data.column(C.TEXT).to_pylist(),
             text_hashes=data.column(C.CHUNK_HASH).to_pylist(),
@@ -149,9 +147,29 @@ def _sample_where(store: Store, table: Any, flt: str, n: int, seed: int, dim: in
     if len(ids) > n:
         keep = np.sort(np.random.default_rng(seed).choice(len(ids), size=n, replace=False))
         ids = [ids[i] for i in keep]
-    data = store.rows_by_chunk_ids(table, ids, SAMPLE_COLUMNS)
+    data = store.rows_where_in(table, C.CHUNK_ID, ids, SAMPLE_COLUMNS)
     data = data.take(pa.compute.sort_indices(data, [(C.CHUNK_ID, "ascending")]))
     return Side.from_arrow(version, len(ids), data, dim)
+
+
+def validate_setup(
+    store: Store, checks: ChecksSettings, version: int | None, baseline: str | None = None
+) -> None:
+    """Fail fast, before any work, on a bad check set file or a baseline that names nothing.
+
+    Args:
+        store: The store.
+        checks: Check settings.
+        version: The version that will be checked (``None``: no table yet, so no baseline to find).
+        baseline: A baseline given for this call, else ``checks.baseline_tag``.
+
+    Raises:
+        ConfigError: Naming the file (and line) or the baseline.
+    """
+    quality.validate_sets(checks.golden, checks.triplets, checks.pairs, checks.canary)
+    name = baseline or checks.baseline_tag
+    if name and version is not None:
+        reference_for(store, store.require_table(), version, name)
 
 
 def load_context(
@@ -386,13 +404,7 @@ def _golden(ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str
     golden = quality.load_golden(checks.golden)
     table = store.open_version(ctx.version)
     wanted = sorted({d for q in golden for d in q.relevant})
-    present: set[str] = set()
-    for i in range(0, len(wanted), 1000):
-        part = wanted[i : i + 1000]
-        flt = f"{C.DOC_ID} IN ({', '.join(sql_quote(d) for d in part)})"
-        present |= set(
-            table.search().where(flt).select([C.DOC_ID]).limit(None).to_arrow().column(0).to_pylist()
-        )
+    present = set(store.rows_where_in(table, C.DOC_ID, wanted, [C.DOC_ID]).column(0).to_pylist())
     missing = [d for d in wanted if d not in present]
     if missing:
         raise CheckError(
@@ -449,10 +461,12 @@ def _neighbours(ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict
     assert ctx.reference_version is not None
     ids = ref.chunk_ids[:NEIGHBOUR_SAMPLE]
     cols = [C.CHUNK_ID, C.CHUNK_HASH, C.VECTOR]
-    new_rows = store.rows_by_chunk_ids(store.open_version(ctx.version), ids, cols).to_pylist()
+    new_rows = store.rows_where_in(store.open_version(ctx.version), C.CHUNK_ID, ids, cols).to_pylist()
     ref_rows = {
         r[C.CHUNK_ID]: r
-        for r in store.rows_by_chunk_ids(store.open_version(ctx.reference_version), ids, cols).to_pylist()
+        for r in store.rows_where_in(
+            store.open_version(ctx.reference_version), C.CHUNK_ID, ids, cols
+        ).to_pylist()
     }
     pairs = [
         (ref_rows[r[C.CHUNK_ID]][C.VECTOR], r[C.VECTOR])

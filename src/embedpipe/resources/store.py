@@ -43,6 +43,7 @@ from embedpipe.schemas import (
     checks_schema,
     rejects_schema,
     runs_schema,
+    vector_matrix,
 )
 
 log = logging.getLogger(__name__)
@@ -301,16 +302,11 @@ class Store:
         out: dict[str, Any] = {}
         if table is None:
             return out
-        uniq = sorted(set(hashes))
-        for i in range(0, len(uniq), _IN_LIST):
-            flt = f"{C.CHUNK_HASH} IN ({', '.join(sql_quote(h) for h in uniq[i : i + _IN_LIST])})"
-            for batch in (
-                table.search().where(flt).select([C.CHUNK_HASH, C.VECTOR]).limit(None).to_batches(8192)
-            ):
-                vecs = batch.column(C.VECTOR)
-                for j, h in enumerate(batch.column(C.CHUNK_HASH).to_pylist()):
-                    if h not in out:
-                        out[h] = vecs[j].values.to_numpy(zero_copy_only=False)
+        rows = self.rows_where_in(table, C.CHUNK_HASH, hashes, [C.CHUNK_HASH, C.VECTOR])
+        vecs = vector_matrix(rows.column(C.VECTOR))
+        for j, h in enumerate(rows.column(C.CHUNK_HASH).to_pylist()):
+            if h not in out:
+                out[h] = vecs[j]
         return out
 
     def rows_for_docs(self, table: Any, docs: Sequence[tuple[str, str]], schema: pa.Schema) -> pa.Table:
@@ -634,12 +630,14 @@ class Store:
         idx = np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False))
         return ds.take(idx.tolist(), columns=list(columns))
 
-    def rows_by_chunk_ids(self, table: Any, chunk_ids: Sequence[str], columns: Sequence[str]) -> pa.Table:
-        """Rows of a pinned table with these chunk ids."""
+    def rows_where_in(
+        self, table: Any, column: str, values: Sequence[str], columns: Sequence[str]
+    ) -> pa.Table:
+        """Rows of a pinned table whose ``column`` is one of ``values`` (queried in bounded IN lists)."""
         parts = []
-        uniq = sorted(set(chunk_ids))
+        uniq = sorted(set(values))
         for i in range(0, len(uniq), _IN_LIST):
-            flt = _in_filter(C.CHUNK_ID, uniq[i : i + _IN_LIST])
+            flt = _in_filter(column, uniq[i : i + _IN_LIST])
             parts.append(table.search().where(flt).select(list(columns)).limit(None).to_arrow())
         if not parts:
             return pa.table({c: pa.array([], type=table.schema.field(c).type) for c in columns})

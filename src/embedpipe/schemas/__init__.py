@@ -10,6 +10,7 @@ from embedpipe.schemas.arrow import (
     rejects_schema,
     runs_schema,
     segments_schema,
+    vector_matrix,
 )
 from embedpipe.schemas.records import (
     CheckReport,
@@ -36,4 +37,5 @@ __all__ = [
     "rejects_schema",
     "runs_schema",
     "segments_schema",
+    "vector_matrix",
 ]

@@ -6,6 +6,7 @@ Column names are the constants of :class:`C`; never repeat them as string litera
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 
 SCHEMA_VERSION = "1"
@@ -204,3 +205,12 @@ def runs_schema() -> pa.Schema:
         ],
         metadata={"embedpipe.schema": "runs", "embedpipe.schema_version": SCHEMA_VERSION},
     )
+
+
+def vector_matrix(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A vector column (fixed-size or variable lists of floats) as an ``(n, dim)`` float32 matrix."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    n = len(column)
+    flat = column.flatten().to_numpy(zero_copy_only=False)
+    return flat.reshape(n, flat.size // n if n else 0).astype(np.float32, copy=False)

@@ -17,7 +17,7 @@ from embedpipe.incremental import chunk_hashes, refresh_rows
 from embedpipe.progress import NullProgress, Progress, chunks_progress
 from embedpipe.resources.embedder import Embedder, get_embedder
 from embedpipe.resources.store import Store
-from embedpipe.schemas import C, Reject, chunks_schema
+from embedpipe.schemas import C, Reject, chunks_schema, vector_matrix
 from embedpipe.tasks._common import TASK_DEFAULTS
 from embedpipe.tasks.chunk import Chunks, chunking_identity
 from embedpipe.tasks.ingest import Documents
@@ -58,9 +58,7 @@ def quarantine_nonfinite(
     """
     if table.num_rows == 0:
         return table, [], [], set()
-    vec = table.column(C.VECTOR).combine_chunks()
-    flat = vec.flatten().to_numpy(zero_copy_only=False).reshape(table.num_rows, -1)
-    bad_rows = np.flatnonzero(~np.isfinite(flat).all(axis=1))
+    bad_rows = np.flatnonzero(~np.isfinite(vector_matrix(table.column(C.VECTOR))).all(axis=1))
     if len(bad_rows) == 0:
         return table, [], [], set()
     sources = table.column(C.SOURCE).to_pylist()

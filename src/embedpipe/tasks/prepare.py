@@ -6,8 +6,7 @@ from dataclasses import dataclass
 
 from prefect import get_run_logger, task
 
-from embedpipe.checks.quality import validate_sets
-from embedpipe.checks.suite import reference_for
+from embedpipe.checks.suite import validate_setup
 from embedpipe.config import Settings
 from embedpipe.resources.embedder import get_embedder
 from embedpipe.resources.store import Store
@@ -42,10 +41,7 @@ def prepare(settings: Settings, check: bool = True) -> Prepared:
     if check:
         store.check_compatible(embedder.identity, chunking, table=table)
     if settings.checks.enabled:
-        c = settings.checks
-        validate_sets(c.golden, c.triplets, c.pairs, c.canary)
-        if c.baseline_tag and table is not None:
-            reference_for(store, store.require_table(), int(table.version) + 1, c.baseline_tag)
+        validate_setup(store, settings.checks, int(table.version) + 1 if table is not None else None)
     store.sweep_staging(settings.runtime.staging_ttl_hours)
     return Prepared(
         identity=embedder.identity,
