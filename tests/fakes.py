@@ -69,7 +69,7 @@ class FakeEmbedder:
         rng = np.random.default_rng(int.from_bytes(digest, "little"))
         return rng.standard_normal(self.dim).astype(np.float32)
 
-    def encode(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
+    def encode(self, texts: Sequence[str], batch_size: int, lengths: np.ndarray | None = None) -> np.ndarray:
         self.calls += 1
         if any(EXPLODE in t for t in texts):
             raise RuntimeError("fake model crashed in the middle of a run")

@@ -33,7 +33,14 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "retention": {"keep_versions": get("keep_versions"), "max_age_hours": get("max_age_hours")},
         "store": {"uri": get("db"), "table": get("table")},
-        "model": {"name": get("model"), "device": get("device"), "batch_size": get("batch_size")},
+        "model": {
+            "name": get("model"),
+            "device": get("device"),
+            "batch_size": get("batch_size"),
+            "backend": get("backend"),
+            "precision": get("precision"),
+            "batch_tokens": get("batch_tokens"),
+        },
         "chunk": {"tokens": get("chunk_tokens"), "overlap": get("chunk_overlap")},
         "checks": {
             "golden": get("golden"),
@@ -60,7 +67,14 @@ def _store_args(p: argparse.ArgumentParser) -> None:
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="sentence-transformers model id or local path")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--batch-size", type=int, dest="batch_size")
+    p.add_argument("--batch-size", type=int, dest="batch_size", help="most chunks per forward pass")
+    p.add_argument(
+        "--backend",
+        choices=["torch", "onnx", "onnx-int8", "openvino"],
+        help="inference backend (default torch); part of the model identity: switching it is a reindex",
+    )
+    p.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], help="compute precision")
+    p.add_argument("--batch-tokens", type=int, dest="batch_tokens", help="padded tokens per batch")
     p.add_argument("--chunk-tokens", type=int, dest="chunk_tokens")
     p.add_argument("--chunk-overlap", type=int, dest="chunk_overlap")
 
@@ -480,7 +494,14 @@ def cmd_search(args: argparse.Namespace) -> int:
     identity = store.table_identity(table=table)
     assert identity is not None
     # Queries are embedded with the table's own model, so they land in the same vector space.
-    model = settings.model.model_copy(update={"name": identity.name, "normalize": identity.normalize})
+    update: dict[str, Any] = {
+        "name": identity.name,
+        "normalize": identity.normalize,
+        "backend": identity.backend,
+    }
+    if identity.backend != "torch":
+        update["device"] = "cpu"
+    model = settings.model.model_copy(update=update)
     embedder = get_embedder(model)
     store.check_compatible(embedder.identity, table=table)
     vec = embedder.encode([args.query], batch_size=1)[0]

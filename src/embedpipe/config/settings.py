@@ -119,6 +119,36 @@ class ModelSettings(_Group):
     batch_size: int = Field(64, ge=1, le=65_536, description="Chunks per forward pass.")
     normalize: bool = Field(True, description="Store unit-length vectors (cosine = dot product).")
     offline: bool = Field(True, description="Never contact a model hub (HF_HUB_OFFLINE=1).")
+    backend: Literal["torch", "onnx", "onnx-int8", "openvino"] = Field(
+        "torch",
+        description="Inference backend: torch, onnx (ONNX Runtime, fp32), onnx-int8 (dynamic int8 "
+        "quantization) or openvino. Part of the model identity: switching it is a reindex.",
+    )
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto",
+        description="Compute precision; vectors are stored as float32 either way. auto: fp16 on CUDA "
+        "(torch), fp32 on CPU (torch, onnx), the hardware's best for openvino (bf16 where the CPU has AMX).",
+    )
+    devices: list[str] = Field(
+        default_factory=list,
+        description="Several devices used together (one model replica each), e.g. [cuda:0, cuda:1]. "
+        "Empty: model.device, where auto means every visible GPU.",
+    )
+    batch_tokens: int | None = Field(
+        None,
+        ge=16,
+        le=16_777_216,
+        description="Padded tokens per batch (length-sorted chunks); batch_size caps the chunks per "
+        "batch. Unset: 4096 for torch on CPU, 1024 for ONNX Runtime on CPU, 65536 on CUDA.",
+    )
+    threads: int | None = Field(
+        None, ge=1, le=1024, description="CPU threads for onnx/openvino (unset: the runtime's default)."
+    )
+    export_dir: str | None = Field(
+        None,
+        description="Where ONNX exports are cached (unset: $HF_HOME/embedpipe-exports, beside the "
+        "Hugging Face model cache).",
+    )
 
     @field_validator("device")
     @classmethod
@@ -127,6 +157,19 @@ class ModelSettings(_Group):
         if v in {"auto", "cpu", "cuda", "mps"} or (v.startswith("cuda:") and v[5:].isdigit()):
             return v
         raise ValueError(f"unknown device {value!r}; expected auto, cpu, cuda, cuda:N or mps")
+
+    @field_validator("devices")
+    @classmethod
+    def _known_devices(cls, value: list[str]) -> list[str]:
+        out = []
+        for d in value:
+            v = d.strip().lower()
+            if not (v == "cpu" or v == "cuda" or (v.startswith("cuda:") and v[5:].isdigit())):
+                raise ValueError(f"unknown device {d!r} in model.devices; expected cpu, cuda or cuda:N")
+            out.append("cuda:0" if v == "cuda" else v)
+        if len(set(out)) != len(out):
+            raise ValueError(f"model.devices lists a device twice: {value}")
+        return out
 
 
 class StoreSettings(_Group):

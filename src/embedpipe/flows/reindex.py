@@ -96,10 +96,16 @@ def reindex(
         old_identity = store.table_identity(table=table)
         old_chunking = store.table_chunking(table)
         assert old_identity is not None and prepared.read_version is not None
-        same_model = (old_identity.weights_hash, old_identity.dim, old_identity.normalize) == (
+        same_model = (
+            old_identity.weights_hash,
+            old_identity.dim,
+            old_identity.normalize,
+            old_identity.backend,
+        ) == (
             prepared.identity.weights_hash,
             prepared.identity.dim,
             prepared.identity.normalize,
+            prepared.identity.backend,
         )
         reused_texts = (
             sources is None and old_chunking is not None and old_chunking.same_chunks(prepared.chunking)

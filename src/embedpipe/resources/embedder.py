@@ -19,6 +19,7 @@ import numpy as np
 
 from embedpipe.config import ModelSettings
 from embedpipe.errors import ConfigError, ModelError
+from embedpipe.resources import backends
 from embedpipe.schemas import ModelIdentity
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,11 @@ class Embedder(Protocol):
     special_tokens: int
     tokenizer: TokenCounter
 
-    def encode(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
-        """Embed texts into a float32 array of shape ``(len(texts), dim)``."""
+    def encode(self, texts: Sequence[str], batch_size: int, lengths: np.ndarray | None = None) -> np.ndarray:
+        """Embed texts into a float32 array of shape ``(len(texts), dim)``.
+
+        ``lengths`` (tokens per text, special tokens excluded) saves counting them again.
+        """
         ...
 
 
@@ -157,10 +161,56 @@ def choose_device(requested: str) -> str:
     return requested
 
 
+def resolve_devices(settings: ModelSettings) -> list[str]:
+    """The devices a torch model runs on: ``model.devices``, else every GPU for ``auto``, else one."""
+    import torch
+
+    if settings.devices:
+        for d in settings.devices:
+            choose_device(d)
+            if d.startswith("cuda:") and int(d[5:]) >= torch.cuda.device_count():
+                raise ConfigError(
+                    f"model.devices names {d} but this machine has {torch.cuda.device_count()} CUDA device(s)"
+                )
+        return list(settings.devices)
+    device = choose_device(settings.device)
+    if settings.device == "auto" and device == "cuda" and torch.cuda.device_count() > 1:
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return [device]
+
+
+def resolve_precision(settings: ModelSettings, device: str) -> str:
+    """``model.precision`` with ``auto`` made concrete for the backend and device.
+
+    Raises:
+        ConfigError: A precision the backend or device cannot run.
+    """
+    p = settings.precision
+    backend = settings.backend
+    if backend in {"onnx", "onnx-int8"}:
+        if p not in {"auto", "fp32"}:
+            raise ConfigError(
+                f"model.precision={p} is not available with model.backend={backend} (it runs the fp32 "
+                "export, or its int8 quantization); use precision auto or fp32"
+            )
+        return "int8" if backend == "onnx-int8" else "fp32"
+    if backend == "openvino":
+        return p  # resolved by OpenVINO for auto (bf16 where the CPU has AMX)
+    if p == "auto":
+        return "fp16" if device.startswith("cuda") else "fp32"
+    if p == "fp16" and device == "cpu":
+        raise ConfigError(
+            "model.precision=fp16 needs a GPU; on a CPU use bf16 (fast where it has AMX) or fp32"
+        )
+    return p
+
+
 class SentenceTransformerEmbedder:
     """A sentence-transformers model behind the :class:`Embedder` protocol.
 
-    Loading happens on first use; pickling drops the loaded model, so an instance can be shipped to
+    The model runs through the configured backend (:mod:`embedpipe.resources.backends`). Texts are
+    sorted by token count and cut into batches by a token budget, so short chunks go many to a
+    batch and long ones few. Pickling drops the loaded model, so an instance can be shipped to
     another process and reloads there.
     """
 
@@ -170,8 +220,11 @@ class SentenceTransformerEmbedder:
         self._lock = threading.Lock()
         self.identity: ModelIdentity
         self.device: str
+        self.devices: list[str]
         self.special_tokens: int
         self.tokenizer: HFTokenCounter
+        self.batch_tokens: int
+        self.runner: Any
         self._load()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -182,19 +235,36 @@ class SentenceTransformerEmbedder:
 
     def _load(self) -> None:
         s = self.settings
+        backends.require_backend(s.backend)
         if s.offline:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         folder = resolve_model_path(s.name, s.offline)
-        device = choose_device(s.device)
+        if s.backend == "torch":
+            devices = resolve_devices(s)
+        else:
+            device = choose_device(s.device)
+            if s.backend == "openvino" and device != "cpu":
+                raise ConfigError(
+                    f"model.backend=openvino runs on the CPU here; device={device} was asked for"
+                )
+            if s.backend == "onnx-int8" and device != "cpu":
+                raise ConfigError(
+                    "model.backend=onnx-int8 is a CPU backend (dynamic int8 quantization); on a GPU use "
+                    "model.backend=torch with model.precision=fp16"
+                )
+            devices = [device]
+        device = devices[0]
+        precision = resolve_precision(s, device)
         try:
             from sentence_transformers import SentenceTransformer
             from transformers.utils import logging as hf_logging
 
             hf_logging.disable_progress_bar()  # no weight-loading bars on a clean console
 
-            model = SentenceTransformer(str(folder), device=device, local_files_only=s.offline)
+            load_on = device if s.backend == "torch" else "cpu"
+            model = SentenceTransformer(str(folder), device=load_on, local_files_only=s.offline)
         except Exception as e:
             raise ModelError(f"cannot load model={s.name} from {folder}: {type(e).__name__}: {e}") from e
         get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
@@ -205,32 +275,92 @@ class SentenceTransformerEmbedder:
         backend = getattr(model.tokenizer, "backend_tokenizer", None)
         if backend is None:
             raise ModelError(f"model={s.name} has no fast tokenizer; embedpipe counts tokens with it")
+        whash = weights_hash(folder)
         self._model = model
         self.device = device
+        self.devices = devices
         self.tokenizer = HFTokenCounter(backend)
         self.special_tokens = self.tokenizer.special_tokens
+        self.batch_tokens = s.batch_tokens or backends.default_batch_tokens(s.backend, device)
+        self.runner, precision = self._runner(model, folder, whash, devices, precision, max_seq)
         self.identity = ModelIdentity(
             name=s.name,
-            weights_hash=weights_hash(folder),
+            weights_hash=whash,
             dim=int(dim),
             max_seq_length=max_seq,
             normalize=s.normalize,
+            backend=s.backend,
+            precision=precision,
         )
-        log.info("model loaded name=%s device=%s dim=%d max_seq_length=%d", s.name, device, dim, max_seq)
+        log.info(
+            "model loaded name=%s backend=%s precision=%s devices=%s dim=%d max_seq=%d batch_tokens=%d",
+            s.name,
+            s.backend,
+            precision,
+            ",".join(devices),
+            dim,
+            max_seq,
+            self.batch_tokens,
+        )
 
-    def encode(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
-        """Embed texts with the model (serialised: one forward pass at a time per process)."""
-        if not texts:
-            return np.zeros((0, self.identity.dim), dtype=np.float32)
-        with self._lock:
-            vecs = self._model.encode(
-                list(texts),
-                batch_size=batch_size,
-                convert_to_numpy=True,
-                normalize_embeddings=self.settings.normalize,
-                show_progress_bar=False,
-            )
-        return np.ascontiguousarray(vecs, dtype=np.float32)
+    def _runner(
+        self, model: Any, folder: Path, whash: str, devices: list[str], precision: str, max_seq: int
+    ) -> tuple[Any, str]:
+        s = self.settings
+        if s.backend == "torch":
+            runner = backends.TorchRunner.build(model, devices, precision)
+            runner.on_oom = self._shrink
+            return runner, precision
+        root = Path(s.export_dir).expanduser() if s.export_dir else backends.default_export_dir()
+        kind = "onnx-int8" if s.backend == "onnx-int8" else "onnx"
+        key = backends.ExportKey(s.name, whash, kind)
+        made: dict[str, Any] = {}
+
+        def check(export: Path) -> None:
+            path = export / "model.onnx"
+            if s.backend == "openvino":
+                r: Any = backends.OpenVINORunner(path, model.tokenizer, max_seq, precision, s.threads)
+            else:
+                r = backends.OrtRunner(path, model.tokenizer, max_seq, devices[0], s.threads)
+            backends.verify_export(r.run, model, s.backend)
+            made["runner"] = r
+
+        backends.ensure_export(model, folder, key, root, check)
+        runner = made["runner"]
+        if s.backend == "openvino":
+            precision = runner.precision
+        return runner, precision
+
+    def _shrink(self, failed_batch: int) -> None:
+        """After a CUDA out-of-memory, keep later batches at half the size that failed."""
+        self.batch_tokens = max(16, self.batch_tokens // 2)
+
+    def encode(self, texts: Sequence[str], batch_size: int, lengths: np.ndarray | None = None) -> np.ndarray:
+        """Embed texts in token-budget batches of length-sorted texts.
+
+        Args:
+            texts: The texts.
+            batch_size: Most texts per batch.
+            lengths: Tokens per text without special tokens, when the caller knows them already.
+
+        Returns:
+            float32 vectors in the order of ``texts``, unit length when ``model.normalize``.
+        """
+        n = len(texts)
+        dim = self.identity.dim
+        if not n:
+            return np.zeros((0, dim), dtype=np.float32)
+        counts = np.asarray(lengths if lengths is not None else self.tokenizer.count(texts), dtype=np.int64)
+        padded = np.minimum(counts + self.special_tokens, self.identity.max_seq_length)
+        batches = backends.token_batches(padded, self.batch_tokens, batch_size)
+        out = np.empty((n, dim), dtype=np.float32)
+        with self._lock:  # one caller at a time per process: the devices are busy already
+            for idx, vecs in self.runner.run_many(texts, batches):
+                out[idx] = vecs
+        if self.settings.normalize:
+            norms = np.linalg.norm(out, axis=1, keepdims=True)
+            np.divide(out, norms, out=out, where=norms > 0)
+        return out
 
 
 EmbedderFactory = Callable[[ModelSettings], Embedder]
@@ -249,7 +379,9 @@ def register_embedder(prefix: str, factory: EmbedderFactory) -> None:
 
 def get_embedder(settings: ModelSettings) -> Embedder:
     """The embedder for these settings, loaded once per process and reused."""
-    key = (settings.name, settings.device, settings.normalize, settings.offline)
+    key = tuple(
+        tuple(v) if isinstance(v, list) else v for v in settings.model_dump(exclude={"batch_size"}).values()
+    )
     with _cache_lock:
         if key not in _cache:
             factory: EmbedderFactory = SentenceTransformerEmbedder  # type: ignore[assignment]

@@ -251,6 +251,13 @@ class Store:
                 f"Run with --model {existing.name}, or switch the table to the new model with "
                 f"`embedpipe reindex --model {identity.name}` (or write into a new table with --table NAME)"
             )
+        if existing.backend != identity.backend:
+            raise ModelMismatchError(
+                f"table={tname} was embedded with model.backend={existing.backend}; this run uses "
+                f"backend={identity.backend}, whose vectors differ slightly and would mix in one index. "
+                f"Run with --backend {existing.backend}, or switch the table with "
+                f"`embedpipe reindex --backend {identity.backend}`"
+            )
         if existing.normalize != identity.normalize:
             raise ModelMismatchError(
                 f"table={tname} stores normalize={existing.normalize} vectors; the configuration says "

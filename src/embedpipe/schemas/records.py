@@ -28,11 +28,15 @@ class ModelIdentity(BaseModel):
     max_seq_length: int = Field(gt=0)
     normalize: bool
     backend: str = "torch"
+    precision: str = Field(
+        "fp32", description="Compute precision (recorded; vectors of fp16/bf16/fp32 runs may be mixed)."
+    )
 
     @property
     def model_id(self) -> str:
-        """``name@hash12``: short and unique enough for a column value."""
-        return f"{self.name}@{self.weights_hash[:12]}"
+        """``name@hash12``, plus ``+backend`` for other backends than torch: a column value."""
+        suffix = "" if self.backend == "torch" else f"+{self.backend}"
+        return f"{self.name}@{self.weights_hash[:12]}{suffix}"
 
     def table_metadata(self) -> dict[str, str]:
         """Schema metadata entries recording this identity in a table."""
@@ -43,6 +47,7 @@ class ModelIdentity(BaseModel):
             "embedpipe.model.max_seq_length": str(self.max_seq_length),
             "embedpipe.model.normalize": str(self.normalize).lower(),
             "embedpipe.model.backend": self.backend,
+            "embedpipe.model.precision": self.precision,
         }
 
     @classmethod
@@ -57,6 +62,7 @@ class ModelIdentity(BaseModel):
             max_seq_length=int(md.get("embedpipe.model.max_seq_length", "512")),
             normalize=md.get("embedpipe.model.normalize", "true") == "true",
             backend=md.get("embedpipe.model.backend", "torch"),
+            precision=md.get("embedpipe.model.precision", "fp32"),
         )
 
 

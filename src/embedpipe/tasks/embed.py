@@ -143,7 +143,7 @@ def embed_chunks(
     t0 = time.perf_counter()
     for off in range(0, len(order), step):
         idx = order[off : off + step]
-        vectors[idx] = embedder.encode([texts[i] for i in idx], batch_size)
+        vectors[idx] = embedder.encode([texts[i] for i in idx], batch_size, lengths=ntok[idx])
         progress.advance(len(idx))
     seconds = time.perf_counter() - t0
     flat = pa.array(vectors.reshape(-1), type=pa.float32())
