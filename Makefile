@@ -55,6 +55,7 @@ typecheck: setup
 
 bench: setup
 	$(PY) benchmarks/throughput.py
+	$(PY) benchmarks/backends.py
 	$(PY) benchmarks/incremental.py
 	$(PY) benchmarks/checks.py
 	$(PY) benchmarks/calibration.py

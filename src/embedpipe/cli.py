@@ -480,7 +480,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from embedpipe.config import get_settings
-    from embedpipe.resources.embedder import get_embedder
+    from embedpipe.resources.embedder import get_embedder, settings_for_table
     from embedpipe.resources.store import Store
 
     settings = get_settings(_overrides(args) | {"model": {"device": args.device}}, args.config)
@@ -494,14 +494,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     identity = store.table_identity(table=table)
     assert identity is not None
     # Queries are embedded with the table's own model, so they land in the same vector space.
-    update: dict[str, Any] = {
-        "name": identity.name,
-        "normalize": identity.normalize,
-        "backend": identity.backend,
-    }
-    if identity.backend != "torch":
-        update["device"] = "cpu"
-    model = settings.model.model_copy(update=update)
+    model = settings_for_table(settings.model, identity)
     embedder = get_embedder(model)
     store.check_compatible(embedder.identity, table=table)
     vec = embedder.encode([args.query], batch_size=1)[0]

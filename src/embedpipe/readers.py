@@ -260,13 +260,22 @@ def _part(ref: FileRef, start: int, stop: int, first_row: int, nbytes: int) -> F
     return FileRef(ref.source, ref.path, ref.size, ref.mtime_ns, ref.kind, (start, stop, first_row), nbytes)
 
 
-def plan_shards(refs: Sequence[FileRef], shard_bytes: int, shard_files: int) -> list[list[FileRef]]:
-    """Group file refs into shards of about ``shard_bytes`` and at most ``shard_files`` files."""
+def plan_shards(
+    refs: Sequence[FileRef], shard_bytes: int, shard_files: int, ramp: int = 0
+) -> list[list[FileRef]]:
+    """Group file refs into shards of about ``shard_bytes`` and at most ``shard_files`` files.
+
+    With ``ramp`` > 0 the first ``ramp`` shards are smaller (``shard_bytes / 2**ramp``, then
+    doubling), so the model gets its first chunks early while later shards are read and chunked
+    behind it.
+    """
     shards: list[list[FileRef]] = []
     cur: list[FileRef] = []
     weight = 0
     for ref in refs:
-        if cur and (weight + ref.weight > shard_bytes or len(cur) >= shard_files):
+        k = len(shards)
+        limit = shard_bytes >> (ramp - k) if k < ramp else shard_bytes
+        if cur and (weight + ref.weight > max(1, limit) or len(cur) >= shard_files):
             shards.append(cur)
             cur, weight = [], 0
         cur.append(ref)

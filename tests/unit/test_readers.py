@@ -445,6 +445,15 @@ def test_plan_shards_respects_bytes_and_files() -> None:
     assert plan_shards([], 100, 10) == []
 
 
+def test_plan_shards_ramp_starts_small_and_doubles() -> None:
+    refs = [_ref(f"f{i:02d}.txt", 10) for i in range(40)]
+    shards = plan_shards(refs, shard_bytes=80, shard_files=1000, ramp=3)
+    # budgets 10, 20, 40, then 80 bytes
+    assert [len(s) for s in shards] == [1, 2, 4, 8, 8, 8, 8, 1]
+    assert [r for s in shards for r in s] == refs
+    assert plan_shards(refs, 80, 1000, ramp=0) == plan_shards(refs, 80, 1000)
+
+
 # --------------------------------------------------------------------------- bad input: whole files
 
 

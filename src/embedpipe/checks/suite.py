@@ -26,7 +26,7 @@ from embedpipe.checks.integrity import scan_vectors
 from embedpipe.checks.stats import Stat
 from embedpipe.config import ChecksSettings, ModelSettings
 from embedpipe.errors import CheckError, ConfigError, EmbedpipeError
-from embedpipe.resources.embedder import get_embedder
+from embedpipe.resources.embedder import get_embedder, settings_for_table
 from embedpipe.resources.store import SERVING_TAG, Store, sql_quote
 from embedpipe.schemas import C, CheckResult, ModelIdentity, vector_matrix
 
@@ -200,7 +200,7 @@ def load_context(
     table = store.open_version(version)
     identity = store.table_identity(table=table)
     assert identity is not None
-    model = model.model_copy(update={"name": identity.name, "normalize": identity.normalize})
+    model = settings_for_table(model, identity)
     n, seed = checks.sample_size, checks.seed
     ref_version, how = reference_for(store, store.require_table(), version, baseline or checks.baseline_tag)
     ref = ref_identity = None

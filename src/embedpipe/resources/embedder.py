@@ -363,6 +363,25 @@ class SentenceTransformerEmbedder:
         return out
 
 
+def settings_for_table(settings: ModelSettings, identity: ModelIdentity) -> ModelSettings:
+    """Model settings that embed into a table's own vector space: its model, normalisation and backend.
+
+    Used for queries and checks, which must land where the table's vectors are whatever the
+    configuration says now. Non-torch backends run on the CPU here.
+    """
+    update: dict[str, Any] = {
+        "name": identity.name,
+        "normalize": identity.normalize,
+        "backend": identity.backend,
+    }
+    if identity.backend != "torch":
+        update["device"] = "cpu"
+        update["devices"] = []
+    if identity.backend in {"onnx", "onnx-int8"}:
+        update["precision"] = "auto"
+    return settings.model_copy(update=update)
+
+
 EmbedderFactory = Callable[[ModelSettings], Embedder]
 _factories: dict[str, EmbedderFactory] = {}
 _cache: dict[tuple[Any, ...], Embedder] = {}

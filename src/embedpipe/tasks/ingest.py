@@ -59,7 +59,7 @@ def make_plan(sources: Sequence[str], settings: Settings) -> Plan:
             scopes.append(Scope(normalize_source(raw)))
     files = {(r.source, r.path) for r in refs} | {(r.source, r.path) for r in rejects}
     return Plan(
-        shards=plan_shards(refs, shard_bytes, settings.runtime.shard_files),
+        shards=plan_shards(refs, shard_bytes, settings.runtime.shard_files, settings.runtime.ramp_shards),
         rejects=rejects,
         files=len({(r.source, r.path) for r in refs}),
         bytes=sum(r.size for r in refs if r.part is None or r.part[0] == 0),
