@@ -414,7 +414,9 @@ def _finish(state: Any, as_json: bool) -> int:
     _emit(summary, as_json, _summary_text(summary))
     if state.is_failed():
         print(f"embedpipe: error: {summary.get('message') or state.message}", file=sys.stderr)
-        return GateFailed.exit_code if summary.get("gate") == "failed" else 1
+        if summary.get("gate") == "failed":
+            return GateFailed.exit_code
+        return int(summary.get("exit_code") or 1)
     return 0
 
 

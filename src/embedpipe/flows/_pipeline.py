@@ -101,6 +101,8 @@ class Outcome:
 
     status: str = "completed"
     message: str | None = None
+    exit_code: int = 0
+    """The CLI's exit status for this outcome (the error class's, 1 for an unexpected error)."""
 
 
 @contextmanager
@@ -117,11 +119,11 @@ def guarded_run(flow_name: str, settings: Settings, rid: str, logger: Any) -> It
     try:
         yield outcome
     except EmbedpipeError as e:
-        outcome.status, outcome.message = "failed", str(e)
+        outcome.status, outcome.message, outcome.exit_code = "failed", str(e), e.exit_code
         Store(settings.store).drop_staging(rid)
     except Exception as e:  # a bug or a library failure: recorded as a failed run, table untouched
         logger.error("%s failed unexpectedly: %s: %s", flow_name, type(e).__name__, e, exc_info=True)
-        outcome.status, outcome.message = "failed", f"{type(e).__name__}: {e}"
+        outcome.status, outcome.message, outcome.exit_code = "failed", f"{type(e).__name__}: {e}", 1
         Store(settings.store).drop_staging(rid)
     finally:
         chunks_progress.remove(progress)

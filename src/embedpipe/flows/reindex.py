@@ -132,6 +132,7 @@ def reindex(
         sources=list(sources or []),
         started_at=started,
         status=outcome.status,
+        exit_code=outcome.exit_code,
         message=outcome.message,
         prepared=prepared,
         result=CommitResult(result.version, result.written, 0),

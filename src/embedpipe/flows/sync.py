@@ -84,6 +84,7 @@ def sync(
         sources=[str(s) for s in sources],
         started_at=started,
         status=outcome.status,
+        exit_code=outcome.exit_code,
         message=outcome.message,
         prepared=prepared,
         result=result,

@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -158,24 +159,29 @@ def run_halving(
     except Exception as e:
         if not is_cuda_oom(e):
             raise
-        _free_cuda_cache()
-        if on_oom is not None:
-            on_oom(len(texts))
         if len(texts) == 1:
+            _free_cuda_cache()
+            if on_oom is not None:
+                on_oom(1)
             raise ModelError(
                 "CUDA ran out of memory on a single chunk; lower chunk.tokens or use a device with more "
                 "memory (model.precision=fp16 halves the activations)"
             ) from e
-        half = len(texts) // 2
-        log.warning(
-            "CUDA out of memory on a batch of %d chunks: retrying as %d + %d",
-            len(texts),
-            half,
-            len(texts) - half,
-        )
-        first = run_halving(forward, texts[:half], on_oom)
-        second = run_halving(forward, texts[half:], on_oom)
-        return np.concatenate([first, second])
+    # Retry outside the except block: the exception's traceback holds the failed attempt's frames
+    # and with them its activations, which only now can be freed and returned to the device.
+    _free_cuda_cache()
+    if on_oom is not None:
+        on_oom(len(texts))
+    half = len(texts) // 2
+    log.warning(
+        "CUDA out of memory on a batch of %d chunks: retrying as %d + %d",
+        len(texts),
+        half,
+        len(texts) - half,
+    )
+    first = run_halving(forward, texts[:half], on_oom)
+    second = run_halving(forward, texts[half:], on_oom)
+    return np.concatenate([first, second])
 
 
 def _free_cuda_cache() -> None:
@@ -366,6 +372,10 @@ class OpenVINORunner(_GraphRunner):
     def __init__(
         self, path: Path, tokenizer: Any, max_length: int, precision: str, threads: int | None
     ) -> None:
+        # OpenVINO's usage telemetry forks a process to send events to Google Analytics; an offline
+        # pipeline must not phone home (and the fork upsets Lance, which is not fork-safe). Its
+        # imports fall back to a stub when the package cannot be imported.
+        sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
         import openvino as ov
 
         core = ov.Core()
@@ -519,6 +529,7 @@ def export_onnx(st_model: Any, folder: Path, key: ExportKey, model_dir: Path) ->
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it 0700: a shared cache must be readable by other users
     try:
         raw = tmp / "raw.onnx"
         eager = _eager_copy(model_dir, st_model)
@@ -617,10 +628,10 @@ def _optimize(raw: Path, out: Path, st_model: Any) -> Path:
 
 
 @contextmanager
-def _quiet_logs() -> Iterator[None]:
-    """Silence the INFO chatter of ONNX Runtime's optimizer and quantizer (they log to the root)."""
+def _quiet_logs(level: int = logging.INFO) -> Iterator[None]:
+    """Silence the chatter of ONNX Runtime's optimizer and quantizer (they log to the root logger)."""
     previous = logging.root.manager.disable
-    logging.disable(logging.INFO)
+    logging.disable(level)
     try:
         yield
     finally:
@@ -641,7 +652,8 @@ def _quantize(src: Path, dst: Path) -> None:
         n.name for n in onnx.load(str(src), load_external_data=False).graph.node if n.op_type == "MatMul"
     ]
     exclude = [n for n in names if re.search(r"layer\.0/output/dense/MatMul$", n)]
-    with warnings.catch_warnings(), _quiet_logs():
+    # (its one warning suggests shape pre-processing, which changes nothing for a fused BERT graph)
+    with warnings.catch_warnings(), _quiet_logs(logging.WARNING):
         warnings.simplefilter("ignore")
         quantize_dynamic(
             str(src),

@@ -179,6 +179,18 @@ def resolve_devices(settings: ModelSettings) -> list[str]:
     return [device]
 
 
+def _graph_device(settings: ModelSettings) -> str:
+    """The device of an ONNX/OpenVINO backend: ``auto`` is the CPU, except plain onnx with a GPU runtime."""
+    if settings.device != "auto":
+        return choose_device(settings.device)
+    if settings.backend == "onnx" and backends.have_module("onnxruntime"):
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" in ort.get_available_providers() and choose_device("auto") == "cuda":
+            return "cuda"
+    return "cpu"
+
+
 def resolve_precision(settings: ModelSettings, device: str) -> str:
     """``model.precision`` with ``auto`` made concrete for the backend and device.
 
@@ -244,7 +256,7 @@ class SentenceTransformerEmbedder:
         if s.backend == "torch":
             devices = resolve_devices(s)
         else:
-            device = choose_device(s.device)
+            device = _graph_device(s)
             if s.backend == "openvino" and device != "cpu":
                 raise ConfigError(
                     f"model.backend=openvino runs on the CPU here; device={device} was asked for"

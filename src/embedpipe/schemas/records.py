@@ -130,6 +130,7 @@ class RunSummary(BaseModel):
     run_id: str
     flow: str = "sync"
     status: str = Field(description="completed or failed")
+    exit_code: int = Field(0, description="The CLI's exit status: 0, or the failure's (see the README).")
     previous_version: int | None = Field(None, description="Latest table version when the run started.")
     message: str | None = None
     table: str

@@ -29,6 +29,7 @@ def build_summary(
     docs_deleted: int,
     reused_chunk_texts: bool | None = None,
     audit: Any = None,
+    exit_code: int = 0,
 ) -> RunSummary:
     """Assemble the typed summary of a run from what its stages reported."""
     finished = datetime.now(UTC)
@@ -38,6 +39,7 @@ def build_summary(
         run_id=run_id,
         flow=flow,
         status=status,
+        exit_code=exit_code,
         message=message,
         table=settings.store.table,
         table_version=result.version,
