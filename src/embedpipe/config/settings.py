@@ -192,7 +192,7 @@ class RuntimeSettings(_Group):
     shard_mb: float = Field(4.0, gt=0, le=4096, description="Source bytes per ingest/chunk/embed shard.")
     shard_files: int = Field(2000, ge=1, le=1_000_000, description="Most files per shard.")
     ramp_shards: int = Field(
-        3,
+        4,
         ge=0,
         le=16,
         description="The first N shards start at shard_mb/2**N and double, so the model starts early "

@@ -156,6 +156,8 @@ class RunSummary(BaseModel):
     model_id: str
     dim: int
     device: str
+    backend: str = Field("torch", description="Inference backend: torch, onnx, onnx-int8 or openvino.")
+    precision: str = Field("fp32", description="Compute precision: fp32, fp16, bf16 or int8.")
     rejects: list[Reject]
     checks: list[CheckResult] = Field(default_factory=list, description="Checks run on the new version.")
     gate: str | None = Field(

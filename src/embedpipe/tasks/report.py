@@ -65,6 +65,8 @@ def build_summary(
         model_id=identity.model_id if identity else "",
         dim=identity.dim if identity else 0,
         device=prepared.device if prepared is not None else "",
+        backend=identity.backend if identity else settings.model.backend,
+        precision=identity.precision if identity else "",
         rejects=tally.rejects,
         reused_chunk_texts=reused_chunk_texts,
         checks=list(audit.results) if audit is not None else [],
@@ -110,7 +112,7 @@ def markdown_summary(s: RunSummary) -> str:
     )
     lines = [
         f"### embedpipe {s.flow}: {verdict}",
-        f"Table `{s.table}` {version}; model `{s.model_id}` on {s.device}.",
+        f"Table `{s.table}` {version}; model `{s.model_id}` ({s.backend}, {s.precision}) on {s.device}.",
         "",
         f"- documents: {s.docs_seen} seen, {s.docs_new} new, {s.docs_changed} changed, "
         f"{s.docs_unchanged} unchanged, {s.docs_deleted} deleted, {s.docs_rejected} rejected",
