@@ -545,14 +545,17 @@ def test_cached_export_problem(tmp_path: Path) -> None:
     for field, value in (
         ("recipe", EXPORT_RECIPE - 1),
         ("weights_hash", "cd" * 32),
-        ("torch", "1.0.0"),
-        ("transformers", "3.0.0"),
         ("kind", "onnx"),
         ("name", "other/model"),
     ):
         write_export(folder, KEY, **{field: value})
         problem = cached_export_problem(folder, KEY)
         assert problem is not None and problem.startswith(f"stale: {field} was {value!r}"), problem
+    # Library versions are recorded for diagnosis only: another torch or transformers does not make
+    # a loadable, verified export stale (environments sharing a cache would rebuild each other's).
+    for field, value in (("torch", "1.0.0"), ("transformers", "3.0.0")):
+        write_export(folder, KEY, **{field: value})
+        assert cached_export_problem(folder, KEY) is None
 
     write_export(folder, KEY)
     (folder / "model.onnx").write_bytes(b"not really")  # truncated
@@ -640,7 +643,7 @@ def test_ensure_export_rebuilds_an_export_the_runtime_rejects(
     caplog.set_level(logging.WARNING, logger="embedpipe.resources.backends")
     ensure_export(None, tmp_path, KEY, tmp_path / "root", check)
     assert loads == [b"export #1", b"export #2"] and exporter.calls == 2
-    assert "cached export failed to load or verify (RuntimeError: onnxruntime: protobuf" in caplog.text
+    assert "cached export failed to load (RuntimeError: onnxruntime: protobuf" in caplog.text
 
 
 def test_ensure_export_failures_are_model_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -688,3 +691,46 @@ def test_verify_export_floor_per_backend() -> None:
     bad[2] = np.nan
     with pytest.raises(ModelError, match="openvino export"):
         verify_export(lambda t: bad, model, "openvino")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ConfigError("model.backend=onnx on device=cuda needs onnxruntime-gpu"),
+        ModelError("the onnx-int8 export does not reproduce the model"),
+    ],
+)
+def test_ensure_export_does_not_rebuild_for_a_device_or_verification_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    """Exporting again by the same recipe cannot fix these: the error goes to the user at once."""
+    exporter = FakeExporter()
+    monkeypatch.setattr(backends, "export_onnx", exporter)
+    ensure_export(None, tmp_path, KEY, tmp_path / "root", lambda f: None)
+
+    def check(folder: Path) -> None:
+        raise error
+
+    with pytest.raises(type(error)) as info:
+        ensure_export(None, tmp_path, KEY, tmp_path / "root", check)
+    assert info.value is error
+    assert exporter.calls == 1  # the cached export was kept, not rebuilt
+
+
+def test_ensure_export_turns_a_fresh_export_that_does_not_load_into_a_model_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(backends, "export_onnx", FakeExporter())
+
+    def check(folder: Path) -> None:
+        raise RuntimeError("onnxruntime: invalid graph")
+
+    with pytest.raises(ModelError, match="does not load.*invalid graph"):
+        ensure_export(None, tmp_path, KEY, tmp_path / "root", check)
+
+
+def test_ensure_export_names_an_unwritable_export_dir(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder", encoding="utf-8")
+    with pytest.raises(ConfigError, match="model.export_dir=.*not writable"):
+        ensure_export(None, tmp_path, KEY, blocker / "exports", lambda f: None)

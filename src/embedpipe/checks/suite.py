@@ -281,16 +281,18 @@ def _canary(ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str
     hashes = [quality.text_hash(t) for t in texts]
     embedder = get_embedder(ctx.model)
     vectors = np.asarray(embedder.encode(texts, batch_size=len(texts)), dtype=np.float64)
-    base_version, stored = store.canary_baseline(ctx.identity.model_id, ctx.reference_version)
-    own_version, _ = store.canary_baseline(ctx.identity.model_id, ctx.version)
+    # Keyed by precision too: fp32, fp16 and bf16 runs of one model differ by more than the
+    # canary's tolerance, so each precision keeps its own baseline (torch fp32: the plain model_id).
+    ident = embedder.identity
+    key = ident.model_id if ident.precision in {"fp32", "int8"} else f"{ident.model_id}/{ident.precision}"
+    base_version, stored = store.canary_baseline(key, ctx.reference_version)
+    own_version, _ = store.canary_baseline(key, ctx.version)
     if own_version != ctx.version:
         from datetime import UTC, datetime
 
-        store.append_canary(
-            ctx.run_id, ctx.version, ctx.identity.model_id, hashes, vectors, datetime.now(UTC)
-        )
+        store.append_canary(ctx.run_id, ctx.version, key, hashes, vectors, datetime.now(UTC))
     if not stored:
-        raise Skip(f"no canary stored for model {ctx.identity.model_id} yet; stored now as its baseline")
+        raise Skip(f"no canary stored for model {key} yet; stored now as its baseline")
     cos = quality.canary_cosines(stored, hashes, vectors)
     if len(cos) == 0:
         raise Skip("the stored canary probes differ from the configured ones; stored the new set")

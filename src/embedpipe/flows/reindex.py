@@ -101,11 +101,13 @@ def reindex(
             old_identity.dim,
             old_identity.normalize,
             old_identity.backend,
+            old_identity.precision,
         ) == (
             prepared.identity.weights_hash,
             prepared.identity.dim,
             prepared.identity.normalize,
             prepared.identity.backend,
+            prepared.identity.precision,
         )
         reused_texts = (
             sources is None and old_chunking is not None and old_chunking.same_chunks(prepared.chunking)

@@ -39,7 +39,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from embedpipe.errors import ConfigError, ModelError
+from embedpipe.errors import ConfigError, EmbedpipeError, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -226,12 +226,11 @@ class TorchRunner:
         import torch
 
         dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        if dtype is not torch.float32:
+            model.to(dtype)  # cast before copying: replicas never hold an fp32 copy on the first GPU
         replicas = [model]
         for dev in devices[1:]:
             replicas.append(copy.deepcopy(model).to(dev))
-        if dtype is not torch.float32:
-            for r in replicas:
-                r.to(dtype)
         return cls(replicas, devices, precision)
 
     def _forward(self, k: int) -> Callable[[list[str]], np.ndarray]:
@@ -281,12 +280,17 @@ class TorchRunner:
 class _Tokenize:
     """Tokenizes a batch into the numpy inputs an exported graph takes."""
 
-    def __init__(self, tokenizer: Any, max_length: int, input_names: Sequence[str]) -> None:
+    def __init__(
+        self, tokenizer: Any, max_length: int, input_names: Sequence[str], lower: bool = False
+    ) -> None:
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.input_names = list(input_names)
+        self.lower = lower
 
     def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
+        # as sentence-transformers' Transformer module does before tokenizing
+        texts = [t.strip().lower() if self.lower else t.strip() for t in texts]
         enc = self.tokenizer(
             texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np"
         )
@@ -333,13 +337,20 @@ class _GraphRunner:
 class OrtRunner(_GraphRunner):
     """An exported sentence-transformers pipeline in ONNX Runtime."""
 
-    def __init__(self, path: Path, tokenizer: Any, max_length: int, device: str, threads: int | None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        tokenizer: Any,
+        max_length: int,
+        device: str,
+        threads: int | None,
+        lower: bool = False,
+    ) -> None:
         self.session = ort_session(path, device, threads)
         self.devices = [device]
         names = [i.name for i in self.session.get_inputs()]
-        self._tokenize = _Tokenize(tokenizer, max_length, names)
+        self._tokenize = _Tokenize(tokenizer, max_length, names, lower)
         self._output = self.session.get_outputs()[0].name
-        self._lock = threading.Lock()
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         return self.session.run([self._output], feeds)[0]
@@ -370,7 +381,13 @@ class OpenVINORunner(_GraphRunner):
     """The fp32 ONNX export compiled by OpenVINO for the CPU."""
 
     def __init__(
-        self, path: Path, tokenizer: Any, max_length: int, precision: str, threads: int | None
+        self,
+        path: Path,
+        tokenizer: Any,
+        max_length: int,
+        precision: str,
+        threads: int | None,
+        lower: bool = False,
     ) -> None:
         # OpenVINO's usage telemetry forks a process to send events to Google Analytics; an offline
         # pipeline must not phone home (and the fork upsets Lance, which is not fork-safe). Its
@@ -391,7 +408,7 @@ class OpenVINORunner(_GraphRunner):
         name = hinted.get_type_name() if hasattr(hinted, "get_type_name") else str(hinted)
         self.precision = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(name, name)
         self.devices = ["cpu"]
-        self._tokenize = _Tokenize(tokenizer, max_length, [p.get_any_name() for p in model.inputs])
+        self._tokenize = _Tokenize(tokenizer, max_length, [p.get_any_name() for p in model.inputs], lower)
         self._request = self.compiled.create_infer_request()
         self._lock = threading.Lock()
 
@@ -486,7 +503,7 @@ class ExportKey:
             "weights_hash": self.weights_hash,
             "kind": self.kind,
             "recipe": EXPORT_RECIPE,
-            # onnx and onnxruntime versions only matter for loading, which is checked directly
+            # recorded for diagnosis (cached_export_problem compares name, weights, kind, recipe)
             "torch": _versions()["torch"],
             "transformers": _versions()["transformers"],
         }
@@ -509,7 +526,10 @@ def cached_export_problem(folder: Path, key: ExportKey) -> str | None:
     if not isinstance(recorded, dict):
         return "manifest malformed"
     want = key.manifest()
-    for field in want:
+    # Library versions are recorded for diagnosis only: an export that still loads and reproduces
+    # the model (checked by the caller) stays valid across upgrades, and environments sharing a
+    # cache do not rebuild each other's exports.
+    for field in ("name", "weights_hash", "kind", "recipe"):
         if recorded.get(field) != want[field]:
             return f"stale: {field} was {recorded.get(field)!r}, now {want[field]!r}"
     if recorded.get("sha256") != _sha256(model):
@@ -533,9 +553,8 @@ def export_onnx(st_model: Any, folder: Path, key: ExportKey, model_dir: Path) ->
     try:
         raw = tmp / "raw.onnx"
         eager = _eager_copy(model_dir, st_model)
-        features = eager.preprocess(
-            ["An example sentence to trace.", "Another, longer one, with more tokens."]
-        )
+        preprocess = getattr(eager, "preprocess", None) or eager.tokenize  # tokenize before ST 6
+        features = preprocess(["An example sentence to trace.", "Another, longer one, with more tokens."])
         input_names = [k for k, v in features.items() if isinstance(v, torch.Tensor)]
 
         class _Pipeline(torch.nn.Module):
@@ -696,30 +715,60 @@ def ensure_export(
     ``check`` loads the export in its runtime and verifies it; an export that fails it is rebuilt
     once. Concurrent processes wait on a file lock instead of exporting twice.
     """
-    from filelock import FileLock
+    from filelock import FileLock, Timeout
 
     folder = key.folder(root)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(folder) + ".lock", timeout=900):
-        problem = cached_export_problem(folder, key)
-        if problem is None:
-            try:
-                check(folder)
-                log.info("using cached %s export %s", key.kind, folder)
-                return folder
-            except Exception as e:
-                problem = f"cached export failed to load or verify ({type(e).__name__}: {e})"
-        if problem != "no export yet":
-            log.warning("rebuilding the %s export in %s: %s", key.kind, folder, problem)
-        t0 = time.perf_counter()
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(
+            f"model.export_dir={root} is not writable ({type(e).__name__}: {e}); set model.export_dir "
+            "(EMBEDPIPE_MODEL__EXPORT_DIR) to a writable folder"
+        ) from e
+    try:
+        with FileLock(str(folder) + ".lock", timeout=900):
+            return _ensure_locked(st_model, model_dir, key, folder, check)
+    except Timeout as e:
+        raise ModelError(
+            f"another process has held the export lock {folder}.lock for 15 minutes; if none is "
+            "exporting, delete the lock file"
+        ) from e
+
+
+def _ensure_locked(
+    st_model: Any, model_dir: Path, key: ExportKey, folder: Path, check: Callable[[Path], None]
+) -> Path:
+    problem = cached_export_problem(folder, key)
+    if problem is None:
         try:
-            export_onnx(st_model, folder, key, model_dir)
-        except ModelError:
+            check(folder)
+            log.info("using cached %s export %s", key.kind, folder)
+            return folder
+        except EmbedpipeError:
+            # a device the runtime cannot use, or an export that loads but does not reproduce
+            # the model: exporting again by the same recipe cannot help
             raise
         except Exception as e:
-            raise ModelError(
-                f"cannot export model={key.name} to ONNX ({type(e).__name__}: {e}); use model.backend=torch"
-            ) from e
+            problem = f"cached export failed to load ({type(e).__name__}: {e})"
+    if problem != "no export yet":
+        log.warning("rebuilding the %s export in %s: %s", key.kind, folder, problem)
+    t0 = time.perf_counter()
+    try:
+        export_onnx(st_model, folder, key, model_dir)
+    except ModelError:
+        raise
+    except Exception as e:
+        raise ModelError(
+            f"cannot export model={key.name} to ONNX ({type(e).__name__}: {e}); use model.backend=torch"
+        ) from e
+    try:
         check(folder)
-        log.info("exported %s in %.1fs to %s", key.kind, time.perf_counter() - t0, folder)
-        return folder
+    except EmbedpipeError:
+        raise
+    except Exception as e:
+        raise ModelError(
+            f"the fresh {key.kind} export in {folder} does not load ({type(e).__name__}: {e}); "
+            "use model.backend=torch"
+        ) from e
+    log.info("exported %s in %.1fs to %s", key.kind, time.perf_counter() - t0, folder)
+    return folder

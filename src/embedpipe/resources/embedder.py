@@ -191,6 +191,23 @@ def _graph_device(settings: ModelSettings) -> str:
     return "cpu"
 
 
+def _check_graph_device(settings: ModelSettings, device: str) -> None:
+    """Refuse a device the ONNX/OpenVINO backend cannot use, before any export is made."""
+    if settings.devices:
+        raise ConfigError(
+            f"model.devices={settings.devices} applies to model.backend=torch only (one replica per GPU); "
+            f"backend={settings.backend} runs on one device: use model.device"
+        )
+    if settings.backend == "onnx" and device.startswith("cuda"):
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise ConfigError(
+                f"model.backend=onnx on device={device} needs onnxruntime-gpu (installed: "
+                f"{', '.join(ort.get_available_providers())}); install it, or use model.backend=torch on GPUs"
+            )
+
+
 def resolve_precision(settings: ModelSettings, device: str) -> str:
     """``model.precision`` with ``auto`` made concrete for the backend and device.
 
@@ -214,6 +231,11 @@ def resolve_precision(settings: ModelSettings, device: str) -> str:
         raise ConfigError(
             "model.precision=fp16 needs a GPU; on a CPU use bf16 (fast where it has AMX) or fp32"
         )
+    if p == "bf16" and device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_bf16_supported():
+            raise ConfigError("model.precision=bf16 is not supported by this GPU; use fp16 or fp32")
     return p
 
 
@@ -257,6 +279,7 @@ class SentenceTransformerEmbedder:
             devices = resolve_devices(s)
         else:
             device = _graph_device(s)
+            _check_graph_device(s, device)
             if s.backend == "openvino" and device != "cpu":
                 raise ConfigError(
                     f"model.backend=openvino runs on the CPU here; device={device} was asked for"
@@ -328,12 +351,14 @@ class SentenceTransformerEmbedder:
         key = backends.ExportKey(s.name, whash, kind)
         made: dict[str, Any] = {}
 
+        lower = bool(getattr(model[0], "do_lower_case", False))
+
         def check(export: Path) -> None:
             path = export / "model.onnx"
             if s.backend == "openvino":
-                r: Any = backends.OpenVINORunner(path, model.tokenizer, max_seq, precision, s.threads)
+                r: Any = backends.OpenVINORunner(path, model.tokenizer, max_seq, precision, s.threads, lower)
             else:
-                r = backends.OrtRunner(path, model.tokenizer, max_seq, devices[0], s.threads)
+                r = backends.OrtRunner(path, model.tokenizer, max_seq, devices[0], s.threads, lower)
             backends.verify_export(r.run, model, s.backend)
             made["runner"] = r
 
@@ -344,8 +369,12 @@ class SentenceTransformerEmbedder:
         return runner, precision
 
     def _shrink(self, failed_batch: int) -> None:
-        """After a CUDA out-of-memory, keep later batches at half the size that failed."""
-        self.batch_tokens = max(16, self.batch_tokens // 2)
+        """After a CUDA out-of-memory on ``failed_batch`` texts, keep later batches below half of it.
+
+        Idempotent per size (a ``min``), so the halvings of one batch do not compound.
+        """
+        bound = max(1, failed_batch // 2) * self.identity.max_seq_length
+        self.batch_tokens = max(16, min(self.batch_tokens, bound))
 
     def encode(self, texts: Sequence[str], batch_size: int, lengths: np.ndarray | None = None) -> np.ndarray:
         """Embed texts in token-budget batches of length-sorted texts.
