@@ -725,12 +725,12 @@ def test_ensure_export_turns_a_fresh_export_that_does_not_load_into_a_model_erro
     def check(folder: Path) -> None:
         raise RuntimeError("onnxruntime: invalid graph")
 
-    with pytest.raises(ModelError, match="does not load.*invalid graph"):
+    with pytest.raises(ModelError, match=r"does not load.*invalid graph"):
         ensure_export(None, tmp_path, KEY, tmp_path / "root", check)
 
 
 def test_ensure_export_names_an_unwritable_export_dir(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a folder", encoding="utf-8")
-    with pytest.raises(ConfigError, match="model.export_dir=.*not writable"):
+    with pytest.raises(ConfigError, match=r"model.export_dir=.*not writable"):
         ensure_export(None, tmp_path, KEY, blocker / "exports", lambda f: None)
