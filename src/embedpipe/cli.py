@@ -396,6 +396,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from embedpipe.config import get_settings
 
     settings = get_settings(_overrides(args), args.config)
+    _require_backend(settings)
     _prepare_prefect()
     from embedpipe.flows.sync import sync
 
@@ -404,6 +405,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         lambda: sync(args.sources, settings, delete_missing=not args.no_delete, return_state=True),
         args.json,
     )
+
+
+def _require_backend(settings: Any) -> None:
+    """A backend whose runtime is not installed is a plain error before the flow starts."""
+    from embedpipe.resources.backends import require_backend
+
+    require_backend(settings.model.backend)
 
 
 def _finish(state: Any, as_json: bool) -> int:
@@ -424,6 +432,7 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     from embedpipe.config import get_settings
 
     settings = get_settings(_overrides(args), args.config)
+    _require_backend(settings)
     _prepare_prefect()
     from embedpipe.flows.reindex import reindex
 

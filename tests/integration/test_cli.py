@@ -136,6 +136,15 @@ def test_wrong_setting_fails_at_start_naming_it(tmp_path: Path) -> None:
     assert blank.returncode == 2 and "empty query" in blank.stderr
     zero_k = embedpipe("search", "x", "-k", "0", cwd=tmp_path, env=cli_env(None))
     assert zero_k.returncode == 2 and "-k=0" in zero_k.stderr
+    # a backend combination that cannot run: one line, before Prefect starts (no ERROR task logs)
+    bad_backend = embedpipe(
+        "run", str(tmp_path), "--backend", "onnx", "--precision", "fp16", cwd=tmp_path, env=cli_env(None)
+    )
+    assert bad_backend.returncode == 2
+    assert bad_backend.stderr.strip().splitlines() == [
+        "embedpipe: error: invalid setting model: model.precision=fp16 is not available with "
+        "model.backend=onnx (it runs the fp32 export, or its int8 quantization); use precision auto or fp32"
+    ]
 
 
 def test_first_run_with_embedded_prefect_is_clean(tmp_path: Path) -> None:

@@ -171,6 +171,31 @@ class ModelSettings(_Group):
             raise ValueError(f"model.devices lists a device twice: {value}")
         return out
 
+    @model_validator(mode="after")
+    def _backend_fits(self) -> ModelSettings:
+        """Combinations that can never run, refused before any work (installed runtimes and the
+        devices present are checked when the model loads)."""
+        b, p, d = self.backend, self.precision, self.device
+        if b in {"onnx", "onnx-int8"} and p not in {"auto", "fp32"}:
+            raise ValueError(
+                f"model.precision={p} is not available with model.backend={b} (it runs the fp32 export, "
+                "or its int8 quantization); use precision auto or fp32"
+            )
+        if p == "fp16" and d == "cpu" and b != "openvino":
+            raise ValueError(
+                "model.precision=fp16 needs a GPU; on a CPU use bf16 (fast where it has AMX) or fp32"
+            )
+        if b in {"onnx-int8", "openvino"} and d not in {"auto", "cpu"}:
+            raise ValueError(
+                f"model.backend={b} runs on the CPU; device={d} was asked for (use torch on GPUs)"
+            )
+        if self.devices and b != "torch":
+            raise ValueError(
+                f"model.devices applies to model.backend=torch only (one replica per GPU); backend={b} "
+                "runs on one device: use model.device"
+            )
+        return self
+
 
 class StoreSettings(_Group):
     """Where the LanceDB database lives."""
@@ -399,8 +424,11 @@ def get_settings(
         problems = []
         for err in e.errors():
             value = err.get("input")
-            shown = "" if isinstance(value, dict) else f" got {value!r};"
-            problems.append(f"{_describe(err['loc'])}:{shown} {err['msg']}")
+            msg = err["msg"].removeprefix("Value error, ")
+            if isinstance(value, dict):  # a rule across a group's settings: the message names them
+                problems.append(f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {msg}")
+            else:
+                problems.append(f"{_describe(err['loc'])}: got {value!r}; {msg}")
         origin = f" (config file {path})" if path else ""
         raise ConfigError("invalid setting " + "; ".join(problems) + origin) from e
     except (ValueError, OSError) as e:  # malformed TOML surfaces as a ValueError subclass

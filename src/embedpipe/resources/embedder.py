@@ -193,11 +193,6 @@ def _graph_device(settings: ModelSettings) -> str:
 
 def _check_graph_device(settings: ModelSettings, device: str) -> None:
     """Refuse a device the ONNX/OpenVINO backend cannot use, before any export is made."""
-    if settings.devices:
-        raise ConfigError(
-            f"model.devices={settings.devices} applies to model.backend=torch only (one replica per GPU); "
-            f"backend={settings.backend} runs on one device: use model.device"
-        )
     if settings.backend == "onnx" and device.startswith("cuda"):
         import onnxruntime as ort
 
@@ -216,18 +211,13 @@ def resolve_precision(settings: ModelSettings, device: str) -> str:
     """
     p = settings.precision
     backend = settings.backend
-    if backend in {"onnx", "onnx-int8"}:
-        if p not in {"auto", "fp32"}:
-            raise ConfigError(
-                f"model.precision={p} is not available with model.backend={backend} (it runs the fp32 "
-                "export, or its int8 quantization); use precision auto or fp32"
-            )
+    if backend in {"onnx", "onnx-int8"}:  # other precisions are refused by ModelSettings
         return "int8" if backend == "onnx-int8" else "fp32"
     if backend == "openvino":
         return p  # resolved by OpenVINO for auto (bf16 where the CPU has AMX)
     if p == "auto":
         return "fp16" if device.startswith("cuda") else "fp32"
-    if p == "fp16" and device == "cpu":
+    if p == "fp16" and device == "cpu":  # device auto found no GPU
         raise ConfigError(
             "model.precision=fp16 needs a GPU; on a CPU use bf16 (fast where it has AMX) or fp32"
         )
@@ -279,16 +269,7 @@ class SentenceTransformerEmbedder:
             devices = resolve_devices(s)
         else:
             device = _graph_device(s)
-            _check_graph_device(s, device)
-            if s.backend == "openvino" and device != "cpu":
-                raise ConfigError(
-                    f"model.backend=openvino runs on the CPU here; device={device} was asked for"
-                )
-            if s.backend == "onnx-int8" and device != "cpu":
-                raise ConfigError(
-                    "model.backend=onnx-int8 is a CPU backend (dynamic int8 quantization); on a GPU use "
-                    "model.backend=torch with model.precision=fp16"
-                )
+            _check_graph_device(s, device)  # backend/device/precision combinations: ModelSettings
             devices = [device]
         device = devices[0]
         precision = resolve_precision(s, device)
