@@ -164,29 +164,44 @@ def split_spans(text: str, tok: np.ndarray, budget: int, overlap: int) -> list[t
 
 def _enforce(
     text: str, spans: list[tuple[int, int]], tokenizer: TokenCounter, budget: int
-) -> tuple[list[tuple[int, int]], list[int]]:
-    """Re-count each chunk's own text and halve any that re-tokenises above the budget."""
+) -> tuple[list[tuple[int, int]], list[int], list[Any] | None]:
+    """Re-count each chunk's own text and halve any that re-tokenises above the budget.
+
+    Returns the spans, their token counts, and their token ids where the tokenizer gives them
+    (``token_ids``; the embedder then does not tokenize the chunks again).
+    """
+    with_ids = hasattr(tokenizer, "token_ids")
     out: list[tuple[int, int]] = []
     counts: list[int] = []
+    ids: list[Any] = []
     todo = list(spans)
     while todo:
         texts = [text[a:b] for a, b in todo]
-        ns = tokenizer.count(texts)
+        if with_ids:
+            tids = tokenizer.token_ids(texts)  # type: ignore[attr-defined]
+            ns = [len(t) for t in tids]
+        else:
+            tids, ns = [None] * len(texts), list(tokenizer.count(texts))
         nxt: list[tuple[int, int]] = []
-        for (a, b), n in zip(todo, ns, strict=True):
+        for (a, b), n, t in zip(todo, ns, tids, strict=True):
             if n <= budget or b - a < 2:
                 out.append((a, b))
                 counts.append(int(n))
+                ids.append(t)
             else:
                 mid = a + (b - a) // 2
                 nxt.extend([(a, mid), (mid, b)])
         todo = nxt
     order = sorted(range(len(out)), key=lambda i: out[i])
-    return [out[i] for i in order], [counts[i] for i in order]
+    return [out[i] for i in order], [counts[i] for i in order], [ids[i] for i in order] if with_ids else None
 
 
 def chunk_documents(
-    docs: pa.Table, tokenizer: TokenCounter, budget: int, overlap: int
+    docs: pa.Table,
+    tokenizer: TokenCounter,
+    budget: int,
+    overlap: int,
+    ids_out: list[Any] | None = None,
 ) -> tuple[pa.Table, list[Reject]]:
     """Cut a documents table into chunks.
 
@@ -195,6 +210,8 @@ def chunk_documents(
         tokenizer: The model's tokenizer.
         budget: Most content tokens per chunk (see :func:`chunk_budget`).
         overlap: Tokens repeated between consecutive chunks.
+        ids_out: When given and the tokenizer has ``token_ids``, filled with each chunk's token
+            ids (no special tokens), row for row.
 
     Returns:
         Chunks (:func:`~embedpipe.schemas.segments_schema`) and rejects for documents that yield
@@ -215,7 +232,9 @@ def chunk_documents(
                     Reject(path=row[C.DOC_ID], reason="no tokens after tokenization", source=row[C.SOURCE])
                 )
                 continue
-            spans, counts = _enforce(text, spans, tokenizer, budget)
+            spans, counts, ids = _enforce(text, spans, tokenizer, budget)
+            if ids_out is not None and ids is not None:
+                ids_out.extend(ids)
             for index, ((a, b), n) in enumerate(zip(spans, counts, strict=True)):
                 body = text[a:b]
                 cols[C.CHUNK_ID].append(chunk_id(row[C.SOURCE], row[C.DOC_ID], index, body))

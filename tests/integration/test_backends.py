@@ -244,6 +244,35 @@ def test_onnx_fp32_matches_torch(
     assert cos.mean() >= 0.9999
 
 
+def test_chunker_token_ids_feed_the_graph_exactly_as_tokenizing_the_text(int8_embedder: Any) -> None:
+    """The chunker's token ids give the very inputs the runner's own tokenization gives."""
+    from embedpipe.config import get_settings
+    from embedpipe.readers import discover, read_documents
+    from embedpipe.tasks.chunk import chunk_table
+
+    settings = get_settings({"model": int8_embedder.settings.model_dump()})
+    refs = discover([str(SAMPLE_CORPUS)], settings.source, 1 << 30)[0]
+    docs, _, _ = read_documents(refs, settings.source)
+    chunks = chunk_table(docs, 0, settings)
+    assert chunks.token_ids is not None and len(chunks.token_ids) == chunks.table.num_rows > 100
+    texts = chunks.table.column(C.TEXT).to_pylist()
+    tok = int8_embedder.runner._tokenize
+    assert tok.template is not None
+    for off in range(0, len(texts), 97):  # batches of mixed lengths: the padding must match too
+        own = tok(texts[off : off + 97])
+        given = tok.from_ids(chunks.token_ids[off : off + 97])
+        assert own.keys() == given.keys()
+        for name in own:
+            np.testing.assert_array_equal(own[name], given[name], err_msg=name)
+    some = slice(0, 64)
+    with_ids = int8_embedder.encode(texts[some], 32, ids=chunks.token_ids[some])
+    np.testing.assert_array_equal(with_ids, int8_embedder.encode(texts[some], 32))
+    # Longer than the model takes: cut as the tokenizer's own truncation cuts.
+    long_text = " ".join(["embedding"] * 400)
+    ids = int8_embedder.tokenizer.token_ids([long_text])
+    np.testing.assert_array_equal(tok([long_text])["input_ids"], tok.from_ids(ids)["input_ids"])
+
+
 def test_openvino_matches_torch(export_root: Path, torch_pair_vecs: np.ndarray, pair_sentences: Any) -> None:
     pytest.importorskip("openvino")
     embedder = get_embedder(model_settings(export_root, backend="openvino"))

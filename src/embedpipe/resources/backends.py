@@ -287,6 +287,10 @@ class _Tokenize:
         self.max_length = max_length
         self.input_names = list(input_names)
         self.lower = lower
+        # Chunks come with their token ids from the chunker (the same tokenizer, on the same text):
+        # batches are then built from them without tokenizing the text again. Not for models that
+        # lowercase before tokenizing (the chunker saw the original case).
+        self.template = None if lower else special_template(tokenizer)
 
     def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
         # as sentence-transformers' Transformer module does before tokenizing
@@ -306,12 +310,73 @@ class _Tokenize:
                 )
         return feeds
 
+    def from_ids(self, ids: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        """The inputs for texts already tokenized (ids without special tokens), as ``__call__`` gives.
+
+        The tokenizer's special ids are put around each text's ids, which are cut to ``max_length``
+        first as the tokenizer's own truncation does, and rows are right-padded with its pad id.
+        """
+        assert self.template is not None
+        prefix, suffix, pad = self.template
+        room = self.max_length - len(prefix) - len(suffix)
+        lens = [min(len(x), room) + len(prefix) + len(suffix) for x in ids]
+        width = max(lens, default=0)
+        input_ids = np.full((len(ids), width), pad, dtype=np.int64)
+        mask = np.zeros((len(ids), width), dtype=np.int64)
+        head = np.asarray(prefix, dtype=np.int64)
+        tail = np.asarray(suffix, dtype=np.int64)
+        for i, (x, n) in enumerate(zip(ids, lens, strict=True)):
+            input_ids[i, :n] = np.concatenate([head, np.asarray(x[:room], dtype=np.int64), tail])
+            mask[i, :n] = 1
+        feeds = {}
+        for name in self.input_names:
+            if name == "input_ids":
+                feeds[name] = input_ids
+            elif name == "attention_mask":
+                feeds[name] = mask
+            elif name == "token_type_ids":
+                feeds[name] = np.zeros_like(input_ids)
+            else:
+                raise ModelError(f"the exported model wants input {name!r}, which token ids do not give")
+        return feeds
+
+
+def special_template(tokenizer: Any) -> tuple[list[int], list[int], int] | None:
+    """The special ids a tokenizer puts before and after a text's ids, and its pad id.
+
+    ``([CLS], [SEP], [PAD])`` for BERT's tokenizers. ``None`` where the layout is not one fixed
+    prefix and suffix around the text (checked on two texts), or padding is not on the right: the
+    runner then tokenizes the texts itself.
+    """
+    try:
+        pad = tokenizer.pad_token_id
+        if pad is None or getattr(tokenizer, "padding_side", "right") != "right":
+            return None
+        layout: tuple[list[int], list[int]] | None = None
+        for probe in ("Embeddings map text to vectors.", "x"):
+            bare = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
+            full = list(tokenizer(probe)["input_ids"])
+            starts = [k for k in range(len(full) - len(bare) + 1) if full[k : k + len(bare)] == bare]
+            if not bare or not starts:
+                return None
+            k = starts[0]
+            found = (full[:k], full[k + len(bare) :])
+            if layout is not None and found != layout:
+                return None
+            layout = found
+        assert layout is not None
+        return layout[0], layout[1], int(pad)
+    except Exception:  # any tokenizer this cannot read: tokenize the texts instead
+        return None
+
 
 class _GraphRunner:
     """Shared by the ONNX Runtime and OpenVINO runners: tokenize batch i+1 while batch i runs."""
 
     devices: list[str]
     _tokenize: _Tokenize
+    takes_ids = True
+    """``run_many`` takes the texts' token ids (see :meth:`_Tokenize.from_ids`)."""
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         raise NotImplementedError
@@ -320,9 +385,19 @@ class _GraphRunner:
         return np.asarray(self._infer(self._tokenize(texts)), dtype=np.float32)
 
     def run_many(
-        self, texts: Sequence[str], batches: list[np.ndarray]
+        self, texts: Sequence[str], batches: list[np.ndarray], ids: Sequence[np.ndarray] | None = None
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Run the batches (index arrays into ``texts``), yielding each one's indices and vectors.
+
+        ``ids``: each text's token ids (no special tokens) from the same tokenizer, when the caller
+        has them: the batches are then built from them instead of tokenizing the texts again.
+        """
         if not batches:
+            return
+        if ids is not None and self._tokenize.template is not None:
+            for idx in batches:
+                feeds = self._tokenize.from_ids([ids[i] for i in idx])
+                yield idx, np.asarray(self._infer(feeds), dtype=np.float32)
             return
         # The tokenizer (Rust) and the runtimes release the GIL: overlap them.
         with ThreadPoolExecutor(1, thread_name_prefix="embedpipe-tokenize") as pool:

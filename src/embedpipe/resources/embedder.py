@@ -53,7 +53,9 @@ class Embedder(Protocol):
     def encode(self, texts: Sequence[str], batch_size: int, lengths: np.ndarray | None = None) -> np.ndarray:
         """Embed texts into a float32 array of shape ``(len(texts), dim)``.
 
-        ``lengths`` (tokens per text, special tokens excluded) saves counting them again.
+        ``lengths`` (tokens per text, special tokens excluded) saves counting them again. Embedders
+        that can also take the texts' token ids have an ``ids`` keyword (see
+        :meth:`SentenceTransformerEmbedder.encode`); the pipeline passes it only to those.
         """
         ...
 
@@ -78,6 +80,11 @@ class HFTokenCounter:
     def count(self, texts: Sequence[str]) -> np.ndarray:
         encs = self._tok.encode_batch(list(texts), add_special_tokens=False)
         return np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
+
+    def token_ids(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Per text, its token ids (int32, no special tokens)."""
+        encs = self._tok.encode_batch(list(texts), add_special_tokens=False)
+        return [np.asarray(e.ids, dtype=np.int32) for e in encs]
 
 
 def resolve_model_path(name: str, offline: bool) -> Path:
@@ -349,6 +356,11 @@ class SentenceTransformerEmbedder:
             precision = runner.precision
         return runner, precision
 
+    @property
+    def takes_ids(self) -> bool:
+        """Whether :meth:`encode` uses the ``ids`` it is given (the ONNX and OpenVINO runners)."""
+        return bool(getattr(self.runner, "takes_ids", False))
+
     def _shrink(self, failed_batch: int) -> None:
         """After a CUDA out-of-memory on ``failed_batch`` texts, keep later batches below half of it.
 
@@ -357,13 +369,22 @@ class SentenceTransformerEmbedder:
         bound = max(1, failed_batch // 2) * self.identity.max_seq_length
         self.batch_tokens = max(16, min(self.batch_tokens, bound))
 
-    def encode(self, texts: Sequence[str], batch_size: int, lengths: np.ndarray | None = None) -> np.ndarray:
+    def encode(
+        self,
+        texts: Sequence[str],
+        batch_size: int,
+        lengths: np.ndarray | None = None,
+        ids: Sequence[np.ndarray] | None = None,
+    ) -> np.ndarray:
         """Embed texts in token-budget batches of length-sorted texts.
 
         Args:
             texts: The texts.
             batch_size: Most texts per batch.
             lengths: Tokens per text without special tokens, when the caller knows them already.
+            ids: Token ids per text (no special tokens) from this model's tokenizer
+                (:meth:`HFTokenCounter.token_ids`), when the caller has them: the ONNX and OpenVINO
+                runners then skip tokenizing the texts again.
 
         Returns:
             float32 vectors in the order of ``texts``, unit length when ``model.normalize``.
@@ -377,7 +398,12 @@ class SentenceTransformerEmbedder:
         batches = backends.token_batches(padded, self.batch_tokens, batch_size)
         out = np.empty((n, dim), dtype=np.float32)
         with self._lock:  # one caller at a time per process: the devices are busy already
-            for idx, vecs in self.runner.run_many(texts, batches):
+            pairs = (
+                self.runner.run_many(texts, batches, ids)
+                if ids is not None and self.takes_ids
+                else self.runner.run_many(texts, batches)
+            )
+            for idx, vecs in pairs:
                 out[idx] = vecs
         if self.settings.normalize:
             norms = np.linalg.norm(out, axis=1, keepdims=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 from prefect import get_run_logger, task
@@ -22,6 +23,8 @@ class Chunks:
     shard: int
     table: pa.Table
     rejects: list[Reject]
+    token_ids: list[Any] | None = None
+    """Each row's token ids from the model's tokenizer, when it gives them (saves re-tokenizing)."""
 
 
 def chunking_identity(embedder: Embedder, settings: Settings) -> ChunkingIdentity:
@@ -39,8 +42,10 @@ def chunk_table(docs: pa.Table, shard: int, settings: Settings) -> Chunks:
     """Chunk documents with the configured model's tokenizer."""
     embedder = get_embedder(settings.model)
     ident = chunking_identity(embedder, settings)
-    table, rejects = chunk_documents(docs, embedder.tokenizer, ident.budget, ident.overlap)
-    return Chunks(shard=shard, table=table, rejects=rejects)
+    ids: list[Any] = []
+    table, rejects = chunk_documents(docs, embedder.tokenizer, ident.budget, ident.overlap, ids)
+    token_ids = ids if len(ids) == table.num_rows and table.num_rows else None
+    return Chunks(shard=shard, table=table, rejects=rejects, token_ids=token_ids)
 
 
 @task(name="chunk", **TASK_DEFAULTS)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -98,6 +99,7 @@ def embed_chunks(
     schema: pa.Schema,
     progress: Progress | None = None,
     reuse: Mapping[str, np.ndarray] | None = None,
+    token_ids: Sequence[Any] | None = None,
 ) -> tuple[pa.Table, int, float, int]:
     """Embed a chunks table.
 
@@ -112,6 +114,7 @@ def embed_chunks(
         schema: Target schema (:func:`table_schema`).
         progress: Told of each call's chunks.
         reuse: Stored vectors by chunk text hash.
+        token_ids: Each row's token ids from the chunker, passed on to embedders that take them.
 
     Returns:
         ``(table, truncated, seconds, embedded)``: the table follows ``schema``; ``truncated``
@@ -143,7 +146,8 @@ def embed_chunks(
     t0 = time.perf_counter()
     for off in range(0, len(order), step):
         idx = order[off : off + step]
-        vectors[idx] = embedder.encode([texts[i] for i in idx], batch_size, lengths=ntok[idx])
+        kw: dict[str, Any] = {} if token_ids is None else {"ids": [token_ids[i] for i in idx]}
+        vectors[idx] = embedder.encode([texts[i] for i in idx], batch_size, lengths=ntok[idx], **kw)
         progress.advance(len(idx))
     seconds = time.perf_counter() - t0
     flat = pa.array(vectors.reshape(-1), type=pa.float32())
@@ -177,7 +181,14 @@ def embed_shard(
         table.checkout(read_version)
     reuse = store.vectors_for_hashes(table, chunk_hashes(chunks.table)) if table is not None else {}
     fresh, truncated, seconds, embedded = embed_chunks(
-        chunks.table, embedder, settings.model.batch_size, run_id, schema, chunks_progress, reuse
+        chunks.table,
+        embedder,
+        settings.model.batch_size,
+        run_id,
+        schema,
+        chunks_progress,
+        reuse,
+        chunks.token_ids if getattr(embedder, "takes_ids", False) else None,
     )
     fresh, rejects, dropped, dropped_files = quarantine_nonfinite(fresh)
     parts = [fresh]
