@@ -12,8 +12,11 @@ version is served only when no check of severity ``fail`` has status ``fail`` or
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+import threading
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -435,9 +438,36 @@ def _golden(ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str
     }
 
 
+_SET_VECTORS: weakref.WeakKeyDictionary[Any, dict[str, np.ndarray]] = weakref.WeakKeyDictionary()
+"""Vectors of the fixed check sets (triplets, pairs) per loaded model, by a hash of the texts."""
+_SET_VECTORS_LOCK = threading.Lock()
+
+
 def _encoder(ctx: AuditContext) -> Callable[[Sequence[str]], np.ndarray]:
+    """The model of the checked table, as a function of texts to vectors.
+
+    A loaded model gives the same vectors for the same texts, so the vectors of a check set are
+    computed once per loaded model and process (the next run of a long-lived process, such as
+    ``embedpipe serve``, reuses them). The canary is not cached: it probes the model itself.
+    """
     embedder = get_embedder(ctx.model)
-    return lambda texts: np.asarray(embedder.encode(list(texts), batch_size=64))
+
+    def encode(texts: Sequence[str]) -> np.ndarray:
+        key = hashlib.sha256("\x00".join(texts).encode("utf-8", "surrogatepass")).hexdigest()
+        with _SET_VECTORS_LOCK:
+            try:
+                known = _SET_VECTORS.setdefault(embedder, {})
+            except TypeError:  # an embedder that cannot be weakly referenced: no cache
+                known = {}
+            hit = known.get(key)
+        if hit is not None:
+            return hit.copy()
+        vectors = np.asarray(embedder.encode(list(texts), batch_size=64))
+        with _SET_VECTORS_LOCK:
+            known[key] = vectors.copy()
+        return vectors
+
+    return encode
 
 
 def _triplets(ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str, Stat]:
