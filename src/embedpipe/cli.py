@@ -576,7 +576,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         api = served.configured_api_url()
         if api is None:
-            print("embedpipe: starting a local Prefect server (PREFECT_API_URL is unset) ...", file=sys.stderr)
+            print(
+                "embedpipe: starting a local Prefect server (PREFECT_API_URL is unset) ...", file=sys.stderr
+            )
             api = stack.enter_context(served.local_server(args.port))
             stack.enter_context(served.pointed_at(api))
             print(f"embedpipe: Prefect UI at {api.removesuffix('/api')}", file=sys.stderr)

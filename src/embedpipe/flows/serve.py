@@ -33,11 +33,11 @@ from typing import Any
 
 import yaml
 from prefect import Flow, serve
+from prefect.client.schemas.objects import ConcurrencyLimitConfig
 from prefect.exceptions import MissingFlowError, ParameterTypeError, ScriptError, SignatureMismatchError
 from prefect.flows import load_flow_from_entrypoint
 from prefect.schedules import Schedule
 from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
-from prefect.client.schemas.objects import ConcurrencyLimitConfig
 
 from embedpipe.errors import ConfigError, ServeError
 
@@ -132,7 +132,8 @@ def load_deployments(
     unknown = sorted(set(only or []) - seen)
     if unknown:
         raise ConfigError(
-            f"--only {', '.join(unknown)}: no such deployment in path={file}; known: {', '.join(sorted(seen))}"
+            f"--only {', '.join(unknown)}: no such deployment in path={file}; "
+            f"known: {', '.join(sorted(seen))}"
         )
     return specs
 
@@ -255,7 +256,8 @@ def _schedule(raw: dict[str, Any], flow: Flow[Any, Any], defaults: dict[str, Any
             if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds <= 0:
                 raise ValueError(f"interval={seconds!r}: expected a positive number of seconds")
             return Schedule(interval=timedelta(seconds=seconds), **kwargs)
-        return Schedule(**{kinds[0]: str(raw[kinds[0]])}, **kwargs)
+        kwargs[kinds[0]] = str(raw[kinds[0]])
+        return Schedule(**kwargs)
     except ValueError as e:
         raise ConfigError(f"{where}: {kinds[0]}={raw[kinds[0]]!r} is not a valid schedule: {e}") from e
 
@@ -283,7 +285,7 @@ def serve_deployments(specs: Sequence[DeploymentSpec], limit: int | None = None)
         specs: Deployments from :func:`load_deployments`.
         limit: Most flow runs executed at the same time (``None``: Prefect's default).
     """
-    deployments = [
+    deployments: list[Any] = [
         spec.flow.to_deployment(
             name=spec.name,
             parameters=spec.parameters,
