@@ -572,8 +572,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def _stop(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt  # until Prefect's runner installs its own graceful handler
 
-    signal.signal(signal.SIGTERM, _stop)
+    previous = signal.signal(signal.SIGTERM, _stop)
     with contextlib.ExitStack() as stack:
+        stack.callback(signal.signal, signal.SIGTERM, previous)
         api = served.configured_api_url()
         if api is None:
             print(

@@ -192,3 +192,14 @@ def test_serve_command_reports_a_bad_file_in_one_line(
     assert "deployment name=a" in line and "do not fit flow sync" in line
     assert cli.main(["serve", "--limit", "0"]) == 2
     assert "--limit=0" in capsys.readouterr().err
+
+
+def test_serve_against_an_unreachable_api_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        assert cli.main(["serve", "--file", str(PREFECT_YAML), "--only", "checks"]) == 8
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(
+        "embedpipe: error: no Prefect API answers at PREFECT_API_URL=http://127.0.0.1:9/api"
+    )
