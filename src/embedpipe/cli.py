@@ -191,6 +191,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _store_args(rollback)
     rollback.add_argument("--json", action="store_true")
+
+    serve = sub.add_parser(
+        "serve", help="serve the deployments of deploy/prefect.yaml with their schedules from this process"
+    )
+    serve.add_argument("--file", help="prefect.yaml to read (default deploy/prefect.yaml)")
+    serve.add_argument(
+        "--only", action="append", metavar="NAME", help="serve only this deployment (repeatable)"
+    )
+    serve.add_argument("--limit", type=int, help="most flow runs at the same time (default Prefect's)")
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=4200,
+        help="port of the local Prefect server started when PREFECT_API_URL is unset (default 4200)",
+    )
     return parser
 
 
@@ -540,6 +555,47 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import contextlib
+    import signal
+
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit={args.limit}: expected a positive number of concurrent runs")
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port={args.port}: expected a TCP port (0 for any free one)")
+    _prepare_prefect()
+    from embedpipe.flows import serve as served
+
+    specs = served.load_deployments(args.file or served.DEFAULT_FILE, args.only)
+    _install_log_filter()
+
+    def _stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # until Prefect's runner installs its own graceful handler
+
+    previous = signal.signal(signal.SIGTERM, _stop)
+    with contextlib.ExitStack() as stack:
+        stack.callback(signal.signal, signal.SIGTERM, previous)
+        api = served.configured_api_url()
+        if api is None:
+            print(
+                "embedpipe: starting a local Prefect server (PREFECT_API_URL is unset) ...", file=sys.stderr
+            )
+            api = stack.enter_context(served.local_server(args.port))
+            stack.enter_context(served.pointed_at(api))
+            print(f"embedpipe: Prefect UI at {api.removesuffix('/api')}", file=sys.stderr)
+        else:
+            served.check_api(api)
+        names = ", ".join(s.full_name for s in specs)
+        print(
+            f"embedpipe: serving {len(specs)} deployment(s) ({names}) against {api}; Ctrl-C to stop",
+            file=sys.stderr,
+            flush=True,
+        )
+        served.serve_deployments(specs, limit=args.limit)
+    print("embedpipe: stopped serving; schedules paused until the next serve", file=sys.stderr)
+    return 0
+
+
 COMMANDS = {
     "run": cmd_run,
     "reindex": cmd_reindex,
@@ -549,6 +605,7 @@ COMMANDS = {
     "dashboard": cmd_dashboard,
     "versions": cmd_versions,
     "rollback": cmd_rollback,
+    "serve": cmd_serve,
 }
 
 

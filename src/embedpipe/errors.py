@@ -88,6 +88,12 @@ class CheckError(EmbedpipeError):
     exit_code = 7
 
 
+class ServeError(EmbedpipeError):
+    """``embedpipe serve`` could not start or reach the Prefect server it needs."""
+
+    exit_code = 8
+
+
 class RejectedInput(EmbedpipeError):
     """One file or record cannot be used; it is quarantined with this message as the reason.
 
