@@ -122,7 +122,7 @@ def reindex(
             run_shards(plan, settings, rid, {}, prepared.read_version if same_model else None, tally)
             check_reject_ratio(tally, settings, "the table was not switched")
         schema = table_schema(get_embedder(settings.model), settings)
-        result = switch_task(tally.staged, settings, rid, schema)
+        result = switch_task(tally.staged, settings, rid, schema, prepared.read_version)
         assert result.version is not None
         audit_and_publish(settings, rid, result.version, audit)
         if settings.retention.auto:

@@ -70,7 +70,9 @@ def sync(
             )
         schema = table_schema(get_embedder(settings.model), settings)
         replace = sorted(set(tally.changed_text) | set(deleted_docs))
-        result = write_task(tally.staged, settings, rid, schema, replace, tally.exclude)
+        result = write_task(
+            tally.staged, settings, rid, schema, replace, tally.exclude, prepared.read_version
+        )
         if result.version is not None:
             audit_and_publish(settings, rid, result.version, audit)
             if settings.retention.auto:
