@@ -80,7 +80,7 @@ class PrefectTableLock:
 
     def _enter(self, timeout_s: float | None, max_retries: int | None) -> bool:
         from prefect.concurrency.sync import concurrency
-        from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
+        from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
 
         cm = concurrency(
             self.name,
