@@ -88,8 +88,9 @@ def test_the_loser_waits_logs_once_and_gets_the_lock_after_release(
     t.start()
     held.wait(10)
     logger = logging.getLogger("test-lock")
-    with caplog.at_level(logging.INFO, logger="test-lock"), hold(
-        FileTableLock(settings), settings, RUN_B, "sync", logger
+    with (
+        caplog.at_level(logging.INFO, logger="test-lock"),
+        hold(FileTableLock(settings), settings, RUN_B, "sync", logger),
     ):
         got_at = time.monotonic()
     t.join()
@@ -102,9 +103,11 @@ def test_timeout_after_waiting_says_how_long(tmp_path: Path) -> None:
     settings = store_settings(tmp_path, lock_timeout_s=0.6)
     with hold(FileTableLock(settings), settings, RUN_A, "sync"):
         t0 = time.monotonic()
-        with pytest.raises(TableBusyError, match=r"waited 1s \(store.lock_timeout_s=0.6"):
-            with hold(FileTableLock(settings), settings, RUN_B, "sync"):
-                pass
+        with (
+            pytest.raises(TableBusyError, match=r"waited 1s \(store.lock_timeout_s=0.6"),
+            hold(FileTableLock(settings), settings, RUN_B, "sync"),
+        ):
+            pass
         assert 0.5 < time.monotonic() - t0 < 5
 
 
@@ -134,14 +137,15 @@ def test_prefect_concurrency_limit_serializes_holders(tmp_path: Path, prefect_ha
 
     busy = settings.model_copy(update={"lock_timeout_s": 0.0})
     with table_lock(settings, RUN_A, "sync"):
-        with pytest.raises(TableBusyError, match=rf"locked by run={RUN_A} .*Prefect global concurrency"):
-            with table_lock(busy, RUN_B, "sync"):
-                pass
+        with (
+            pytest.raises(TableBusyError, match=rf"locked by run={RUN_A} .*Prefect global concurrency"),
+            table_lock(busy, RUN_B, "sync"),
+        ):
+            pass
         slow = settings.model_copy(update={"lock_timeout_s": 1.0})
         t0 = time.monotonic()
-        with pytest.raises(TableBusyError, match=r"waited [12]s"):
-            with table_lock(slow, RUN_B, "sync"):
-                pass
+        with pytest.raises(TableBusyError, match=r"waited [12]s"), table_lock(slow, RUN_B, "sync"):
+            pass
         assert time.monotonic() - t0 < 10
     with table_lock(busy, RUN_B, "sync"):  # released: free at once
         pass

@@ -79,8 +79,8 @@ class PrefectTableLock:
             ) from e
 
     def _enter(self, timeout_s: float | None, max_retries: int | None) -> bool:
-        from prefect.concurrency.sync import concurrency
         from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
+        from prefect.concurrency.sync import concurrency
 
         cm = concurrency(
             self.name,

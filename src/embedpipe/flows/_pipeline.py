@@ -21,7 +21,6 @@ from prefect.states import Completed, Failed, State
 
 from embedpipe.config import Settings
 from embedpipe.errors import EmbedpipeError, RejectRatioExceeded
-from embedpipe.flows._lock import table_lock
 from embedpipe.incremental import Known
 from embedpipe.progress import chunks_progress
 from embedpipe.resources.store import StagedShard, Store
@@ -112,17 +111,15 @@ def guarded_run(flow_name: str, settings: Settings, rid: str, logger: Any) -> It
 
     Expected failures (embedpipe errors) keep their one-line message; anything else is logged with
     its traceback. Either way the table is untouched (nothing was committed) and the run's staged
-    files are removed. The Prefect progress artifact lives for the duration of the block, and so
-    does the table's run lock (``store.lock``): a second run on the table waits here, and fails
-    with :class:`~embedpipe.errors.TableBusyError` past ``store.lock_timeout_s``.
+    files are removed. The Prefect progress artifact lives for the duration of the block. Writing
+    flows enter the table's run lock right after it, in the same ``with`` statement
+    (:func:`embedpipe.flows._lock.table_lock`), so that a lock timeout is such a failure too.
     """
     outcome = Outcome()
     progress = ArtifactProgress(f"embedpipe-{flow_name}-progress")
     chunks_progress.add(progress)
     try:
-        # One writing run per table: held from reading the table's state to the publish.
-        with table_lock(settings.store, rid, flow_name, logger):
-            yield outcome
+        yield outcome
     except EmbedpipeError as e:
         outcome.status, outcome.message, outcome.exit_code = "failed", str(e), e.exit_code
         Store(settings.store).drop_staging(rid)

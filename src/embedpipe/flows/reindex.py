@@ -20,6 +20,7 @@ from prefect.states import State
 
 from embedpipe.config import Settings, get_settings
 from embedpipe.flows._audit import Audit, audit_and_publish
+from embedpipe.flows._lock import table_lock
 from embedpipe.flows._pipeline import Tally, check_reject_ratio, final_state, guarded_run, run_id, run_shards
 from embedpipe.resources.embedder import get_embedder
 from embedpipe.resources.store import CommitResult, Store
@@ -89,7 +90,11 @@ def reindex(
     reused_texts: bool | None = None
     store = Store(settings.store)
     audit = Audit()
-    with guarded_run("reindex", settings, rid, logger) as outcome:
+    # One writing run per table: the lock is held from reading the table's state to the publish.
+    with (
+        guarded_run("reindex", settings, rid, logger) as outcome,
+        table_lock(settings.store, rid, "reindex", logger),
+    ):
         prepared = prepare_task(settings, check=False)
         table = store.require_table()
         table.checkout(prepared.read_version)
