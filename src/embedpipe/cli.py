@@ -94,7 +94,14 @@ def _check_args(p: argparse.ArgumentParser, writes: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="embedpipe", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="embedpipe",
+        description=__doc__.splitlines()[0],
+        epilog="exit status: 0 ok; 1 other failure; 2 bad setting or source; 3 model; 4 store; "
+        "5 model or chunking mismatch; 6 too many rejects; 7 a check gate failed; 8 another run "
+        "holds the table's lock past store.lock_timeout_s, or wrote the table meanwhile (nothing written); "
+        "9 serve could not start or reach its Prefect server",
+    )
     parser.add_argument("--version", action="version", version=f"embedpipe {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -462,7 +469,8 @@ def cmd_compact(args: argparse.Namespace) -> int:
     store = Store(settings.store)
     store.require_table()
     r = settings.retention
-    report = store.apply_retention(r.keep_versions, r.max_age_hours, compact=not args.no_compact_files)
+    with _table_lock(settings, "compact"):
+        report = store.apply_retention(r.keep_versions, r.max_age_hours, compact=not args.no_compact_files)
     text = "\n".join(
         f"{name}: {e['versions_before']} -> {e['versions_after']} versions, "
         f"{e['bytes_removed']} bytes removed, "
@@ -530,6 +538,16 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _table_lock(settings: Any, what: str) -> Any:
+    """The table's run lock for a command that writes outside a flow (compact, rollback)."""
+    import uuid
+
+    from embedpipe.flows._lock import table_lock
+
+    _prepare_prefect()
+    return table_lock(settings.store, str(uuid.uuid4()), what)
+
+
 def cmd_versions(args: argparse.Namespace) -> int:
     from embedpipe.config import get_settings
     from embedpipe.resources.store import Store
@@ -546,7 +564,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     from embedpipe.resources.store import Store
 
     settings = get_settings(_overrides(args), args.config)
-    res = Store(settings.store).rollback(args.target, force=args.force)
+    with _table_lock(settings, "rollback"):
+        res = Store(settings.store).rollback(args.target, force=args.force)
     _emit(
         res,
         args.json,

@@ -88,10 +88,24 @@ class CheckError(EmbedpipeError):
     exit_code = 7
 
 
+class ConcurrentRunError(EmbedpipeError):
+    """Another run wrote, or is writing, the same table; this run wrote nothing."""
+
+    exit_code = 8
+
+
+class TableBusyError(ConcurrentRunError):
+    """Another run held the table's run lock for longer than ``store.lock_timeout_s``."""
+
+
+class StaleReadError(ConcurrentRunError):
+    """The table moved on since the run read it: its changes were computed against an old version."""
+
+
 class ServeError(EmbedpipeError):
     """``embedpipe serve`` could not start or reach the Prefect server it needs."""
 
-    exit_code = 8
+    exit_code = 9
 
 
 class RejectedInput(EmbedpipeError):

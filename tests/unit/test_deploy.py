@@ -198,7 +198,7 @@ def test_serve_against_an_unreachable_api_is_one_line(capsys: pytest.CaptureFixt
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
-        assert cli.main(["serve", "--file", str(PREFECT_YAML), "--only", "checks"]) == 8
+        assert cli.main(["serve", "--file", str(PREFECT_YAML), "--only", "checks"]) == 9
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(
         "embedpipe: error: no Prefect API answers at PREFECT_API_URL=http://127.0.0.1:9/api"

@@ -209,6 +209,19 @@ class StoreSettings(_Group):
     storage_options: dict[str, SecretStr] = Field(
         default_factory=dict, description="Object-store options (keys, endpoint); values are secret."
     )
+    lock: Literal["auto", "file", "prefect", "none"] = Field(
+        "auto",
+        description="Run lock serializing the runs that write one table: file (a lock file in the "
+        "database folder; one machine), prefect (a Prefect global concurrency limit; writers on any "
+        "machine sharing a Prefect server), none (you guarantee a single writer). auto: file for a "
+        "local folder, prefect for an object-store URI.",
+    )
+    lock_timeout_s: float = Field(
+        3600.0,
+        ge=0,
+        le=7 * 24 * 3600,
+        description="How long a run waits for another run on the same table to finish; 0 fails at once.",
+    )
 
 
 class RuntimeSettings(_Group):

@@ -111,7 +111,9 @@ def guarded_run(flow_name: str, settings: Settings, rid: str, logger: Any) -> It
 
     Expected failures (embedpipe errors) keep their one-line message; anything else is logged with
     its traceback. Either way the table is untouched (nothing was committed) and the run's staged
-    files are removed. The Prefect progress artifact lives for the duration of the block.
+    files are removed. The Prefect progress artifact lives for the duration of the block. Writing
+    flows enter the table's run lock right after it, in the same ``with`` statement
+    (:func:`embedpipe.flows._lock.table_lock`), so that a lock timeout is such a failure too.
     """
     outcome = Outcome()
     progress = ArtifactProgress(f"embedpipe-{flow_name}-progress")

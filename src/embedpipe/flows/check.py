@@ -7,12 +7,15 @@ that no longer retrieves what it should.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 from prefect import flow, get_run_logger
 from prefect.states import Completed, Failed, State
 
 from embedpipe.config import Settings, get_settings
 from embedpipe.errors import GateFailed
 from embedpipe.flows._audit import Audit, audit_and_publish
+from embedpipe.flows._lock import table_lock
 from embedpipe.flows._pipeline import run_id
 from embedpipe.resources.store import Store
 from embedpipe.schemas import CheckReport
@@ -40,16 +43,18 @@ def check(
     logger = get_run_logger()
     rid = run_id()
     store = Store(settings.store)
-    table = store.require_table()
-    number = store.resolve_version(version, table)
     audit = Audit()
     # On demand the checks always run (checks.enabled only governs runs that write).
     on = settings.model_copy(update={"checks": settings.checks.model_copy(update={"enabled": True})})
     message = None
-    try:
-        audit_and_publish(on, rid, number, audit, baseline=baseline, publish=publish, writer=False)
-    except GateFailed as e:
-        message = str(e)
+    # Publishing writes (the tag, maybe a restore commit): it takes the table's run lock, and
+    # resolves ``latest`` only once it holds it.
+    with table_lock(settings.store, rid, "check", logger) if publish else nullcontext():
+        number = store.resolve_version(version, store.require_table())
+        try:
+            audit_and_publish(on, rid, number, audit, baseline=baseline, publish=publish, writer=False)
+        except GateFailed as e:
+            message = str(e)
     report = CheckReport(
         run_id=rid,
         table=settings.store.table,

@@ -20,6 +20,7 @@ from prefect.states import State
 
 from embedpipe.config import Settings, get_settings
 from embedpipe.flows._audit import Audit, audit_and_publish
+from embedpipe.flows._lock import table_lock
 from embedpipe.flows._pipeline import Tally, check_reject_ratio, final_state, guarded_run, run_id, run_shards
 from embedpipe.resources.embedder import get_embedder
 from embedpipe.resources.store import CommitResult, Store
@@ -89,7 +90,11 @@ def reindex(
     reused_texts: bool | None = None
     store = Store(settings.store)
     audit = Audit()
-    with guarded_run("reindex", settings, rid, logger) as outcome:
+    # One writing run per table: the lock is held from reading the table's state to the publish.
+    with (
+        guarded_run("reindex", settings, rid, logger) as outcome,
+        table_lock(settings.store, rid, "reindex", logger),
+    ):
         prepared = prepare_task(settings, check=False)
         table = store.require_table()
         table.checkout(prepared.read_version)
@@ -122,7 +127,7 @@ def reindex(
             run_shards(plan, settings, rid, {}, prepared.read_version if same_model else None, tally)
             check_reject_ratio(tally, settings, "the table was not switched")
         schema = table_schema(get_embedder(settings.model), settings)
-        result = switch_task(tally.staged, settings, rid, schema)
+        result = switch_task(tally.staged, settings, rid, schema, prepared.read_version)
         assert result.version is not None
         audit_and_publish(settings, rid, result.version, audit)
         if settings.retention.auto:

@@ -17,6 +17,7 @@ from prefect.states import State
 
 from embedpipe.config import Settings, get_settings
 from embedpipe.flows._audit import Audit, audit_and_publish
+from embedpipe.flows._lock import table_lock
 from embedpipe.flows._pipeline import Tally, check_reject_ratio, final_state, guarded_run, run_id, run_shards
 from embedpipe.incremental import missing_documents
 from embedpipe.readers import PathFilter
@@ -54,7 +55,11 @@ def sync(
     result = CommitResult(None, 0, 0)
     deleted_docs: list[tuple[str, str]] = []
     audit = Audit()
-    with guarded_run("sync", settings, rid, logger) as outcome:
+    # One writing run per table: the lock is held from reading the table's state to the publish.
+    with (
+        guarded_run("sync", settings, rid, logger) as outcome,
+        table_lock(settings.store, rid, "sync", logger),
+    ):
         prepared = prepare_task(settings)
         plan = discover_task(sources, settings)
         tally.seen += len(plan.rejects)
@@ -70,7 +75,9 @@ def sync(
             )
         schema = table_schema(get_embedder(settings.model), settings)
         replace = sorted(set(tally.changed_text) | set(deleted_docs))
-        result = write_task(tally.staged, settings, rid, schema, replace, tally.exclude)
+        result = write_task(
+            tally.staged, settings, rid, schema, replace, tally.exclude, prepared.read_version
+        )
         if result.version is not None:
             audit_and_publish(settings, rid, result.version, audit)
             if settings.retention.auto:

@@ -28,6 +28,7 @@ from embedpipe.errors import (
     GateFailed,
     ModelMismatchError,
     NothingServedError,
+    StaleReadError,
     StoreError,
     TableNotFoundError,
     VersionNotFoundError,
@@ -400,6 +401,39 @@ class Store:
 
         return pa.RecordBatchReader.from_batches(schema, batches())
 
+    def verify_head(self, table: Any, run_id: str, read_version: int | None) -> int | None:
+        """Refuse to commit a delta computed against a version that is no longer the newest.
+
+        Args:
+            table: The table at its latest version, or ``None`` when it does not exist.
+            run_id: The committing run.
+            read_version: The version the run read (``None``: there was no table).
+
+        Returns:
+            ``None`` when the head is still ``read_version``; the version this run already
+            committed (a retried write whose first attempt landed), tagged with its run id.
+
+        Raises:
+            StaleReadError: Another writer committed since ``read_version``: nothing is written.
+        """
+        head = None if table is None else int(table.version)
+        if head == read_version:
+            return None
+        tags = table.tags.list() if table is not None else {}
+        mine = int(tags[run_id]["version"]) if run_id in tags else None
+        if mine is not None and (read_version is None or mine > read_version) and mine == head:
+            return mine
+        by = [t for t, i in tags.items() if _UUID.match(t) and head is not None and int(i["version"]) == head]
+        name = self.settings.table
+        raise StaleReadError(
+            f"table={name} moved from version {read_version} to version {head}"
+            + (f" (run={by[0]})" if by else "")
+            + f" while run={run_id} computed its changes against version {read_version}: another run "
+            f"wrote the table at the same time, and this run's changes would be stale, so nothing was "
+            f"written. Run again (the next run starts from version {head}); keep store.lock "
+            f"(now {self.settings.lock!r}) enabled so that runs on one table wait for each other"
+        )
+
     def commit(
         self,
         run_id: str,
@@ -407,6 +441,8 @@ class Store:
         schema: pa.Schema,
         replace_docs: Sequence[tuple[str, str]] = (),
         exclude: dict[str, list[str]] | None = None,
+        read_version: int | None = None,
+        verify: bool = False,
     ) -> CommitResult:
         """Apply a run's changes to the table as exactly one new version, tagged with the run id.
 
@@ -421,9 +457,15 @@ class Store:
             replace_docs: (source, doc_id) of documents whose stored chunks are replaced by the staged
                 ones (or removed).
             exclude: Per staged file URI, documents to leave out (found to be duplicates later).
+            read_version: The version the run computed its changes against (with ``verify``).
+            verify: Refuse the commit when the table's head is no longer ``read_version``
+                (see :meth:`verify_head`).
 
         Returns:
             The new version (``None`` when there was nothing to change) and row counts.
+
+        Raises:
+            StaleReadError: With ``verify``, another writer committed since ``read_version``.
         """
         has_rows = any(s.rows for s in staged)
         if not has_rows and not replace_docs:
@@ -431,6 +473,10 @@ class Store:
         counter = [0]
         name = self.settings.table
         deleted = 0
+        if verify:
+            done = self.verify_head(self.open_table(name), run_id, read_version)
+            if done is not None:
+                return CommitResult(done, sum(s.rows for s in staged), 0)
         try:
             table = self.open_table(name)
             if table is None:
@@ -455,14 +501,26 @@ class Store:
         self._tag(table, run_id, version)
         return CommitResult(version, counter[0], deleted)
 
-    def overwrite(self, run_id: str, staged: Sequence[StagedShard], schema: pa.Schema) -> CommitResult:
+    def overwrite(
+        self,
+        run_id: str,
+        staged: Sequence[StagedShard],
+        schema: pa.Schema,
+        read_version: int | None = None,
+        verify: bool = False,
+    ) -> CommitResult:
         """Replace the whole table (new model, new schema) as one new version: the atomic switch.
 
         Readers keep reading the previous version until this single commit lands; the previous
-        versions stay available for ``rollback`` until retention removes them.
+        versions stay available for ``rollback`` until retention removes them. With ``verify``, a
+        table that moved on since ``read_version`` is refused (:meth:`verify_head`).
         """
         counter = [0]
         name = self.settings.table
+        if verify:
+            done = self.verify_head(self.open_table(name), run_id, read_version)
+            if done is not None:
+                return CommitResult(done, sum(s.rows for s in staged), 0)
         reader = self._staged_reader(staged, schema, {}, counter)
         previous_rows = 0
         try:

@@ -29,10 +29,15 @@ def write_task(
     schema: pa.Schema,
     replace_docs: list[tuple[str, str]],
     exclude: dict[str, list[str]],
+    read_version: int | None = None,
 ) -> CommitResult:
-    """Commit the staged rows and removals as exactly one new table version tagged with the run id."""
+    """Commit the staged rows and removals as exactly one new table version tagged with the run id.
+
+    The commit is refused (:class:`~embedpipe.errors.StaleReadError`, not retried) when the table
+    moved on since ``read_version``, the version the run's changes were computed against.
+    """
     store = Store(settings.store)
-    result = store.commit(run_id, staged, schema, replace_docs, exclude)
+    result = store.commit(run_id, staged, schema, replace_docs, exclude, read_version, verify=True)
     store.drop_staging(run_id)
     get_run_logger().info(
         "stage=write table=%s version=%s written=%d deleted=%d",
@@ -46,11 +51,18 @@ def write_task(
 
 @task(name="switch", **RETRYING)
 def switch_task(
-    staged: list[StagedShard], settings: Settings, run_id: str, schema: pa.Schema
+    staged: list[StagedShard],
+    settings: Settings,
+    run_id: str,
+    schema: pa.Schema,
+    read_version: int | None = None,
 ) -> CommitResult:
-    """Replace the table's contents with the staged rows in one commit (the reindex switch)."""
+    """Replace the table's contents with the staged rows in one commit (the reindex switch).
+
+    Refused like :func:`write_task` when the table moved on since ``read_version``.
+    """
     store = Store(settings.store)
-    result = store.overwrite(run_id, staged, schema)
+    result = store.overwrite(run_id, staged, schema, read_version, verify=True)
     store.drop_staging(run_id)
     get_run_logger().info(
         "stage=switch table=%s version=%s written=%d", settings.store.table, result.version, result.written

@@ -1,0 +1,211 @@
+"""The per-table run lock: backend selection, holder record, waiting, timeout, stale-head refusal."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from embedpipe.config import StoreSettings
+from embedpipe.errors import StaleReadError, TableBusyError
+from embedpipe.flows._lock import table_lock
+from embedpipe.flows.sync import sync
+from embedpipe.resources.embedder import register_embedder
+from embedpipe.resources.lock import FileTableLock, HolderRecord, hold, limit_name, lock_kind
+from embedpipe.resources.store import Store
+from embedpipe.schemas import C
+from tests.conftest import make_settings, write
+from tests.fakes import FakeEmbedder
+
+RUN_A = "aaaaaaaa-0000-0000-0000-000000000001"
+RUN_B = "bbbbbbbb-0000-0000-0000-000000000002"
+
+
+def store_settings(tmp_path: Path, **kw: object) -> StoreSettings:
+    return StoreSettings(uri=str(tmp_path / "db"), **kw)  # type: ignore[arg-type]
+
+
+def test_auto_is_a_lock_file_for_folders_and_prefect_for_object_stores(tmp_path: Path) -> None:
+    assert lock_kind(store_settings(tmp_path)) == "file"
+    assert lock_kind(StoreSettings(uri="file:///data/db")) == "file"
+    for uri in ("s3://bucket/db", "gs://bucket/db", "az://container/db"):
+        assert lock_kind(StoreSettings(uri=uri)) == "prefect"
+    assert lock_kind(StoreSettings(uri="s3://bucket/db", lock="file")) == "file"
+    assert lock_kind(store_settings(tmp_path, lock="none")) == "none"
+    name = limit_name(StoreSettings(uri="s3://bucket/db", table="docs"))
+    assert name.startswith("embedpipe-table-docs-")
+    assert name != limit_name(StoreSettings(uri="s3://other/db", table="docs"))
+    assert name == limit_name(StoreSettings(uri="s3://bucket/db/", table="docs"))
+
+
+def test_bad_lock_setting_is_a_config_error(tmp_path: Path) -> None:
+    from embedpipe.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"store\.lock .*EMBEDPIPE_STORE__LOCK"):
+        make_settings(tmp_path, store={"lock": "redis"})
+    with pytest.raises(ConfigError, match=r"store\.lock_timeout_s"):
+        make_settings(tmp_path, store={"lock_timeout_s": -1})
+
+
+def test_holder_is_recorded_while_held_and_a_second_run_fails_at_once(tmp_path: Path) -> None:
+    settings = store_settings(tmp_path, lock_timeout_s=0)
+    with hold(FileTableLock(settings), settings, RUN_A, "sync") as me:
+        recorded = HolderRecord(settings).read()
+        assert recorded == me and recorded.pid == os.getpid() and recorded.run_id == RUN_A
+        t0 = time.monotonic()
+        with (
+            pytest.raises(TableBusyError) as exc,
+            hold(FileTableLock(settings), settings, RUN_B, "sync"),
+        ):
+            pytest.fail("a second holder got the lock")
+        assert time.monotonic() - t0 < 1.0
+    msg = str(exc.value)
+    assert exc.value.exit_code == 8 and "\n" not in msg
+    assert "table=chunks" in msg and f"run={RUN_A} flow=sync" in msg and f"pid={os.getpid()}" in msg
+    assert f"run={RUN_B}" in msg and "wrote nothing" in msg and "EMBEDPIPE_STORE__LOCK_TIMEOUT_S" in msg
+    assert HolderRecord(settings).read() is None  # cleared on release
+    with hold(FileTableLock(settings), settings, RUN_B, "sync"):  # free again
+        pass
+
+
+def test_the_loser_waits_logs_once_and_gets_the_lock_after_release(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = store_settings(tmp_path, lock_timeout_s=30)
+    held, released_at = threading.Event(), []
+
+    def first() -> None:
+        with hold(FileTableLock(settings), settings, RUN_A, "reindex"):
+            held.set()
+            time.sleep(1.0)
+            released_at.append(time.monotonic())
+
+    t = threading.Thread(target=first)
+    t.start()
+    held.wait(10)
+    logger = logging.getLogger("test-lock")
+    with (
+        caplog.at_level(logging.INFO, logger="test-lock"),
+        hold(FileTableLock(settings), settings, RUN_B, "sync", logger),
+    ):
+        got_at = time.monotonic()
+    t.join()
+    assert got_at >= released_at[0]
+    waiting = [r.getMessage() for r in caplog.records if "waiting" in r.getMessage()]
+    assert len(waiting) == 1 and f"run={RUN_A} flow=reindex" in waiting[0]
+
+
+def test_timeout_after_waiting_says_how_long(tmp_path: Path) -> None:
+    settings = store_settings(tmp_path, lock_timeout_s=0.6)
+    with hold(FileTableLock(settings), settings, RUN_A, "sync"):
+        t0 = time.monotonic()
+        with (
+            pytest.raises(TableBusyError, match=r"waited 1s \(store.lock_timeout_s=0.6"),
+            hold(FileTableLock(settings), settings, RUN_B, "sync"),
+        ):
+            pass
+        assert 0.5 < time.monotonic() - t0 < 5
+
+
+def test_prefect_concurrency_limit_serializes_holders(tmp_path: Path, prefect_harness: str) -> None:
+    from prefect.client.orchestration import get_client
+
+    settings = store_settings(tmp_path, lock="prefect", lock_timeout_s=60)
+    held, released_at = threading.Event(), []
+
+    def first() -> None:
+        with table_lock(settings, RUN_A, "sync"):
+            held.set()
+            time.sleep(1.5)
+            released_at.append(time.monotonic())
+
+    t = threading.Thread(target=first)
+    t.start()
+    assert held.wait(60)
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name(limit_name(settings))
+    assert (limit.limit, limit.active_slots) == (1, 1)
+    with table_lock(settings, RUN_B, "sync") as me:
+        got_at = time.monotonic()
+        assert me is not None and me.run_id == RUN_B
+    t.join()
+    assert got_at >= released_at[0]
+
+    busy = settings.model_copy(update={"lock_timeout_s": 0.0})
+    with table_lock(settings, RUN_A, "sync"):
+        with (
+            pytest.raises(TableBusyError, match=rf"locked by run={RUN_A} .*Prefect global concurrency"),
+            table_lock(busy, RUN_B, "sync"),
+        ):
+            pass
+        slow = settings.model_copy(update={"lock_timeout_s": 1.0})
+        t0 = time.monotonic()
+        with pytest.raises(TableBusyError, match=r"waited [12]s"), table_lock(slow, RUN_B, "sync"):
+            pass
+        assert time.monotonic() - t0 < 10
+    with table_lock(busy, RUN_B, "sync"):  # released: free at once
+        pass
+
+
+# ---------------------------------------------------------------------- stale head
+
+
+def test_commit_refuses_a_delta_computed_against_an_old_version(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    settings = make_settings(tmp_path)
+    store = Store(settings.store)
+    store.db.create_table("chunks", data=pa.table({C.CHUNK_ID: ["a"], C.DOC_ID: ["d"]}))
+    read = int(store.open_table().version)
+    assert store.verify_head(store.open_table(), RUN_A, read) is None
+    store.open_table().add(pa.table({C.CHUNK_ID: ["b"], C.DOC_ID: ["e"]}))  # another writer
+    with pytest.raises(StaleReadError, match=rf"moved from version {read} to version {read + 1}"):
+        store.verify_head(store.open_table(), RUN_A, read)
+    with pytest.raises(StaleReadError, match="moved from version None"):
+        store.verify_head(store.open_table(), RUN_A, None)  # created by someone else meanwhile
+    store.open_table().tags.create(RUN_A, read + 1)  # ...unless that commit was this run's own
+    assert store.verify_head(store.open_table(), RUN_A, read) == read + 1
+
+
+class Interloper(FakeEmbedder):
+    """The fake model, which also deletes rows behind the run's back while the run embeds."""
+
+    armed: Path | None = None
+
+    def encode(self, texts, batch_size, lengths=None):  # type: ignore[no-untyped-def]
+        db, Interloper.armed = Interloper.armed, None
+        if db is not None:
+            Store(StoreSettings(uri=str(db))).open_table().delete(f"{C.DOC_ID} = 'a.txt'")
+        return super().encode(texts, batch_size, lengths)
+
+
+register_embedder("interloper:", Interloper)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_sync_refuses_to_commit_when_the_table_moved_during_the_run(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    write(src / "a.txt", "cats purr in the sun")
+    write(src / "b.txt", "engines roar on the road")
+    settings = make_settings(tmp_path, model={"name": "interloper:32"}, store={"lock": "none"})
+    settings = settings.model_copy(
+        update={"checks": settings.checks.model_copy(update={"triplets": [], "pairs": []})}
+    )
+    first = sync([str(src)], settings, return_state=True).result()
+    store = Store(settings.store)
+    assert first.table_version == 1
+    write(src / "c.txt", "rivers flow to the sea")
+    Interloper.armed = tmp_path / "db"  # a write lands between this run's read and its commit
+    state = sync([str(src)], settings, return_state=True)
+    summary = state.result(raise_on_failure=False)
+    assert state.is_failed() and summary.exit_code == 8 and summary.table_version is None
+    assert "moved from version 1 to version 2" in summary.message and "nothing was written" in summary.message
+    table = store.open_table()
+    assert table.version == 2  # the interloper's version; the stale delta was not written
+    assert sorted(set(table.to_arrow().column(C.DOC_ID).to_pylist())) == ["b.txt"]
+    again = sync([str(src)], settings, return_state=True).result()  # the next run catches up
+    assert again.table_version == 3 and (again.docs_new, again.docs_unchanged) == (2, 1)
