@@ -88,6 +88,13 @@ class CheckError(EmbedpipeError):
     exit_code = 7
 
 
+class ClusterError(EmbedpipeError):
+    """The Dask cluster running a run's shards failed (a worker died, the scheduler went away);
+    nothing was committed."""
+
+    exit_code = 1
+
+
 class RejectedInput(EmbedpipeError):
     """One file or record cannot be used; it is quarantined with this message as the reason.
 
