@@ -61,36 +61,6 @@ class Runtime:
         )
 
 
-class PinWorker:
-    """Dask worker plugin: pin a local worker to one GPU and to its share of the CPU threads.
-
-    Runs in the worker process when it starts (and again when the nanny restarts it), before any
-    task imports torch's CUDA runtime, so ``CUDA_VISIBLE_DEVICES`` still takes effect.
-    """
-
-    name = "embedpipe-pin"
-
-    def __init__(self, gpus: Sequence[int], threads: int) -> None:
-        self.gpus = list(gpus)
-        self.threads = threads
-
-    def setup(self, worker: Any) -> None:
-        try:
-            index = int(str(worker.name).rsplit("-", 1)[-1])
-        except ValueError:
-            index = 0
-        if self.gpus:
-            os.environ["CUDA_VISIBLE_DEVICES"] = str(self.gpus[index % len(self.gpus)])
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ[var] = str(self.threads)
-
-    def teardown(self, worker: Any) -> None:
-        pass
-
-    def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
-        pass
-
-
 def _cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -153,16 +123,11 @@ def _restore_env(name: str, value: str | None) -> None:
         os.environ[name] = value
 
 
-def _warm(model: ModelSettings) -> str:
-    """Load the model in a worker (cached per process) while the flow prepares."""
-    from embedpipe.resources.embedder import get_embedder
-
-    return get_embedder(model).identity.model_id
-
-
 def _start_local(stack: ExitStack, settings: Settings, rt: Runtime) -> Any:
     import dask
     import distributed
+
+    from embedpipe.flows._dask_worker import PinWorker
 
     gpus = local_gpus(settings.model)
     n = settings.runtime.dask_workers or default_workers(gpus)
@@ -198,11 +163,23 @@ def _start_local(stack: ExitStack, settings: Settings, rt: Runtime) -> Any:
             raise ClusterError(
                 f"cannot start a local Dask cluster of runtime.dask_workers={n}: {type(e).__name__}: {e}"
             ) from e
-    stack.callback(cluster.close)
+    stack.callback(_close_quietly, cluster)
     client = stack.enter_context(distributed.Client(cluster, set_as_default=False))
     client.register_plugin(PinWorker(gpus, threads))
     rt.kind, rt.address, rt.workers = "dask-local", cluster.scheduler_address, n
     return client
+
+
+def _close_quietly(cluster: Any) -> None:
+    """Close the local cluster; the nanny's "still alive, killing" warning about a worker that has
+    finished its work is no news for the console (the run is already committed or failed)."""
+    nanny = logging.getLogger("distributed.nanny")
+    level = nanny.level
+    nanny.setLevel(logging.ERROR)
+    try:
+        cluster.close()
+    finally:
+        nanny.setLevel(level)
 
 
 def _connect(stack: ExitStack, settings: Settings, rt: Runtime) -> Any:
@@ -248,6 +225,8 @@ def flow_runtime(settings: Settings) -> Iterator[Runtime]:
         return
     from prefect_dask import DaskTaskRunner
 
+    from embedpipe.flows._dask_worker import warm_model
+
     t0 = time.perf_counter()
     rt = Runtime()
     with ExitStack() as stack:
@@ -258,7 +237,7 @@ def flow_runtime(settings: Settings) -> Iterator[Runtime]:
         # Each worker loads the model now, overlapping the flow's own start-up; the first shard
         # task on a worker then finds it loaded (get_embedder caches per process).
         warm = [
-            client.submit(_warm, rt.settings.model, workers=[w], allow_other_workers=True, pure=False)
+            client.submit(warm_model, rt.settings.model, workers=[w], allow_other_workers=True, pure=False)
             for w in client.scheduler_info(n_workers=-1).get("workers", {})
         ]
         rt.start_seconds = time.perf_counter() - t0
