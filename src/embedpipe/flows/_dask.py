@@ -30,7 +30,7 @@ from embedpipe.errors import ClusterError, ConfigError, EmbedpipeError
 log = logging.getLogger(__name__)
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
-_CONNECT_TIMEOUT_S = 10
+_CONNECT_TIMEOUT_S = 5
 
 
 @dataclass
