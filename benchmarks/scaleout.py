@@ -81,6 +81,9 @@ def main() -> int:
     ap.add_argument("--copies", type=int, default=20, help="copies of the sample corpus (20: 2,000+ chunks)")
     ap.add_argument("--workers", default="1,2", help="worker counts to compare; the first is the baseline")
     ap.add_argument("--device", default="auto")
+    ap.add_argument(
+        "--shard-mb", type=float, default=0.05, help="runtime.shard_mb: several shards per worker"
+    )
     ap.add_argument("--no-local", action="store_true", help="skip the local-runner reference run")
     ap.add_argument("--checks", action="store_true", help="run the checks too (they run on the workers)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
@@ -88,14 +91,18 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="embedpipe-scaleout-"))
     corpus = make_corpus(work / "corpus", args.copies)
-    base: dict[str, Any] = {"model": {"device": args.device}, "checks": {"enabled": args.checks}}
+    base: dict[str, Any] = {
+        "model": {"device": args.device},
+        "checks": {"enabled": args.checks},
+        "runtime": {"shard_mb": args.shard_mb, "ramp_shards": 0},
+    }
     counts = [int(n) for n in args.workers.split(",")]
     results = []
     if not args.no_local:
         results.append(run_one("local", base, corpus, work))
     for n in counts:
-        runtime = {"runtime": {"runner": "dask", "dask_workers": n}}
-        results.append(run_one(f"dask {n} worker(s)", base | runtime, corpus, work))
+        runtime = base["runtime"] | {"runner": "dask", "dask_workers": n}
+        results.append(run_one(f"dask {n} worker(s)", base | {"runtime": runtime}, corpus, work))
 
     ref = results[0]
     dask = [r for r in results if r["label"] != "local"]
