@@ -14,6 +14,8 @@ from embedpipe.schemas import ModelIdentity
 
 EXPLODE = "EXPLODE_IN_EMBEDDER"
 """A document containing this marker makes the fake model fail, to test crashes mid-run."""
+KILL = "KILL_PROCESS_IN_EMBEDDER"
+"""A text containing this marker ends the process running the model (a Dask worker dying)."""
 NAN = "NAN_IN_EMBEDDER"
 """A text containing this marker gets a NaN vector, to test the integrity gate."""
 ZERO = "ZERO_IN_EMBEDDER"
@@ -73,6 +75,8 @@ class FakeEmbedder:
         self.calls += 1
         if any(EXPLODE in t for t in texts):
             raise RuntimeError("fake model crashed in the middle of a run")
+        if any(KILL in t for t in texts):
+            os._exit(1)
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for i, t in enumerate(texts):
             for m in _TOKEN.finditer(t):

@@ -58,6 +58,37 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _runtime_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """``--runner``, ``--dask-address`` and ``--workers``; either of the last two implies dask."""
+    runner = getattr(args, "runner", None)
+    address, workers = getattr(args, "dask_address", None), getattr(args, "workers", None)
+    given = [f for f, v in (("--dask-address", address), ("--workers", workers)) if v is not None]
+    if given and runner == "local":
+        raise ConfigError(f"{' and '.join(given)} need --runner dask (got --runner local)")
+    if len(given) == 2:
+        raise ConfigError(
+            "--dask-address and --workers exclude each other: connect to an existing cluster, "
+            "or start a local one of N workers"
+        )
+    if given and runner is None:
+        runner = "dask"
+    return {"runtime": {"runner": runner, "dask_address": address, "dask_workers": workers}}
+
+
+def _runtime_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--runner",
+        choices=["local", "dask"],
+        help="local (default): this process; dask: shards on Dask workers",
+    )
+    p.add_argument(
+        "--dask-address", dest="dask_address", help="scheduler of an existing Dask cluster (tcp://host:port)"
+    )
+    p.add_argument(
+        "--workers", type=int, help="worker processes of a local Dask cluster (default: one per GPU)"
+    )
+
+
 def _store_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", help="LanceDB database URI (default ./.embedpipe/db)")
     p.add_argument("--table", help="table name (default chunks)")
@@ -122,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the chunks of documents that disappeared from the sources",
     )
     _check_args(run, writes=True)
+    _runtime_args(run)
     run.add_argument("--json", action="store_true", help="print one JSON object with the run summary")
 
     reindex = sub.add_parser(
@@ -136,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="re-read this source instead of reusing stored chunk texts (repeatable)",
     )
     _check_args(reindex, writes=True)
+    _runtime_args(reindex)
     reindex.add_argument("--json", action="store_true", help="print one JSON object with the run summary")
 
     check = sub.add_parser(
@@ -417,16 +450,25 @@ def _run_flow(name: str, call: Any, as_json: bool) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from embedpipe.config import get_settings
 
-    settings = get_settings(_overrides(args), args.config)
+    settings = get_settings(_overrides(args) | _runtime_overrides(args), args.config)
     _require_backend(settings)
     _prepare_prefect()
+    from embedpipe.flows import flow_runtime
     from embedpipe.flows.sync import sync
 
-    return _run_flow(
-        "sync",
-        lambda: sync(args.sources, settings, delete_missing=not args.no_delete, return_state=True),
-        args.json,
-    )
+    with flow_runtime(settings) as rt:
+        flow = sync if rt.task_runner is None else sync.with_options(task_runner=rt.task_runner)
+        _announce(rt)
+        return _run_flow(
+            "sync",
+            lambda: flow(args.sources, rt.settings, delete_missing=not args.no_delete, return_state=True),
+            args.json,
+        )
+
+
+def _announce(rt: Any) -> None:
+    if rt.task_runner is not None:
+        print(f"embedpipe: runtime {rt.describe()}", file=sys.stderr, flush=True)
 
 
 def _require_backend(settings: Any) -> None:
@@ -453,12 +495,18 @@ def _finish(state: Any, as_json: bool) -> int:
 def cmd_reindex(args: argparse.Namespace) -> int:
     from embedpipe.config import get_settings
 
-    settings = get_settings(_overrides(args), args.config)
+    settings = get_settings(_overrides(args) | _runtime_overrides(args), args.config)
     _require_backend(settings)
     _prepare_prefect()
+    from embedpipe.flows import flow_runtime
     from embedpipe.flows.reindex import reindex
 
-    return _run_flow("reindex", lambda: reindex(settings, args.reindex_sources, return_state=True), args.json)
+    with flow_runtime(settings) as rt:
+        flow = reindex if rt.task_runner is None else reindex.with_options(task_runner=rt.task_runner)
+        _announce(rt)
+        return _run_flow(
+            "reindex", lambda: flow(rt.settings, args.reindex_sources, return_state=True), args.json
+        )
 
 
 def cmd_compact(args: argparse.Namespace) -> int:

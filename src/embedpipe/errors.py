@@ -108,6 +108,13 @@ class ServeError(EmbedpipeError):
     exit_code = 9
 
 
+class ClusterError(EmbedpipeError):
+    """The Dask cluster running a run's shards failed (a worker died, the scheduler went away);
+    nothing was committed."""
+
+    exit_code = 1
+
+
 class RejectedInput(EmbedpipeError):
     """One file or record cannot be used; it is quarantined with this message as the reason.
 

@@ -10,6 +10,7 @@ naming the setting, where it came from and what is expected.
 from __future__ import annotations
 
 import os
+import re
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
@@ -245,6 +246,42 @@ class RuntimeSettings(_Group):
     staging_ttl_hours: float = Field(
         24.0, gt=0, description="Staged files of runs that died are removed after this many hours."
     )
+    runner: Literal["local", "dask"] = Field(
+        "local",
+        description="local: this process (threads); dask: shards run on Dask workers (prefect-dask), "
+        "each writing its staged part, and the flow commits once.",
+    )
+    dask_address: str | None = Field(
+        None,
+        description="Scheduler of an existing Dask cluster, e.g. tcp://10.0.0.5:8786 (runner=dask); "
+        "unset: a local cluster of dask_workers processes.",
+    )
+    dask_workers: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="Worker processes of the local Dask cluster (runner=dask); unset: one per GPU, or "
+        "cores // 4 (at least 1) without GPUs.",
+    )
+
+    @field_validator("dask_address")
+    @classmethod
+    def _scheduler_address(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        v = value.strip()
+        if not re.fullmatch(r"(tcp|tls)://[^\s/:]+:\d{1,5}/?", v):
+            raise ValueError(f"expected a scheduler address like tcp://host:8786, got {value!r}")
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_cluster(self) -> RuntimeSettings:
+        if self.dask_address is not None and self.dask_workers is not None:
+            raise ValueError(
+                f"runtime.dask_address={self.dask_address} and runtime.dask_workers={self.dask_workers} "
+                "exclude each other: connect to an existing cluster, or start a local one of N workers"
+            )
+        return self
 
 
 class RetentionSettings(_Group):

@@ -90,9 +90,16 @@ def audit_and_publish(
         if ctx.reference_version is not None
         else ctx.reference_how
     )
-    futures = [check_task.submit(f, ctx, settings) for f in families_to_run(settings.checks)]
-    for f in futures:
-        audit.results += f.result()
+    families = families_to_run(settings.checks)
+    if settings.runtime.runner == "dask":
+        # The flow's task runner is the Dask cluster: checks stay in the flow process, next to the
+        # sample and the model already loaded here, rather than shipping the sample to workers.
+        for f in families:
+            audit.results += check_task(f, ctx, settings)
+    else:
+        futures = [check_task.submit(f, ctx, settings) for f in families]
+        for fut in futures:
+            audit.results += fut.result()
     ok, audit.blocking = verdict(audit.results)
     audit.gate = "passed" if ok else "failed"
     record_task(audit.results, settings, run_id, version, ok and publish, audit.blocking, audit.reference)

@@ -21,6 +21,7 @@ from prefect.states import Completed, Failed, State
 
 from embedpipe.config import Settings
 from embedpipe.errors import EmbedpipeError, RejectRatioExceeded
+from embedpipe.flows._dask import cancel_all, worker_result
 from embedpipe.incremental import Known
 from embedpipe.progress import chunks_progress
 from embedpipe.resources.store import StagedShard, Store
@@ -28,6 +29,7 @@ from embedpipe.schemas import Reject, RunSummary
 from embedpipe.tasks.chunk import chunk_task
 from embedpipe.tasks.embed import embed_task
 from embedpipe.tasks.ingest import Plan, ingest_task
+from embedpipe.tasks.shard import ShardOutcome, outcome_of, shard_task
 from embedpipe.tasks.write import stage_task
 
 
@@ -145,6 +147,37 @@ def run_id() -> str:
     return str(rid) if rid else str(uuid.uuid4())
 
 
+def add_outcome(tally: Tally, out: ShardOutcome) -> None:
+    """Add one shard's outcome to the run's tally (in shard order: earlier parts of a file win)."""
+    tally.staged.append(out.staged)
+    tally.seen += out.seen
+    tally.rejects += out.rejects
+    tally.protected_files |= out.protected_files
+    tally.seen_ids.update(out.seen_ids)
+    tally.changed_text += out.changed_text
+    tally.new += out.new
+    tally.changed += out.changed
+    tally.unchanged += out.unchanged
+    if out.dropped:
+        # Documents left out by the embed stage keep their stored rows and are never deleted.
+        dropped = set(out.dropped)
+        tally.changed_text = [d for d in tally.changed_text if d not in dropped]
+        tally.protected_files |= out.dropped_files
+    tally.embedded += out.embedded
+    tally.reused += out.reused
+    tally.refreshed += out.refreshed
+    tally.truncated += out.truncated
+    tally.seconds += out.seconds
+    # Parts of one big record file are read in different shards: an id seen in an earlier part wins.
+    for doc_id in out.split_ids:
+        if doc_id in tally.split_ids:
+            tally.exclude.setdefault(out.staged.uri, []).append(doc_id)
+            tally.rejects.append(
+                Reject(path=doc_id, reason="duplicate id in this file (an earlier part has it)")
+            )
+        tally.split_ids.add(doc_id)
+
+
 def _collect(tally: Tally, futures: tuple[Any, Any, Any, Any], more: bool = True) -> None:
     docs_f, chunks_f, emb_f, stage_f = futures
     del futures
@@ -152,35 +185,7 @@ def _collect(tally: Tally, futures: tuple[Any, Any, Any, Any], more: bool = True
     chunks = chunks_f.result()
     emb = emb_f.result()
     staged = stage_f.result()
-    tally.staged.append(staged)
-    tally.seen += docs.seen
-    tally.rejects += docs.rejects + chunks.rejects
-    tally.protected_files |= docs.protected_files
-    d = docs.delta
-    tally.seen_ids.update(d.seen)
-    tally.changed_text += d.changed_text
-    tally.new += d.new
-    tally.changed += d.changed
-    tally.unchanged += d.unchanged
-    tally.rejects += emb.rejects
-    if emb.dropped:
-        # Documents left out by the embed stage keep their stored rows and are never deleted.
-        dropped = set(emb.dropped)
-        tally.changed_text = [d for d in tally.changed_text if d not in dropped]
-        tally.protected_files |= emb.dropped_files
-    tally.embedded += emb.embedded
-    tally.reused += emb.reused
-    tally.refreshed += emb.refreshed
-    tally.truncated += emb.truncated
-    tally.seconds += emb.seconds
-    # Parts of one big record file are read in different shards: an id seen in an earlier part wins.
-    for doc_id in docs.split_ids:
-        if doc_id in tally.split_ids:
-            tally.exclude.setdefault(staged.uri, []).append(doc_id)
-            tally.rejects.append(
-                Reject(path=doc_id, reason="duplicate id in this file (an earlier part has it)")
-            )
-        tally.split_ids.add(doc_id)
+    add_outcome(tally, outcome_of(docs, chunks, emb, staged))
     del docs, chunks, emb, docs_f, chunks_f, emb_f, stage_f
     # Prefect's states and contexts form reference cycles that keep a finished shard's Arrow
     # buffers alive until the cyclic collector runs; collecting here keeps memory bounded by the
@@ -191,10 +196,37 @@ def _collect(tally: Tally, futures: tuple[Any, Any, Any, Any], more: bool = True
         gc.collect()
 
 
+def _run_shards_on_workers(
+    plan: Plan, settings: Settings, rid: str, known: Known, read_version: int | None, tally: Tally
+) -> None:
+    """Every shard as one task on the Dask workers; only small outcomes come back, in shard order."""
+    futures = []
+    for shard_no, refs in enumerate(plan.shards):
+        shard_known = {k: known[k] for k in {(r.source, r.path) for r in refs} if k in known}
+        futures.append(shard_task.submit(shard_no, refs, settings, shard_known, rid, read_version))
+    try:
+        for fut in futures:
+            out = worker_result(fut)
+            add_outcome(tally, out)
+            # The model runs in the workers: the flow reports each shard's chunks as it lands.
+            chunks_progress.add_total(out.embedded)
+            chunks_progress.advance(out.embedded)
+    except BaseException:
+        cancel_all(futures)
+        raise
+
+
 def run_shards(
     plan: Plan, settings: Settings, rid: str, known: Known, read_version: int | None, tally: Tally
 ) -> None:
-    """Ingest, chunk, embed and stage every shard of the plan, pipelined, into ``tally``."""
+    """Ingest, chunk, embed and stage every shard of the plan, pipelined, into ``tally``.
+
+    With ``runtime.runner=dask`` each shard is one task on a Dask worker instead (see
+    :mod:`embedpipe.tasks.shard`); the flow still commits once.
+    """
+    if settings.runtime.runner == "dask":
+        _run_shards_on_workers(plan, settings, rid, known, read_version, tally)
+        return
     inflight: deque[tuple[Any, Any, Any, Any]] = deque()
     prev_embed: Any = None
     for shard_no, refs in enumerate(plan.shards):

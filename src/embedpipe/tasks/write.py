@@ -13,12 +13,17 @@ from embedpipe.tasks._common import RETRYING
 from embedpipe.tasks.embed import Embedded
 
 
-@task(name="stage", **RETRYING)
-def stage_task(embedded: Embedded, settings: Settings, run_id: str) -> StagedShard:
-    """Write one shard's rows to the run's staging area (invisible to readers)."""
+def stage_embedded(embedded: Embedded, settings: Settings, run_id: str) -> StagedShard:
+    """Write one shard's rows to the run's staging area; an empty shard stages nothing."""
     if embedded.table.num_rows == 0:
         return StagedShard(uri="", rows=0)
     return Store(settings.store).stage(run_id, embedded.shard, embedded.table)
+
+
+@task(name="stage", **RETRYING)
+def stage_task(embedded: Embedded, settings: Settings, run_id: str) -> StagedShard:
+    """Write one shard's rows to the run's staging area (invisible to readers)."""
+    return stage_embedded(embedded, settings, run_id)
 
 
 @task(name="write", **RETRYING)

@@ -1,0 +1,124 @@
+"""A whole shard in one task: ingest, chunk, embed and stage where the task runs (a Dask worker).
+
+With the Dask runner the bulk data of a shard never travels back to the flow: the worker reads the
+files, chunks and embeds them with its own model (loaded once per worker process), writes the rows
+to the run's staging area, and returns a small :class:`ShardOutcome` (counts, rejects, ids and the
+staged file's reference). The flow then commits every staged part at once, as with the local runner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prefect import get_run_logger, task
+
+from embedpipe.config import Settings
+from embedpipe.incremental import Known
+from embedpipe.readers import FileRef
+from embedpipe.resources.store import StagedShard
+from embedpipe.schemas import Reject
+from embedpipe.tasks._common import RETRYING
+from embedpipe.tasks.chunk import Chunks, chunk_table
+from embedpipe.tasks.embed import Embedded, embed_shard
+from embedpipe.tasks.ingest import Documents, ingest_shard
+from embedpipe.tasks.write import stage_embedded
+
+
+@dataclass
+class ShardOutcome:
+    """What one shard added to a run, without its rows (they are staged at ``staged.uri``)."""
+
+    shard: int
+    staged: StagedShard
+    seen: int = 0
+    rejects: list[Reject] = field(default_factory=list)
+    """Rejects of reading, chunking and embedding, in that order."""
+    protected_files: set[tuple[str, str]] = field(default_factory=set)
+    seen_ids: list[tuple[str, str]] = field(default_factory=list)
+    changed_text: list[tuple[str, str]] = field(default_factory=list)
+    new: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    dropped: list[tuple[str, str]] = field(default_factory=list)
+    dropped_files: set[tuple[str, str]] = field(default_factory=set)
+    embedded: int = 0
+    reused: int = 0
+    refreshed: int = 0
+    truncated: int = 0
+    seconds: float = 0.0
+    split_ids: list[str] = field(default_factory=list)
+    chunks: int = 0
+
+
+def outcome_of(docs: Documents, chunks: Chunks, emb: Embedded, staged: StagedShard) -> ShardOutcome:
+    """The small summary of a processed shard that the flow adds to its tally."""
+    d = docs.delta
+    return ShardOutcome(
+        shard=docs.shard,
+        staged=staged,
+        seen=docs.seen,
+        rejects=docs.rejects + chunks.rejects + emb.rejects,
+        protected_files=set(docs.protected_files),
+        seen_ids=list(d.seen),
+        changed_text=list(d.changed_text),
+        new=d.new,
+        changed=d.changed,
+        unchanged=d.unchanged,
+        dropped=list(emb.dropped),
+        dropped_files=set(emb.dropped_files),
+        embedded=emb.embedded,
+        reused=emb.reused,
+        refreshed=emb.refreshed,
+        truncated=emb.truncated,
+        seconds=emb.seconds,
+        split_ids=list(docs.split_ids),
+        chunks=chunks.table.num_rows,
+    )
+
+
+def process_shard(
+    shard_no: int,
+    refs: list[FileRef],
+    settings: Settings,
+    known: Known,
+    run_id: str,
+    read_version: int | None,
+) -> ShardOutcome:
+    """Ingest, chunk, embed and stage one shard with the same functions the local runner's tasks call.
+
+    Returns:
+        The shard's outcome; its rows are in the run's staging area.
+    """
+    docs = ingest_shard(shard_no, refs, settings, known)
+    chunks = chunk_table(docs.delta.to_chunk, shard_no, settings)
+    emb = embed_shard(chunks, docs, settings, run_id, read_version)
+    staged = stage_embedded(emb, settings, run_id)
+    return outcome_of(docs, chunks, emb, staged)
+
+
+@task(name="shard", **RETRYING)
+def shard_task(
+    shard_no: int,
+    refs: list[FileRef],
+    settings: Settings,
+    known: Known,
+    run_id: str,
+    read_version: int | None,
+) -> ShardOutcome:
+    """Process one shard where the task runs and stage its rows; return only its outcome."""
+    out = process_shard(shard_no, refs, settings, known, run_id, read_version)
+    log = get_run_logger()
+    log.debug(
+        "stage=shard shard=%d chunks=%d embedded=%d staged=%d",
+        shard_no,
+        out.chunks,
+        out.embedded,
+        out.staged.rows,
+    )
+    if out.truncated:
+        log.warning(
+            "stage=embed shard=%d truncated=%d chunks exceed the model's max_seq_length",
+            shard_no,
+            out.truncated,
+        )
+    return out
