@@ -173,13 +173,16 @@ def _s3_scope(uri: str, settings: SourceSettings) -> tuple[str, list[str] | None
     fs, path = objectstore.filesystem(uri, settings.s3)
     try:
         info = fs.get_file_info(path)
-        if info.type == pafs.FileType.NotFound and "/" not in path:
-            fs.get_file_info(pafs.FileSelector(path))  # a missing bucket says so here
+        bucket = info if "/" not in path else None
+        if info.type == pafs.FileType.NotFound and bucket is None:
+            bucket = fs.get_file_info(path.split("/", 1)[0])
     except OSError as e:
         raise _source_error(uri, e, settings) from None
     if info.type == pafs.FileType.File:
         parent, _, name = uri.rpartition("/")
         return parent, [name]
+    if bucket is not None and bucket.type == pafs.FileType.NotFound:
+        raise SourceError(f"cannot read source={uri}: the bucket does not exist")
     if info.type == pafs.FileType.NotFound:
         raise SourceError(
             f"source not found: {uri} holds no objects; check the bucket and prefix (and s3.endpoint)"

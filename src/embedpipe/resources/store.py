@@ -173,10 +173,21 @@ class Store:
             import lancedb
 
             try:
+                if objectstore.is_s3(self.uri):
+                    self._check_bucket()
                 self._db = lancedb.connect(self.uri, storage_options=self.storage_options or None)
+            except StoreError:
+                raise
             except Exception as e:
                 raise self._error(f"cannot open database uri={self.uri}", e) from e
         return self._db
+
+    def _check_bucket(self) -> None:
+        """Lance lists a missing bucket as an empty database; say what is wrong before any work."""
+        fs, path = self._fs()
+        bucket = path.split("/", 1)[0]
+        if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+            raise StoreAccessError(f"cannot open database uri={self.uri}: the bucket does not exist")
 
     def _fs(self) -> tuple[pafs.FileSystem, str]:
         return objectstore.filesystem(self.uri, self.settings.s3)
@@ -189,14 +200,16 @@ class Store:
     def open_table(self, name: str | None = None) -> Any | None:
         """The table, or ``None`` when it does not exist yet."""
         name = name or self.settings.table
+        db = self.db
         try:
-            return self.db.open_table(name)
-        except (FileNotFoundError, ValueError):
-            return None
+            return db.open_table(name)
         except Exception as e:
-            missing = "not found" in str(e).lower() or "does not exist" in str(e).lower()
-            # on S3 "does not exist" may be the bucket (an access error), not the table
-            if missing and (not objectstore.is_s3(self.uri) or objectstore.explain(e)[1] == "other"):
+            # on S3 a refused or unreachable store must not pass for a missing table
+            if objectstore.is_s3(self.uri) and objectstore.explain(e)[1] != "other":
+                raise self._error(f"cannot open table={name} at uri={self.uri}", e) from e
+            if isinstance(e, (FileNotFoundError, ValueError)):
+                return None
+            if "not found" in str(e).lower() or "does not exist" in str(e).lower():
                 return None
             raise self._error(f"cannot open table={name} at uri={self.uri}", e) from e
 
