@@ -397,6 +397,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = get_settings(_overrides(args), args.config)
     _require_backend(settings)
+    _require_store(settings)
     _prepare_prefect()
     from embedpipe.flows.sync import sync
 
@@ -405,6 +406,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         lambda: sync(args.sources, settings, delete_missing=not args.no_delete, return_state=True),
         args.json,
     )
+
+
+def _require_store(settings: Any) -> None:
+    """An object store that refuses the credentials, lacks the bucket or cannot be reached is a plain
+    error before the flow starts (a local folder is created on first write)."""
+    from embedpipe.resources import objectstore
+    from embedpipe.resources.store import Store
+
+    if objectstore.is_s3(settings.store.uri):
+        _ = Store(settings.store).db
 
 
 def _require_backend(settings: Any) -> None:
@@ -433,6 +444,7 @@ def cmd_reindex(args: argparse.Namespace) -> int:
 
     settings = get_settings(_overrides(args), args.config)
     _require_backend(settings)
+    _require_store(settings)
     _prepare_prefect()
     from embedpipe.flows.reindex import reindex
 
