@@ -158,7 +158,7 @@ def test_cli_sync_search_incremental_into_s3(tmp_path: Path, s3: S3Server, prefe
 
     # (c) the secret is nowhere: not in any output, the runs table, or any object the runs wrote
     assert all(s3.secret not in out for out in outputs)
-    runs = Store(settings.store).open_table(RUNS_TABLE).to_arrow().to_pylist()
+    runs = Store(settings.store).require_table(RUNS_TABLE).to_arrow().to_pylist()
     assert len(runs) == 3 and s3.secret not in json.dumps(runs, default=str)
     for key in s3.keys(f"{prefix}/"):
         assert s3.secret.encode() not in s3.boto.get_object(Bucket=BUCKET, Key=key)["Body"].read(), key
@@ -236,7 +236,7 @@ def test_sync_from_s3_sources_incremental_and_deleted(
 
     def run(src: str) -> Any:
         state = sync([src], settings, return_state=True)
-        summary = state.result(raise_on_failure=False)
+        summary: Any = state.result(raise_on_failure=False)
         assert state.is_completed(), summary.message
         return summary
 
@@ -244,7 +244,7 @@ def test_sync_from_s3_sources_incremental_and_deleted(
     expected_docs = 2 + 1 + 1 + 1 + 40 + 2  # txt+md, html, json, csv, jsonl records, parquet rows
     assert first.docs_new == expected_docs and first.docs_rejected == 1
     assert first.rejects[0].path == "c/blob.txt" and "binary" in first.rejects[0].reason
-    table = Store(settings.store).open_table().to_arrow()
+    table = Store(settings.store).require_table().to_arrow()
     assert set(table.column(C.SOURCE).to_pylist()) == {source}
     assert {"a/cats.txt", "b/big.jsonl#j39", "b/table.parquet#p2", "b/page.html"} <= set(
         table.column(C.DOC_ID).to_pylist()
@@ -261,7 +261,7 @@ def test_sync_from_s3_sources_incremental_and_deleted(
     third = run(source)
     assert third.table_version == first.table_version + 1
     assert (third.docs_deleted, third.docs_changed, third.docs_new) == (1, 1, 0)
-    doc_ids = set(Store(settings.store).open_table().to_arrow().column(C.DOC_ID).to_pylist())
+    doc_ids = set(Store(settings.store).require_table().to_arrow().column(C.DOC_ID).to_pylist())
     assert "a/dogs.md" not in doc_ids and "a/cats.txt" in doc_ids
 
 
@@ -385,7 +385,7 @@ def test_concurrent_commits_to_one_s3_table_all_land(tmp_path: Path, s3: S3Serve
     # every commit is its own version (none overwrote another's manifest) ...
     assert len(versions) == writers + 1 and len(set(tagged.values())) == len(tagged) == writers + 1
     # ... and every writer's rows are there, once
-    table = Store(settings.store).open_table().to_arrow()
+    table = Store(settings.store).require_table().to_arrow()
     ids = table.column(C.CHUNK_ID).to_pylist()
     assert len(ids) == len(set(ids))
     sources = {f"s3://{BUCKET}/{prefix}/src/w{w}" for w in range(writers)}
