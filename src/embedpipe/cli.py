@@ -452,6 +452,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = get_settings(_overrides(args) | _runtime_overrides(args), args.config)
     _require_backend(settings)
+    _require_store(settings)
     _prepare_prefect()
     from embedpipe.flows import flow_runtime
     from embedpipe.flows.sync import sync
@@ -469,6 +470,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _announce(rt: Any) -> None:
     if rt.task_runner is not None:
         print(f"embedpipe: runtime {rt.describe()}", file=sys.stderr, flush=True)
+
+
+def _require_store(settings: Any) -> None:
+    """An object store that refuses the credentials, lacks the bucket or cannot be reached is a plain
+    error before the flow starts (a local folder is created on first write)."""
+    from embedpipe.resources import objectstore
+    from embedpipe.resources.store import Store
+
+    if objectstore.is_s3(settings.store.uri):
+        _ = Store(settings.store).db
 
 
 def _require_backend(settings: Any) -> None:
@@ -497,6 +508,7 @@ def cmd_reindex(args: argparse.Namespace) -> int:
 
     settings = get_settings(_overrides(args) | _runtime_overrides(args), args.config)
     _require_backend(settings)
+    _require_store(settings)
     _prepare_prefect()
     from embedpipe.flows import flow_runtime
     from embedpipe.flows.reindex import reindex

@@ -40,6 +40,13 @@ class StoreError(EmbedpipeError):
     exit_code = 4
 
 
+class StoreAccessError(StoreError):
+    """The object store refused access (wrong or missing credentials) or the bucket does not exist;
+    a retry cannot help."""
+
+    transient = False
+
+
 class TableNotFoundError(EmbedpipeError):
     """The requested table does not exist in the database."""
 

@@ -1,8 +1,9 @@
 """Discovery and parsing of source files into documents (plain Python, no Prefect).
 
-Discovery walks each source root and returns small :class:`FileRef` records; large JSONL and
-Parquet files are split into parts so that no shard has to hold a whole big file. Reading turns a
-shard of refs into an Arrow table of documents. Anything that cannot be used becomes a
+Discovery walks each source root (a folder, a file, or an ``s3://bucket/prefix`` read through the
+pyarrow S3 filesystem configured by the ``s3`` settings) and returns small :class:`FileRef` records;
+large JSONL and Parquet files are split into parts so that no shard has to hold a whole big file.
+Reading turns a shard of refs into an Arrow table of documents. Anything that cannot be used becomes a
 :class:`~embedpipe.schemas.Reject` with a reason; nothing raises out of a read for bad input.
 """
 
@@ -22,13 +23,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from embedpipe.config import SourceSettings
 from embedpipe.errors import RejectedInput, SourceError
+from embedpipe.resources import objectstore
 from embedpipe.schemas import C, Reject, docs_schema
 
 log = logging.getLogger(__name__)
@@ -67,6 +70,9 @@ class FileRef:
 
     @property
     def abspath(self) -> str:
+        """The file's local path, or its ``s3://`` URI."""
+        if objectstore.is_s3(self.source):
+            return f"{self.source}/{self.path}"
         return os.path.join(self.source, *self.path.split("/"))
 
     @property
@@ -126,10 +132,62 @@ class PathFilter:
 
 
 def normalize_source(source: str) -> str:
-    """Absolute, symlink-free form of a source root, so the same folder is always the same source."""
+    """Absolute, symlink-free form of a source root, so the same folder is always the same source;
+    ``s3://bucket/prefix`` without trailing or duplicate slashes for object storage."""
+    if objectstore.is_s3(source):
+        try:
+            return objectstore.normalize_s3_uri(source)
+        except ValueError as e:
+            raise SourceError(f"bad source={source}: {e}") from None
     if "://" in source:
-        raise SourceError(f"unsupported source={source}: only local folders and files are supported")
+        raise SourceError(
+            f"unsupported source={source}: only local folders and files and s3://bucket/prefix are supported"
+        )
     return str(Path(source).expanduser().resolve())
+
+
+def source_scope(raw: str, settings: SourceSettings) -> tuple[str, list[str] | None]:
+    """The root of a source and, for a single file given as the source, its name.
+
+    Raises:
+        SourceError: The source does not exist (or an object store cannot be listed).
+    """
+    if objectstore.is_s3(raw):
+        return _s3_scope(normalize_source(raw), settings)
+    root_path = Path(raw).expanduser()
+    if not root_path.exists() and not root_path.is_symlink():
+        raise SourceError(f"source not found: path={raw}; pass an existing folder or file")
+    if root_path.is_file():
+        return str(root_path.resolve().parent), [root_path.resolve().name]
+    return normalize_source(raw), None
+
+
+def _source_error(uri: str, e: BaseException, settings: SourceSettings) -> SourceError:
+    reason, _ = objectstore.explain(e)
+    return SourceError(
+        objectstore.redact(f"cannot read source={uri}: {reason}", objectstore.secrets_of(settings.s3))
+    )
+
+
+def _s3_scope(uri: str, settings: SourceSettings) -> tuple[str, list[str] | None]:
+    fs, path = objectstore.filesystem(uri, settings.s3)
+    try:
+        info = fs.get_file_info(path)
+        bucket = info if "/" not in path else None
+        if info.type == pafs.FileType.NotFound and bucket is None:
+            bucket = fs.get_file_info(path.split("/", 1)[0])
+    except OSError as e:
+        raise _source_error(uri, e, settings) from None
+    if info.type == pafs.FileType.File:
+        parent, _, name = uri.rpartition("/")
+        return parent, [name]
+    if bucket is not None and bucket.type == pafs.FileType.NotFound:
+        raise SourceError(f"cannot read source={uri}: the bucket does not exist")
+    if info.type == pafs.FileType.NotFound:
+        raise SourceError(
+            f"source not found: {uri} holds no objects; check the bucket and prefix (and s3.endpoint)"
+        )
+    return uri, None
 
 
 def discover(
@@ -155,26 +213,27 @@ def discover(
     keep = PathFilter(settings.include, settings.exclude)
     seen_roots: set[tuple[str, tuple[str, ...]]] = set()
     for raw in sources:
-        root_path = Path(raw).expanduser()
-        if not root_path.exists() and not root_path.is_symlink():
-            raise SourceError(f"source not found: path={raw}; pass an existing folder or file")
-        if root_path.is_file():
-            root, names = str(root_path.resolve().parent), [root_path.resolve().name]
-        else:
-            root, names = normalize_source(raw), None
+        root, names = source_scope(raw, settings)
         key = (root, tuple(names or ()))
         if key in seen_roots:  # the same source given twice is read once
             continue
         seen_roots.add(key)
-        for rel in names if names is not None else _walk(root, rejects):
-            if names is None and not keep(rel):
-                continue
-            ref_or_reject = _stat(root, rel, limit, settings.max_file_mb)
+        found: Iterator[tuple[str, FileRef | Reject]]
+        if objectstore.is_s3(root):
+            listed = _list_objects(root, names, settings)
+            found = ((rel, r) for rel, r in listed.items() if names is not None or keep(rel))
+        else:  # lazily: excluded files are never stat'ed
+            found = (
+                (rel, _stat(root, rel, limit, settings.max_file_mb))
+                for rel in (names if names is not None else _walk(root, rejects))
+                if names is not None or keep(rel)
+            )
+        for _rel, ref_or_reject in found:
             if isinstance(ref_or_reject, Reject):
                 rejects.append(ref_or_reject)
                 continue
             if ref_or_reject.kind in SPLITTABLE and ref_or_reject.size > split_bytes:
-                refs.extend(_split(ref_or_reject, split_bytes))
+                refs.extend(_split(ref_or_reject, split_bytes, settings))
             else:
                 refs.append(ref_or_reject)
     return refs, rejects
@@ -190,6 +249,49 @@ def _walk(root: str, rejects: list[Reject]) -> Iterator[str]:
         for name in sorted(filenames):
             full = os.path.join(dirpath, name)
             yield os.path.relpath(full, root).replace(os.sep, "/")
+
+
+def _list_objects(
+    root: str, names: list[str] | None, settings: SourceSettings
+) -> dict[str, FileRef | Reject]:
+    """Objects under an ``s3://`` root (recursively), or the one object given, with size and mtime."""
+    fs, base = objectstore.filesystem(root, settings.s3)
+    try:
+        if names is not None:
+            infos = fs.get_file_info([f"{base}/{n}" for n in names])
+        else:
+            infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+    except OSError as e:
+        raise _source_error(root, e, settings) from None
+    found: dict[str, FileRef | Reject] = {}
+    for info in sorted(infos, key=lambda i: i.path):
+        if info.type != pafs.FileType.File:  # "folders" are prefixes or zero-byte marker objects
+            continue
+        rel = info.path[len(base) :].lstrip("/")
+        mtime_ns = info.mtime_ns if info.mtime_ns is not None else 0
+        found[rel] = _ref_or_reject(root, rel, int(info.size or 0), int(mtime_ns), settings)
+    return found
+
+
+def _ref_or_reject(
+    root: str, rel: str, size: int, mtime_ns: int, settings: SourceSettings
+) -> FileRef | Reject:
+    limit = int(settings.max_file_mb * 1024 * 1024)
+    kind = KINDS.get(Path(rel).suffix.lower())
+    if kind is None:
+        return Reject(
+            path=rel,
+            reason=f"unsupported file type {Path(rel).suffix or '(none)'!r}; "
+            f"supported: {', '.join(sorted(set(KINDS)))}",
+            source=root,
+        )
+    if size > limit:
+        return Reject(
+            path=rel,
+            reason=f"file too large: {size / 1048576:.1f} MiB > source.max_file_mb={limit / 1048576:g}",
+            source=root,
+        )
+    return FileRef(source=root, path=rel, size=size, mtime_ns=mtime_ns, kind=kind)
 
 
 def _stat(root: str, rel: str, limit: int, limit_mb: float) -> FileRef | Reject:
@@ -218,13 +320,13 @@ def _stat(root: str, rel: str, limit: int, limit_mb: float) -> FileRef | Reject:
     return FileRef(source=root, path=rel, size=st.st_size, mtime_ns=st.st_mtime_ns, kind=kind)
 
 
-def _split(ref: FileRef, split_bytes: int) -> list[FileRef]:
+def _split(ref: FileRef, split_bytes: int, settings: SourceSettings) -> list[FileRef]:
     """Split a big JSONL file at line boundaries, or a Parquet file at row groups."""
     parts: list[FileRef] = []
     try:
         if ref.kind == "jsonl":
             start, line_no = 0, 1
-            with open(ref.abspath, "rb") as fh:
+            with open_binary(ref, settings) as fh:
                 while start < ref.size:
                     fh.seek(start)
                     stop, lines = start, 0
@@ -242,7 +344,7 @@ def _split(ref: FileRef, split_bytes: int) -> list[FileRef]:
                     line_no += lines
                     start = stop
         else:
-            md = pq.ParquetFile(ref.abspath).metadata
+            md = pq.ParquetFile(_parquet_source(ref, settings)).metadata
             row, acc, first_rg, first_row = 1, 0, 0, 1
             for rg in range(md.num_row_groups):
                 acc += md.row_group(rg).total_byte_size
@@ -254,6 +356,43 @@ def _split(ref: FileRef, split_bytes: int) -> list[FileRef]:
         log.debug("cannot split path=%s: %s", ref.path, e)
         return [ref]
     return parts or [ref]
+
+
+def open_binary(ref: FileRef, settings: SourceSettings) -> IO[bytes]:
+    """Open a source file for reading bytes: a local file, or a seekable buffered reader over an
+    object (ranged GETs, so a part of a big object is read without downloading the rest).
+
+    Raises:
+        RejectedInput: The file cannot be opened (for an object: deleted since it was listed, or
+            access denied).
+    """
+    if not objectstore.is_s3(ref.source):
+        try:
+            return open(ref.abspath, "rb")
+        except OSError as e:
+            raise RejectedInput(f"unreadable file: {e.strerror or e}") from None
+    fs, path = objectstore.filesystem(ref.abspath, settings.s3)
+    try:
+        return io.BufferedReader(fs.open_input_file(path), buffer_size=1 << 20)  # type: ignore[arg-type]
+    except OSError as e:
+        raise RejectedInput(_object_reason(e, settings)) from None
+
+
+def _object_reason(e: OSError, settings: SourceSettings) -> str:
+    if isinstance(e, FileNotFoundError):
+        return "unreadable file: the object no longer exists (deleted after it was listed?)"
+    reason = objectstore.redact(objectstore.explain(e)[0], objectstore.secrets_of(settings.s3))
+    return f"unreadable file: {reason}"
+
+
+def _parquet_source(ref: FileRef, settings: SourceSettings) -> Any:
+    if not objectstore.is_s3(ref.source):
+        return ref.abspath
+    fs, path = objectstore.filesystem(ref.abspath, settings.s3)
+    try:
+        return fs.open_input_file(path)
+    except OSError as e:
+        raise RejectedInput(_object_reason(e, settings)) from None
 
 
 def _part(ref: FileRef, start: int, stop: int, first_row: int, nbytes: int) -> FileRef:
@@ -465,7 +604,7 @@ def iter_records(ref: FileRef, settings: SourceSettings) -> Iterator[Record | Re
         yield from _jsonl_records(ref, settings)
         return
     try:
-        with open(ref.abspath, "rb") as fh:
+        with open_binary(ref, settings) as fh:
             data = fh.read()
     except OSError as e:
         raise RejectedInput(f"unreadable file: {e.strerror or e}") from None
@@ -510,10 +649,7 @@ def _json_records(ref: FileRef, text: str, settings: SourceSettings) -> Iterator
 
 def _jsonl_records(ref: FileRef, settings: SourceSettings) -> Iterator[Record | Reject]:
     start, stop, row = ref.part if ref.part else (0, ref.size, 1)
-    try:
-        fh = open(ref.abspath, "rb")  # noqa: SIM115 - closed below, also on early exit
-    except OSError as e:
-        raise RejectedInput(f"unreadable file: {e.strerror or e}") from None
+    fh = open_binary(ref, settings)  # closed below, also on early exit
     any_line = False
     with fh:
         fh.seek(start)
@@ -593,8 +729,9 @@ def _csv_records(ref: FileRef, text: str, settings: SourceSettings) -> Iterator[
 
 
 def _parquet_records(ref: FileRef, settings: SourceSettings) -> Iterator[Record | Reject]:
+    source = _parquet_source(ref, settings)
     try:
-        pf = pq.ParquetFile(ref.abspath)
+        pf = pq.ParquetFile(source)
         names = pf.schema_arrow.names
     except Exception as e:
         raise RejectedInput(f"not a readable Parquet file: {type(e).__name__}: {e}") from None

@@ -378,8 +378,12 @@ def test_missing_source_raises_source_error_naming_it(tmp_path: Path) -> None:
 
 
 def test_url_source_is_refused() -> None:
-    with pytest.raises(SourceError, match="unsupported source=s3://bucket/x"):
-        normalize_source("s3://bucket/x")
+    with pytest.raises(SourceError, match="unsupported source=gs://bucket/x"):
+        normalize_source("gs://bucket/x")
+    # object storage is one normalized identity however the prefix is spelled
+    assert normalize_source("s3://bucket//x/y/") == normalize_source("S3://bucket/x/y") == "s3://bucket/x/y"
+    with pytest.raises(SourceError, match="no bucket"):
+        normalize_source("s3://")
 
 
 @pytest.mark.parametrize(

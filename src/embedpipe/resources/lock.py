@@ -29,6 +29,7 @@ import pyarrow.fs as pafs
 
 from embedpipe.config import StoreSettings
 from embedpipe.errors import TableBusyError
+from embedpipe.resources import objectstore
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +99,14 @@ class HolderRecord:
     """
 
     def __init__(self, settings: StoreSettings) -> None:
+        self.settings = settings
         self.uri = f"{database_uri(settings).rstrip('/')}/{LOCK_DIR}/{settings.table}.holder.json"
 
     def _fs(self) -> tuple[pafs.FileSystem, str]:
         if "://" not in self.uri or self.uri.startswith("file://"):
             return pafs.LocalFileSystem(), self.uri.removeprefix("file://")
-        return pafs.FileSystem.from_uri(self.uri)
+        # the store's own object-store configuration (endpoint, credentials)
+        return objectstore.filesystem(self.uri, self.settings.s3)
 
     def write(self, holder: LockHolder) -> None:
         try:

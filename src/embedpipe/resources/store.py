@@ -29,10 +29,12 @@ from embedpipe.errors import (
     ModelMismatchError,
     NothingServedError,
     StaleReadError,
+    StoreAccessError,
     StoreError,
     TableNotFoundError,
     VersionNotFoundError,
 )
+from embedpipe.resources import objectstore
 from embedpipe.schemas import (
     C,
     CheckResult,
@@ -152,7 +154,19 @@ class Store:
 
     @property
     def storage_options(self) -> dict[str, str]:
-        return {k: v.get_secret_value() for k, v in self.settings.storage_options.items()}
+        """Lance storage options: those derived from the ``s3`` settings for an S3 URI, then the
+        explicit ``store.storage_options`` over them."""
+        base = objectstore.lance_storage_options(self.settings.s3) if objectstore.is_s3(self.uri) else {}
+        return base | {k: v.get_secret_value() for k, v in self.settings.storage_options.items()}
+
+    def _error(self, what: str, e: BaseException) -> StoreError:
+        """A one-line store error without secrets; access problems are terminal (no retry)."""
+        if not objectstore.is_s3(self.uri):
+            return StoreError(f"{what}: {type(e).__name__}: {e}")
+        reason, kind = objectstore.explain(e)
+        secrets = objectstore.secrets_of(self.settings.s3, dict(self.settings.storage_options))
+        cls = StoreAccessError if kind in {"denied", "no-bucket"} else StoreError
+        return cls(objectstore.redact(f"{what}: {reason}", secrets))
 
     @property
     def db(self) -> Any:
@@ -160,16 +174,24 @@ class Store:
             import lancedb
 
             try:
+                if objectstore.is_s3(self.uri):
+                    self._check_bucket()
                 self._db = lancedb.connect(self.uri, storage_options=self.storage_options or None)
+            except StoreError:
+                raise
             except Exception as e:
-                raise StoreError(f"cannot open database uri={self.uri}: {type(e).__name__}: {e}") from e
+                raise self._error(f"cannot open database uri={self.uri}", e) from e
         return self._db
 
+    def _check_bucket(self) -> None:
+        """Lance lists a missing bucket as an empty database; say what is wrong before any work."""
+        fs, path = self._fs()
+        bucket = path.split("/", 1)[0]
+        if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+            raise StoreAccessError(f"cannot open database uri={self.uri}: the bucket does not exist")
+
     def _fs(self) -> tuple[pafs.FileSystem, str]:
-        if "://" not in self.uri:
-            return pafs.LocalFileSystem(), self.uri
-        fs, path = pafs.FileSystem.from_uri(self.uri)
-        return fs, path
+        return objectstore.filesystem(self.uri, self.settings.s3)
 
     def table_names(self) -> list[str]:
         res = self.db.table_names() if not hasattr(self.db, "list_tables") else self.db.list_tables()
@@ -179,14 +201,18 @@ class Store:
     def open_table(self, name: str | None = None) -> Any | None:
         """The table, or ``None`` when it does not exist yet."""
         name = name or self.settings.table
+        db = self.db
         try:
-            return self.db.open_table(name)
-        except (FileNotFoundError, ValueError):
-            return None
+            return db.open_table(name)
         except Exception as e:
+            # on S3 a refused or unreachable store must not pass for a missing table
+            if objectstore.is_s3(self.uri) and objectstore.explain(e)[1] != "other":
+                raise self._error(f"cannot open table={name} at uri={self.uri}", e) from e
+            if isinstance(e, (FileNotFoundError, ValueError)):
+                return None
             if "not found" in str(e).lower() or "does not exist" in str(e).lower():
                 return None
-            raise StoreError(f"cannot open table={name} at uri={self.uri}: {type(e).__name__}: {e}") from e
+            raise self._error(f"cannot open table={name} at uri={self.uri}", e) from e
 
     def require_table(self, name: str | None = None) -> Any:
         table = self.open_table(name)
@@ -341,21 +367,25 @@ class Store:
         """Write one embedded shard as an Arrow IPC file outside the served table."""
         fs, _ = self._fs()
         uri = f"{self.staging_uri(run_id)}/shard-{shard_no:06d}.arrow"
-        path = uri if "://" not in uri else pafs.FileSystem.from_uri(uri)[1]
+        path = objectstore.fs_path(uri)
+        # On an object store one PUT is already all-or-nothing (and a rename is a copy): no temp file.
+        remote = objectstore.is_s3(uri)
         try:
-            fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-            tmp = path + ".tmp"
+            if not remote:
+                fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+            tmp = path if remote else path + ".tmp"
             with fs.open_output_stream(tmp) as out, pa.ipc.new_file(out, data.schema) as writer:
                 writer.write_table(data, max_chunksize=8192)
-            fs.move(tmp, path)
+            if not remote:
+                fs.move(tmp, path)
         except OSError as e:
-            raise StoreError(f"cannot stage shard={shard_no} at uri={uri}: {e}") from e
+            raise self._error(f"cannot stage shard={shard_no} at uri={uri}", e) from e
         return StagedShard(uri=uri, rows=data.num_rows)
 
     def drop_staging(self, run_id: str) -> None:
         fs, _ = self._fs()
         uri = self.staging_uri(run_id)
-        path = uri if "://" not in uri else pafs.FileSystem.from_uri(uri)[1]
+        path = objectstore.fs_path(uri)
         try:
             fs.delete_dir(path)
         except (FileNotFoundError, OSError) as e:
@@ -371,9 +401,30 @@ class Store:
             return 0
         cutoff = time.time() - ttl_hours * 3600
         removed = 0
+        if objectstore.is_s3(self.uri):
+            return self._sweep_objects(fs, root, cutoff)
         for info in infos:
             if info.type == pafs.FileType.Directory and info.mtime and info.mtime.timestamp() < cutoff:
                 fs.delete_dir(info.path)
+                removed += 1
+        return removed
+
+    @staticmethod
+    def _sweep_objects(fs: pafs.FileSystem, root: str, cutoff: float) -> int:
+        """Object stores have no folder mtimes: a staged run is stale when its newest object is."""
+        try:
+            infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+        except OSError:
+            return 0
+        newest: dict[str, float] = {}
+        for info in infos:
+            if info.type == pafs.FileType.File and info.mtime is not None:
+                run = info.path[len(root) :].strip("/").split("/", 1)[0]
+                newest[run] = max(newest.get(run, 0.0), info.mtime.timestamp())
+        removed = 0
+        for run, ts in newest.items():
+            if ts < cutoff:
+                fs.delete_dir(f"{root}/{run}")
                 removed += 1
         return removed
 
@@ -391,7 +442,7 @@ class Store:
 
         def batches() -> Iterator[pa.RecordBatch]:
             for uri in files:
-                path = uri if "://" not in uri else pafs.FileSystem.from_uri(uri)[1]
+                path = objectstore.fs_path(uri)
                 dataset = pads.dataset(path, format="ipc", filesystem=fs, schema=schema)
                 drop = exclude.get(uri)
                 flt = ~pc.field(C.DOC_ID).isin(drop) if drop else None
@@ -495,9 +546,7 @@ class Store:
                 deleted = int(getattr(result, "num_deleted_rows", 0) or 0)
             version = int(table.version)
         except Exception as e:
-            raise StoreError(
-                f"commit of run={run_id} into table={name} failed: {type(e).__name__}: {e}"
-            ) from e
+            raise self._error(f"commit of run={run_id} into table={name} failed", e) from e
         self._tag(table, run_id, version)
         return CommitResult(version, counter[0], deleted)
 
@@ -532,9 +581,7 @@ class Store:
                 table.add(reader, mode="overwrite")
             version = int(table.version)
         except Exception as e:
-            raise StoreError(
-                f"reindex commit of run={run_id} into table={name} failed: {type(e).__name__}: {e}"
-            ) from e
+            raise self._error(f"reindex commit of run={run_id} into table={name} failed", e) from e
         self._tag(table, run_id, version)
         return CommitResult(version, counter[0], previous_rows)
 
@@ -640,9 +687,7 @@ class Store:
             else:
                 table.tags.create(SERVING_TAG, version)
         except Exception as e:
-            raise StoreError(
-                f"cannot publish version={version} of table={table.name}: {type(e).__name__}: {e}"
-            ) from e
+            raise self._error(f"cannot publish version={version} of table={table.name}", e) from e
         return True
 
     def make_head(self, version: int | None) -> int:
@@ -658,9 +703,7 @@ class Store:
             else:
                 table.restore(version)
         except Exception as e:
-            raise StoreError(
-                f"cannot restore version={version} of table={table.name}: {type(e).__name__}: {e}"
-            ) from e
+            raise self._error(f"cannot restore version={version} of table={table.name}", e) from e
         return int(table.version)
 
     def run_ids(self, table: Any) -> set[str]:
@@ -857,7 +900,7 @@ class Store:
                     older_than=age, retain_versions=keep_versions, error_if_tagged_old_versions=False
                 )
             except Exception as e:
-                raise StoreError(f"cleanup of table={name} failed: {type(e).__name__}: {e}") from e
+                raise self._error(f"cleanup of table={name} failed", e) from e
             entry.update(
                 versions_after=len(table.list_versions()),
                 bytes_removed=int(getattr(stats, "bytes_removed", 0)),
@@ -901,7 +944,7 @@ class Store:
                     table = self.db.open_table(name)
             table.add(data)
         except Exception as e:
-            raise StoreError(f"cannot append to table={name}: {type(e).__name__}: {e}") from e
+            raise self._error(f"cannot append to table={name}", e) from e
 
     # ------------------------------------------------------------------ reading
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pyarrow as pa
 from prefect import get_run_logger, task
 
 from embedpipe.config import Settings
 from embedpipe.incremental import Delta, Known, classify
-from embedpipe.readers import FileRef, discover, normalize_source, plan_shards, read_documents
+from embedpipe.readers import FileRef, discover, plan_shards, read_documents, source_scope
 from embedpipe.resources.store import Scope
 from embedpipe.schemas import C, Reject
 from embedpipe.tasks._common import RETRYING, TASK_DEFAULTS
@@ -52,11 +51,8 @@ def make_plan(sources: Sequence[str], settings: Settings) -> Plan:
     refs, rejects = discover(sources, settings.source, split_bytes=shard_bytes)
     scopes = []
     for raw in sources:
-        p = Path(raw).expanduser()
-        if p.is_file():
-            scopes.append(Scope(str(p.resolve().parent), (p.resolve().name,)))
-        else:
-            scopes.append(Scope(normalize_source(raw)))
+        root, names = source_scope(raw, settings.source)
+        scopes.append(Scope(root, tuple(names) if names is not None else None))
     files = {(r.source, r.path) for r in refs} | {(r.source, r.path) for r in rejects}
     return Plan(
         shards=plan_shards(refs, shard_bytes, settings.runtime.shard_files, settings.runtime.ramp_shards),
