@@ -56,6 +56,7 @@ typecheck: setup
 bench: setup
 	$(PY) benchmarks/throughput.py
 	$(PY) benchmarks/backends.py
+	$(PY) benchmarks/scaleout.py
 	$(PY) benchmarks/incremental.py
 	$(PY) benchmarks/checks.py
 	$(PY) benchmarks/calibration.py
