@@ -85,7 +85,7 @@ def main() -> int:
         "--shard-mb", type=float, default=0.05, help="runtime.shard_mb: several shards per worker"
     )
     ap.add_argument("--no-local", action="store_true", help="skip the local-runner reference run")
-    ap.add_argument("--checks", action="store_true", help="run the checks too (they run on the workers)")
+    ap.add_argument("--checks", action="store_true", help="run the checks too (in the flow process)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = ap.parse_args()
 
