@@ -226,7 +226,10 @@ def test_reindex_with_new_chunking_rereads_sources(tmp_path: Path) -> None:
     src = corpus(tmp_path / "src", n=3)
     settings = settings_for(tmp_path)
     _, s1 = run([src], settings)
-    finer = settings_for(tmp_path, chunk={"tokens": 12, "overlap": 0})
+    # 12-token chunks of a bag-of-words fake model: a different vector distribution, which the
+    # geometry gates may flag depending on which rows the (path-dependent) sample draws; the
+    # publish gate is not what this test is about.
+    finer = settings_for(tmp_path, chunk={"tokens": 12, "overlap": 0}, checks={"enabled": False})
     r = reindex(finer)
     assert r.status == "completed" and r.reused_chunk_texts is False
     assert r.chunks_written > s1.chunks_written
