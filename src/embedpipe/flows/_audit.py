@@ -14,6 +14,7 @@ from typing import Any
 from embedpipe.checks.suite import families_to_run, verdict
 from embedpipe.config import Settings
 from embedpipe.errors import GateFailed
+from embedpipe.flows._pipeline import opaque
 from embedpipe.resources.store import Store
 from embedpipe.schemas import CheckResult
 from embedpipe.tasks.checks import check_task, fall_back_task, publish_task, record_task, sample_task
@@ -95,9 +96,10 @@ def audit_and_publish(
         # The flow's task runner is the Dask cluster: checks stay in the flow process, next to the
         # sample and the model already loaded here, rather than shipping the sample to workers.
         for f in families:
-            audit.results += check_task(f, ctx, settings)
+            audit.results += check_task(f, opaque(ctx), settings)
     else:
-        futures = [check_task.submit(f, ctx, settings) for f in families]
+        # opaque: the sample's thousands of ids and texts are not walked on every submit
+        futures = [check_task.submit(f, opaque(ctx), settings) for f in families]
         for fut in futures:
             audit.results += fut.result()
     ok, audit.blocking = verdict(audit.results)

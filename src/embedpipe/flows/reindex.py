@@ -21,7 +21,15 @@ from prefect.states import State
 from embedpipe.config import Settings, get_settings
 from embedpipe.flows._audit import Audit, audit_and_publish
 from embedpipe.flows._lock import table_lock
-from embedpipe.flows._pipeline import Tally, check_reject_ratio, final_state, guarded_run, run_id, run_shards
+from embedpipe.flows._pipeline import (
+    Tally,
+    check_reject_ratio,
+    final_state,
+    guarded_run,
+    opaque,
+    run_id,
+    run_shards,
+)
 from embedpipe.resources.embedder import get_embedder
 from embedpipe.resources.store import CommitResult, Store
 from embedpipe.schemas import C, RunSummary
@@ -127,7 +135,7 @@ def reindex(
             run_shards(plan, settings, rid, {}, prepared.read_version if same_model else None, tally)
             check_reject_ratio(tally, settings, "the table was not switched")
         schema = table_schema(get_embedder(settings.model), settings)
-        result = switch_task(tally.staged, settings, rid, schema, prepared.read_version)
+        result = switch_task(opaque(tally.staged), settings, rid, schema, prepared.read_version)
         assert result.version is not None
         audit_and_publish(settings, rid, result.version, audit)
         if settings.retention.auto:
@@ -148,4 +156,4 @@ def reindex(
         reused_chunk_texts=reused_texts,
         audit=audit,
     )
-    return final_state(outcome, summarize_task(summary, settings), logger)
+    return final_state(outcome, summarize_task(opaque(summary), settings), logger)

@@ -18,7 +18,15 @@ from prefect.states import State
 from embedpipe.config import Settings, get_settings
 from embedpipe.flows._audit import Audit, audit_and_publish
 from embedpipe.flows._lock import table_lock
-from embedpipe.flows._pipeline import Tally, check_reject_ratio, final_state, guarded_run, run_id, run_shards
+from embedpipe.flows._pipeline import (
+    Tally,
+    check_reject_ratio,
+    final_state,
+    guarded_run,
+    opaque,
+    run_id,
+    run_shards,
+)
 from embedpipe.incremental import missing_documents
 from embedpipe.readers import PathFilter
 from embedpipe.resources.embedder import get_embedder
@@ -76,7 +84,13 @@ def sync(
         schema = table_schema(get_embedder(settings.model), settings)
         replace = sorted(set(tally.changed_text) | set(deleted_docs))
         result = write_task(
-            tally.staged, settings, rid, schema, replace, tally.exclude, prepared.read_version
+            opaque(tally.staged),
+            settings,
+            rid,
+            schema,
+            opaque(replace),
+            opaque(tally.exclude),
+            prepared.read_version,
         )
         if result.version is not None:
             audit_and_publish(settings, rid, result.version, audit)
@@ -99,4 +113,4 @@ def sync(
         docs_deleted=len(deleted_docs) if result.version is not None else 0,
         audit=audit,
     )
-    return final_state(outcome, summarize_task(summary, settings), logger)
+    return final_state(outcome, summarize_task(opaque(summary), settings), logger)
