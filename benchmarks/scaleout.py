@@ -82,7 +82,7 @@ def main() -> int:
     ap.add_argument("--workers", default="1,2", help="worker counts to compare; the first is the baseline")
     ap.add_argument("--device", default="auto")
     ap.add_argument(
-        "--shard-mb", type=float, default=0.05, help="runtime.shard_mb: several shards per worker"
+        "--shard-mb", type=float, default=0.5, help="runtime.shard_mb: several shards per worker"
     )
     ap.add_argument("--no-local", action="store_true", help="skip the local-runner reference run")
     ap.add_argument("--checks", action="store_true", help="run the checks too (in the flow process)")
