@@ -81,9 +81,7 @@ def main() -> int:
     ap.add_argument("--copies", type=int, default=20, help="copies of the sample corpus (20: 2,000+ chunks)")
     ap.add_argument("--workers", default="1,2", help="worker counts to compare; the first is the baseline")
     ap.add_argument("--device", default="auto")
-    ap.add_argument(
-        "--shard-mb", type=float, default=0.5, help="runtime.shard_mb: several shards per worker"
-    )
+    ap.add_argument("--shard-mb", type=float, default=0.5, help="runtime.shard_mb: several shards per worker")
     ap.add_argument("--no-local", action="store_true", help="skip the local-runner reference run")
     ap.add_argument("--checks", action="store_true", help="run the checks too (in the flow process)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
