@@ -209,7 +209,6 @@ def discover(
     """
     refs: list[FileRef] = []
     rejects: list[Reject] = []
-    limit = int(settings.max_file_mb * 1024 * 1024)
     keep = PathFilter(settings.include, settings.exclude)
     seen_roots: set[tuple[str, tuple[str, ...]]] = set()
     for raw in sources:
@@ -224,7 +223,7 @@ def discover(
             found = ((rel, r) for rel, r in listed.items() if names is not None or keep(rel))
         else:  # lazily: excluded files are never stat'ed
             found = (
-                (rel, _stat(root, rel, limit, settings.max_file_mb))
+                (rel, _stat(root, rel, settings))
                 for rel in (names if names is not None else _walk(root, rejects))
                 if names is not None or keep(rel)
             )
@@ -294,7 +293,7 @@ def _ref_or_reject(
     return FileRef(source=root, path=rel, size=size, mtime_ns=mtime_ns, kind=kind)
 
 
-def _stat(root: str, rel: str, limit: int, limit_mb: float) -> FileRef | Reject:
+def _stat(root: str, rel: str, settings: SourceSettings) -> FileRef | Reject:
     full = os.path.join(root, *rel.split("/"))
     try:
         st = os.stat(full)
@@ -303,21 +302,7 @@ def _stat(root: str, rel: str, limit: int, limit_mb: float) -> FileRef | Reject:
         return Reject(path=rel, reason=f"unreadable file: {what}", source=root)
     if not stat.S_ISREG(st.st_mode):
         return Reject(path=rel, reason="not a regular file (device, pipe or socket)", source=root)
-    kind = KINDS.get(Path(rel).suffix.lower())
-    if kind is None:
-        return Reject(
-            path=rel,
-            reason=f"unsupported file type {Path(rel).suffix or '(none)'!r}; "
-            f"supported: {', '.join(sorted(set(KINDS)))}",
-            source=root,
-        )
-    if st.st_size > limit:
-        return Reject(
-            path=rel,
-            reason=f"file too large: {st.st_size / 1048576:.1f} MiB > source.max_file_mb={limit / 1048576:g}",
-            source=root,
-        )
-    return FileRef(source=root, path=rel, size=st.st_size, mtime_ns=st.st_mtime_ns, kind=kind)
+    return _ref_or_reject(root, rel, st.st_size, st.st_mtime_ns, settings)
 
 
 def _split(ref: FileRef, split_bytes: int, settings: SourceSettings) -> list[FileRef]:
