@@ -63,3 +63,30 @@ def write(path: Path, content: str | bytes) -> Path:
     else:
         path.write_text(content, encoding="utf-8")
     return path
+
+
+def commit_at_once(settings: Settings, staged: dict[str, list[Any]], schema: Any) -> list[BaseException]:
+    """Commit each run's staged shards from its own thread, all released at the same moment.
+
+    Returns the errors the commits raised (for the caller to assert on).
+    """
+    import threading
+
+    from embedpipe.resources.store import Store
+
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(staged))
+
+    def commit(rid: str) -> None:
+        start.wait()
+        try:
+            Store(settings.store).commit(rid, staged[rid], schema)
+        except BaseException as e:  # collected and returned
+            errors.append(e)
+
+    threads = [threading.Thread(target=commit, args=(r,)) for r in staged]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors

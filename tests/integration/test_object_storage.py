@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from embedpipe.errors import SourceError, StoreAccessError, StoreError
 from embedpipe.readers import discover, read_documents
 from embedpipe.resources.store import RUNS_TABLE, STAGING_DIR, Store
 from embedpipe.schemas import C
-from tests.conftest import SAMPLE_CORPUS, make_settings, write
+from tests.conftest import SAMPLE_CORPUS, commit_at_once, make_settings, write
 from tests.integration.test_cli import cli_env, embedpipe
 
 pytestmark = pytest.mark.slow
@@ -364,21 +363,7 @@ def test_concurrent_commits_to_one_s3_table_all_land(tmp_path: Path, s3: S3Serve
         staged[rid] = [store.stage(rid, 0, table)]
     first = runs.pop()  # writer 0's documents again: the table exists before the race
     store.commit(first, staged[first], schema)
-    errors: list[BaseException] = []
-    start = threading.Barrier(writers)
-
-    def commit(rid: str) -> None:
-        start.wait()
-        try:
-            Store(settings.store).commit(rid, staged[rid], schema)
-        except BaseException as e:  # collected and asserted below
-            errors.append(e)
-
-    threads = [threading.Thread(target=commit, args=(r,)) for r in runs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = commit_at_once(settings, {r: staged[r] for r in runs}, schema)
     assert not errors, errors
     versions = Store(settings.store).versions()
     tagged = {v["run_id"]: v["version"] for v in versions if v["run_id"]}

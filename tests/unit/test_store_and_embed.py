@@ -18,7 +18,7 @@ from embedpipe.readers import discover, read_documents
 from embedpipe.resources.store import STAGING_DIR, Store
 from embedpipe.schemas import C
 from embedpipe.tasks.embed import embed_chunks, table_schema
-from tests.conftest import make_settings, write
+from tests.conftest import commit_at_once, make_settings, write
 from tests.fakes import FakeEmbedder
 
 RUN_A = "11111111-1111-1111-1111-111111111111"
@@ -196,7 +196,6 @@ def test_database_path_that_is_a_file_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_concurrent_commits_of_the_same_chunks_never_duplicate(tmp_path: Path) -> None:
     """chunk_id is Lance's (unenforced) primary key: racing merge_inserts conflict and retry."""
-    import threading
 
     files = {f"d{i}.txt": f"Document {i}. " + "alpha beta gamma. " * 400 for i in range(20)}
     settings, embedder, chunks, schema, _, _ = build(tmp_path, files)
@@ -206,21 +205,7 @@ def test_concurrent_commits_of_the_same_chunks_never_duplicate(tmp_path: Path) -
     table, *_ = embed_chunks(chunks, embedder, 8, RUN_B, schema)
     runs = [f"33333333-3333-3333-3333-33333333333{i}" for i in range(4)]
     staged = {r: [store.stage(r, 0, table)] for r in runs}
-    errors: list[BaseException] = []
-    start = threading.Barrier(len(runs))
-
-    def commit(rid: str) -> None:
-        start.wait()
-        try:
-            Store(settings.store).commit(rid, staged[rid], schema)
-        except BaseException as e:  # collected and asserted below
-            errors.append(e)
-
-    threads = [threading.Thread(target=commit, args=(r,)) for r in runs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = commit_at_once(settings, staged, schema)
     assert not errors, errors
     ids = store.open_table().to_arrow().column(C.CHUNK_ID).to_pylist()
     assert len(ids) == len(set(ids)) == chunks.num_rows
