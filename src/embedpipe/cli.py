@@ -320,6 +320,18 @@ class _NoTracebackForKnownErrors(logging.Filter):
         return True
 
 
+_flow_runs: list[str] = []
+"""Flow runs of this process, whose records Prefect's temporary server finishes before it stops."""
+
+
+def _stop_prefect_server() -> None:
+    """Let Prefect's temporary server (if this process started one) record the runs, then stop it."""
+    if "prefect.server.api.server" in sys.modules:
+        from embedpipe.flows._server import stop_temporary_server
+
+        stop_temporary_server(_flow_runs)
+
+
 def _prepare_prefect() -> None:
     for k, v in _PREFECT_DEFAULTS.items():
         os.environ.setdefault(k, v)
@@ -416,6 +428,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     state = check(
         settings, version=args.check_version, baseline=args.baseline, publish=args.publish, return_state=True
     )
+    _flow_runs.append(str(state.state_details.flow_run_id))
     result = state.result(raise_on_failure=False)
     if isinstance(result, BaseException):
         raise result
@@ -490,6 +503,7 @@ def _require_backend(settings: Any) -> None:
 
 
 def _finish(state: Any, as_json: bool) -> int:
+    _flow_runs.append(str(state.state_details.flow_run_id))
     result = state.result(raise_on_failure=False)
     if isinstance(result, BaseException):
         raise result
@@ -701,6 +715,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "embedpipe: interrupted; the table is unchanged unless the commit had finished", file=sys.stderr
         )
         return 130
+    finally:
+        _stop_prefect_server()
 
 
 if __name__ == "__main__":  # pragma: no cover
