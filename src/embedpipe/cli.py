@@ -252,14 +252,15 @@ def build_parser() -> argparse.ArgumentParser:
 class TerminalProgress:
     """Chunk progress on stderr: a live bar on a terminal, plain lines every few seconds otherwise."""
 
-    def __init__(self, stream: TextIO, interval: float = 3.0) -> None:
+    def __init__(self, stream: TextIO, interval: float = 3.0, clock: Any = time.monotonic) -> None:
         self.stream = stream
         self.tty = stream.isatty()
         self.interval = interval
+        self.clock = clock
         self.total = 0
         self.done = 0
-        self.t0 = time.monotonic()
-        self.last = 0.0
+        self.t0: float | None = None
+        self.last = float("-inf")
         self._bar: Any = None
         self._task: Any = None
         if self.tty:
@@ -279,11 +280,15 @@ class TerminalProgress:
             self._bar.start()
 
     def _rate(self) -> float:
-        return self.done / max(1e-9, time.monotonic() - self.t0)
+        elapsed = self.clock() - (self.t0 if self.t0 is not None else self.clock())
+        return self.done / elapsed if elapsed > 0 else 0.0
+
+    def start(self) -> None:
+        self.t0 = self.clock()
 
     def add_total(self, n: int) -> None:
-        if not self.total:
-            self.t0 = time.monotonic()  # the rate counts model time, not start-up
+        if self.t0 is None:
+            self.t0 = self.clock()  # the rate counts model time, not start-up
         self.total += n
         if self._bar is not None:
             self._bar.update(self._task, total=self.total)
@@ -294,7 +299,7 @@ class TerminalProgress:
         if self._bar is not None:
             self._bar.update(self._task, advance=n, rate=f"{rate:.1f}/s")
             return
-        now = time.monotonic()
+        now = self.clock()
         if now - self.last >= self.interval or self.done >= self.total:
             self.last = now
             eta = (self.total - self.done) / rate if rate > 0 and self.total >= self.done else 0.0
