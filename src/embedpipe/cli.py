@@ -221,7 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
     dash.add_argument("--out", default="embedpipe-dashboard.html", help="HTML file to write")
     dash.add_argument("--serve", action="store_true", help="serve the page (rebuilt per request) instead")
     dash.add_argument("--host", default="127.0.0.1", help="address to bind with --serve (default loopback)")
-    dash.add_argument("--port", type=int, default=8765, help="port for --serve (default 8765)")
+    dash.add_argument("--port", default="8765", help="port for --serve (default 8765; 0: any free one)")
+    dash.add_argument(
+        "--allow-remote",
+        action="store_true",
+        dest="allow_remote",
+        help="let --host be a non-loopback address (document text becomes visible to that network)",
+    )
     dash.add_argument("--sample", type=int, default=2000, help="chunks drawn for the embedding map")
 
     rollback = sub.add_parser("rollback", help="restore a version or tag as the latest version, and serve it")
@@ -242,8 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--limit", type=int, help="most flow runs at the same time (default Prefect's)")
     serve.add_argument(
         "--port",
-        type=int,
-        default=4200,
+        default="4200",
         help="port of the local Prefect server started when PREFECT_API_URL is unset (default 4200)",
     )
     return parser
@@ -569,13 +574,20 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
     settings = get_settings(_overrides(args), args.config)
     store = Store(settings.store)
+    store.require_database()
     if args.sample < 1:
         raise ConfigError(f"--sample={args.sample}: expected a positive number of chunks")
     if args.serve:
-        server = dashboard.serve(store, host=args.host, port=args.port, sample=args.sample)
+        from embedpipe.listen import exposure_warning, parse_port, require_exposure_allowed
+
+        what = "the text of every chunk"
+        require_exposure_allowed(args.host, args.allow_remote, what)
+        server = dashboard.serve(store, host=args.host, port=parse_port(args.port), sample=args.sample)
         port = server.server_address[1]
+        if warning := exposure_warning(args.host, port, what):
+            print(warning, file=sys.stderr, flush=True)
         print(
-            f"embedpipe: dashboard at http://{args.host}:{port}/ (Ctrl-C to stop)",
+            f"embedpipe: dashboard at http://{_url_host(args.host)}:{port}/ (Ctrl-C to stop)",
             file=sys.stderr,
             flush=True,
         )
@@ -589,6 +601,10 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     out.write_text(dashboard.build(store, sample=args.sample), encoding="utf-8")
     print(f"embedpipe: wrote {out} ({out.stat().st_size // 1024} KiB, works offline)", file=sys.stderr)
     return 0
+
+
+def _url_host(host: str) -> str:
+    return f"[{host.strip('[]')}]" if ":" in host else host
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -643,6 +659,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     from embedpipe.resources.store import Store
 
     settings = get_settings(_overrides(args), args.config)
+    Store(settings.store).require_table()  # before the lock, whose file would create the folder
     with _table_lock(settings, "rollback"):
         res = Store(settings.store).rollback(args.target, force=args.force)
     _emit(
@@ -659,8 +676,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit={args.limit}: expected a positive number of concurrent runs")
-    if not 0 <= args.port <= 65535:
-        raise ConfigError(f"--port={args.port}: expected a TCP port (0 for any free one)")
+    from embedpipe.listen import parse_port
+
+    args.port = parse_port(args.port)
     _prepare_prefect()
     from embedpipe.flows import serve as served
 

@@ -104,3 +104,66 @@ def test_temporary_server_stops_after_recording_a_burst_of_task_runs(tmp_path: P
         timeout=300,
     )
     assert_one_reason(proc, 7, "gate failed")
+
+
+def test_dashboard_serve_refuses_bad_ports_and_remote_hosts(tmp_path: Path) -> None:
+    """Issue 13, repro 8: `--host 0.0.0.0` was accepted silently; a bad or busy port was a traceback."""
+    import socket
+
+    (tmp_path / "db").mkdir()
+    env = _env(tmp_path)
+    serve = ("dashboard", "--db", "db", "--serve")
+    for port in ("99999", "abc", "-1"):
+        bad = embedpipe(*serve, "--port", port, cwd=tmp_path, env=env, timeout=60)
+        assert_one_reason(bad, 2, f"--port={port}: expected a TCP port 1-65535")
+    assert bad.stderr.count("\n") == 1  # no usage text either
+    for host in ("0.0.0.0", "::", "192.168.1.10", "example.com"):
+        remote = embedpipe(*serve, "--host", host, "--port", "0", cwd=tmp_path, env=env, timeout=60)
+        assert_one_reason(remote, 2, f"--host={host} is not a loopback address")
+        assert "--allow-remote" in remote.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = embedpipe(*serve, "--port", str(port), cwd=tmp_path, env=env, timeout=60)
+    assert_one_reason(busy, 2, f"cannot listen on host=127.0.0.1 port={port}: the port is already in use")
+    serve_port = embedpipe("serve", "--port", "70000", cwd=tmp_path, env=env, timeout=60)
+    assert_one_reason(serve_port, 2, "--port=70000: expected a TCP port")
+
+
+def test_dashboard_serve_on_all_interfaces_with_allow_remote_warns(tmp_path: Path) -> None:
+    (tmp_path / "db").mkdir()
+    cmd = [sys.executable, "-m", "embedpipe.cli", "dashboard", "--db", "db", "--serve"]
+    proc = subprocess.Popen(
+        [*cmd, "--host", "0.0.0.0", "--port", "0", "--allow-remote"],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        warning, serving = proc.stderr.readline(), proc.stderr.readline()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert warning.startswith("embedpipe: warning: serving on 0.0.0.0:"), warning
+    assert "the text of every chunk will be visible to anyone who can reach this address" in warning
+    assert serving.startswith("embedpipe: dashboard at http://0.0.0.0:"), serving
+
+
+def test_read_only_commands_on_a_missing_database_create_nothing(tmp_path: Path) -> None:
+    """Issue 13, repro 10: `versions --db /missing/path` created the folder before failing."""
+    env = _env(tmp_path)
+    for args in (
+        ("versions",),
+        ("search", "vector index"),
+        ("check",),
+        ("dashboard", "--out", "page.html"),
+        ("dashboard", "--serve", "--port", "0"),
+        ("rollback", "1"),
+        ("compact",),
+    ):
+        proc = embedpipe(*args, "--db", "missing/db", cwd=tmp_path, env=env, timeout=120)
+        assert_one_reason(proc, 4, "table=chunks not found")
+        assert sorted(p.name for p in tmp_path.iterdir()) == [], (args, list(tmp_path.iterdir()))
