@@ -28,34 +28,47 @@ _PREFECT_DEFAULTS = {
 }
 
 
+_FLAGS: dict[str, tuple[str, str]] = {
+    # dest: (setting path, flag) of every flag that overrides a setting
+    "keep_versions": ("retention.keep_versions", "--keep-versions"),
+    "max_age_hours": ("retention.max_age_hours", "--older-than-hours"),
+    "db": ("store.uri", "--db"),
+    "table": ("store.table", "--table"),
+    "model": ("model.name", "--model"),
+    "device": ("model.device", "--device"),
+    "batch_size": ("model.batch_size", "--batch-size"),
+    "backend": ("model.backend", "--backend"),
+    "precision": ("model.precision", "--precision"),
+    "batch_tokens": ("model.batch_tokens", "--batch-tokens"),
+    "chunk_tokens": ("chunk.tokens", "--chunk-tokens"),
+    "chunk_overlap": ("chunk.overlap", "--chunk-overlap"),
+    "golden": ("checks.golden", "--golden"),
+    "baseline": ("checks.baseline_tag", "--baseline"),
+    "no_checks": ("checks.enabled", "--no-checks"),
+    "include": ("source.include", "--include"),
+    "exclude": ("source.exclude", "--exclude"),
+    "text_field": ("source.text_field", "--text-field"),
+    "id_field": ("source.id_field", "--id-field"),
+    "max_file_mb": ("source.max_file_mb", "--max-file-mb"),
+    "max_reject_ratio": ("source.max_reject_ratio", "--max-reject-ratio"),
+    "runner": ("runtime.runner", "--runner"),
+    "dask_address": ("runtime.dask_address", "--dask-address"),
+    "workers": ("runtime.dask_workers", "--workers"),
+}
+FLAG_OF = {path: flag for path, flag in _FLAGS.values()}
+"""The flag of each setting path, so that a settings error names the flag that set it."""
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    get = lambda name: getattr(args, name, None)  # noqa: E731
-    return {
-        "retention": {"keep_versions": get("keep_versions"), "max_age_hours": get("max_age_hours")},
-        "store": {"uri": get("db"), "table": get("table")},
-        "model": {
-            "name": get("model"),
-            "device": get("device"),
-            "batch_size": get("batch_size"),
-            "backend": get("backend"),
-            "precision": get("precision"),
-            "batch_tokens": get("batch_tokens"),
-        },
-        "chunk": {"tokens": get("chunk_tokens"), "overlap": get("chunk_overlap")},
-        "checks": {
-            "golden": get("golden"),
-            "baseline_tag": get("baseline"),
-            "enabled": False if get("no_checks") else None,
-        },
-        "source": {
-            "include": get("include"),
-            "exclude": get("exclude"),
-            "text_field": get("text_field"),
-            "id_field": get("id_field"),
-            "max_file_mb": get("max_file_mb"),
-            "max_reject_ratio": get("max_reject_ratio"),
-        },
-    }
+    out: dict[str, Any] = {}
+    for dest, (path, _) in _FLAGS.items():
+        value = getattr(args, dest, None)
+        if dest == "no_checks":
+            value = False if value else None
+        if value is not None and not dest.startswith(("runner", "dask_", "workers")):
+            group, key = path.split(".")
+            out.setdefault(group, {})[key] = value
+    return out
 
 
 def _runtime_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -424,7 +437,7 @@ def _check_text(r: dict[str, Any]) -> str:
 def cmd_check(args: argparse.Namespace) -> int:
     from embedpipe.config import get_settings
 
-    settings = get_settings(_overrides(args), args.config)
+    settings = get_settings(_overrides(args), args.config, FLAG_OF)
     from embedpipe.checks.suite import validate_setup
     from embedpipe.resources.store import Store
 
@@ -473,7 +486,7 @@ def _run_flow(name: str, call: Any, as_json: bool) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from embedpipe.config import get_settings
 
-    settings = get_settings(_overrides(args) | _runtime_overrides(args), args.config)
+    settings = get_settings(_overrides(args) | _runtime_overrides(args), args.config, FLAG_OF)
     _require_backend(settings)
     _require_store(settings)
     _prepare_prefect()
@@ -530,7 +543,7 @@ def _finish(state: Any, as_json: bool) -> int:
 def cmd_reindex(args: argparse.Namespace) -> int:
     from embedpipe.config import get_settings
 
-    settings = get_settings(_overrides(args) | _runtime_overrides(args), args.config)
+    settings = get_settings(_overrides(args) | _runtime_overrides(args), args.config, FLAG_OF)
     _require_backend(settings)
     _require_store(settings)
     _prepare_prefect()
@@ -549,7 +562,7 @@ def cmd_compact(args: argparse.Namespace) -> int:
     from embedpipe.config import get_settings
     from embedpipe.resources.store import Store
 
-    settings = get_settings(_overrides(args), args.config)
+    settings = get_settings(_overrides(args), args.config, FLAG_OF)
     store = Store(settings.store)
     store.require_table()
     r = settings.retention
@@ -572,7 +585,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from embedpipe.config import get_settings
     from embedpipe.resources.store import Store
 
-    settings = get_settings(_overrides(args), args.config)
+    settings = get_settings(_overrides(args), args.config, FLAG_OF)
     store = Store(settings.store)
     store.require_database()
     if args.sample < 1:
@@ -612,7 +625,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from embedpipe.resources.embedder import get_embedder, settings_for_table
     from embedpipe.resources.store import Store
 
-    settings = get_settings(_overrides(args) | {"model": {"device": args.device}}, args.config)
+    settings = get_settings(_overrides(args), args.config, FLAG_OF)
     if args.k < 1:
         raise ConfigError(f"-k={args.k}: expected a positive number of results")
     if not args.query.strip():
@@ -647,7 +660,7 @@ def cmd_versions(args: argparse.Namespace) -> int:
     from embedpipe.config import get_settings
     from embedpipe.resources.store import Store
 
-    settings = get_settings(_overrides(args), args.config)
+    settings = get_settings(_overrides(args), args.config, FLAG_OF)
     rows = Store(settings.store).versions()
     text = "\n".join(f"{r['version']:>6}  {r['timestamp']}  {','.join(r['tags']) or '-'}" for r in rows)
     _emit(rows, args.json, text)
@@ -658,7 +671,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     from embedpipe.config import get_settings
     from embedpipe.resources.store import Store
 
-    settings = get_settings(_overrides(args), args.config)
+    settings = get_settings(_overrides(args), args.config, FLAG_OF)
     Store(settings.store).require_table()  # before the lock, whose file would create the folder
     with _table_lock(settings, "rollback"):
         res = Store(settings.store).rollback(args.target, force=args.force)

@@ -143,7 +143,8 @@ def test_wrong_setting_fails_at_start_naming_it(tmp_path: Path) -> None:
     assert bad_backend.returncode == 2
     assert bad_backend.stderr.strip().splitlines() == [
         "embedpipe: error: invalid setting model: model.precision=fp16 is not available with "
-        "model.backend=onnx (it runs the fp32 export, or its int8 quantization); use precision auto or fp32"
+        "model.backend=onnx (it runs the fp32 export, or its int8 quantization); use precision auto or fp32 "
+        "(model.precision from flag --precision; model.backend from flag --backend)"
     ]
 
 

@@ -62,11 +62,15 @@ def test_failed_gate_and_lock_timeout_print_one_reason(tmp_path: Path) -> None:
 
 def test_bad_flag_and_setting_print_one_reason(tmp_path: Path) -> None:
     flag = embedpipe("run", str(tmp_path), "--chunk-tokens", "4", cwd=tmp_path, env=_env(tmp_path))
-    assert_one_reason(flag, 2, "chunk.tokens")
+    assert_one_reason(flag, 2, "chunk.tokens (flag --chunk-tokens): got 4")
+    # issue 13, repro 9: this named neither the setting nor the variable
     env = embedpipe(
-        "run", str(tmp_path), cwd=tmp_path, env=_env(tmp_path, EMBEDPIPE_MODEL__BATCH_SIZE="many")
+        "run", str(tmp_path), cwd=tmp_path, env=_env(tmp_path, EMBEDPIPE_SOURCE__INCLUDE="notalist")
     )
-    assert_one_reason(env, 2, "EMBEDPIPE_MODEL__BATCH_SIZE")
+    assert_one_reason(env, 2, "source.include (env EMBEDPIPE_SOURCE__INCLUDE): got 'notalist'")
+    toml = write(tmp_path / "bad.toml", "[model]\nbatch_size = 0\n")
+    file = embedpipe("versions", "--config", str(toml), cwd=tmp_path, env=_env(tmp_path))
+    assert_one_reason(file, 2, f"model.batch_size ({toml}: [model] batch_size): got 0")
 
 
 _MANY_TASKS = """
