@@ -350,9 +350,13 @@ _flow_runs: list[str] = []
 def _stop_prefect_server() -> None:
     """Let Prefect's temporary server (if this process started one) record the runs, then stop it."""
     if "prefect.server.api.server" in sys.modules:
+        import contextlib
+
         from embedpipe.flows._server import stop_temporary_server
 
-        stop_temporary_server(_flow_runs)
+        # a second Ctrl-C ends the wait; Prefect's own exit hook still stops the server
+        with contextlib.suppress(KeyboardInterrupt):
+            stop_temporary_server(_flow_runs)
 
 
 def _prepare_prefect() -> None:

@@ -30,6 +30,8 @@ SECRET_FIELDS = frozenset({"secret_access_key", "session_token", "storage_option
 """Settings whose rejected values are masked in messages too."""
 
 Path_ = tuple[str, ...]
+Loc = tuple[int | str, ...]
+"""A pydantic error location: keys, and indexes into lists."""
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -134,7 +136,7 @@ class Origins:
             return f"{self.toml_path}: [{path[0]}]"
         return f"{self.toml_path}: [{'.'.join(path[:-1])}] {path[-1]}"
 
-    def of(self, loc: Path_) -> str | None:
+    def of(self, loc: Loc) -> str | None:
         """Where the value at ``loc`` came from: ``flag --x``, ``env NAME`` or ``file: [table] key``;
         ``None`` for a default."""
         path = tuple(str(p) for p in loc if not isinstance(p, int))
@@ -153,13 +155,13 @@ class Origins:
             return self._toml_key(path)
         return None
 
-    def describe(self, loc: Path_) -> str:
+    def describe(self, loc: Loc) -> str:
         """``model.batch_size (env EMBEDPIPE_MODEL__BATCH_SIZE)``: the path and its source."""
         dotted = ".".join(str(p) for p in loc if not isinstance(p, int)) or "settings"
         origin = self.of(loc)
         return f"{dotted} ({origin})" if origin else f"{dotted} (default)"
 
-    def unknown(self, loc: Path_) -> str:
+    def unknown(self, loc: Loc) -> str:
         """The message for a key that names no setting, with the closest known names."""
         path = tuple(str(p) for p in loc if not isinstance(p, int))
         parent = field_type(self.model, path[:-1])
@@ -194,7 +196,7 @@ class Origins:
             value = self.environ[name]
             try:
                 json.loads(value)
-            except ValueError as e:
+            except json.JSONDecodeError as e:
                 shown = "**********" if SECRET_FIELDS & set(path) else repr(value)
                 problems.append(
                     f"{'.'.join(path)} (env {name}): got {shown}, which is not JSON ({e.msg}); "
