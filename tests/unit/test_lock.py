@@ -42,11 +42,16 @@ def test_auto_is_a_lock_file_for_folders_and_prefect_for_object_stores(tmp_path:
     assert name == limit_name(StoreSettings(uri="s3://bucket/db/", table="docs"))
 
 
-def test_bad_lock_setting_is_a_config_error(tmp_path: Path) -> None:
+def test_bad_lock_setting_is_a_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from embedpipe.config import get_settings
     from embedpipe.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"store\.lock .*EMBEDPIPE_STORE__LOCK"):
+    with pytest.raises(ConfigError, match=r"store\.lock \(get_settings override\): got 'redis'"):
         make_settings(tmp_path, store={"lock": "redis"})
+    monkeypatch.setenv("EMBEDPIPE_STORE__LOCK", "redis")
+    with pytest.raises(ConfigError, match=r"store\.lock \(env EMBEDPIPE_STORE__LOCK\): got 'redis'"):
+        get_settings()
+    monkeypatch.delenv("EMBEDPIPE_STORE__LOCK")
     with pytest.raises(ConfigError, match=r"store\.lock_timeout_s"):
         make_settings(tmp_path, store={"lock_timeout_s": -1})
 
