@@ -28,34 +28,47 @@ _PREFECT_DEFAULTS = {
 }
 
 
+_FLAGS: dict[str, tuple[str, str]] = {
+    # dest: (setting path, flag) of every flag that overrides a setting
+    "keep_versions": ("retention.keep_versions", "--keep-versions"),
+    "max_age_hours": ("retention.max_age_hours", "--older-than-hours"),
+    "db": ("store.uri", "--db"),
+    "table": ("store.table", "--table"),
+    "model": ("model.name", "--model"),
+    "device": ("model.device", "--device"),
+    "batch_size": ("model.batch_size", "--batch-size"),
+    "backend": ("model.backend", "--backend"),
+    "precision": ("model.precision", "--precision"),
+    "batch_tokens": ("model.batch_tokens", "--batch-tokens"),
+    "chunk_tokens": ("chunk.tokens", "--chunk-tokens"),
+    "chunk_overlap": ("chunk.overlap", "--chunk-overlap"),
+    "golden": ("checks.golden", "--golden"),
+    "baseline": ("checks.baseline_tag", "--baseline"),
+    "no_checks": ("checks.enabled", "--no-checks"),
+    "include": ("source.include", "--include"),
+    "exclude": ("source.exclude", "--exclude"),
+    "text_field": ("source.text_field", "--text-field"),
+    "id_field": ("source.id_field", "--id-field"),
+    "max_file_mb": ("source.max_file_mb", "--max-file-mb"),
+    "max_reject_ratio": ("source.max_reject_ratio", "--max-reject-ratio"),
+    "runner": ("runtime.runner", "--runner"),
+    "dask_address": ("runtime.dask_address", "--dask-address"),
+    "workers": ("runtime.dask_workers", "--workers"),
+}
+FLAG_OF = {path: flag for path, flag in _FLAGS.values()}
+"""The flag of each setting path, so that a settings error names the flag that set it."""
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    get = lambda name: getattr(args, name, None)  # noqa: E731
-    return {
-        "retention": {"keep_versions": get("keep_versions"), "max_age_hours": get("max_age_hours")},
-        "store": {"uri": get("db"), "table": get("table")},
-        "model": {
-            "name": get("model"),
-            "device": get("device"),
-            "batch_size": get("batch_size"),
-            "backend": get("backend"),
-            "precision": get("precision"),
-            "batch_tokens": get("batch_tokens"),
-        },
-        "chunk": {"tokens": get("chunk_tokens"), "overlap": get("chunk_overlap")},
-        "checks": {
-            "golden": get("golden"),
-            "baseline_tag": get("baseline"),
-            "enabled": False if get("no_checks") else None,
-        },
-        "source": {
-            "include": get("include"),
-            "exclude": get("exclude"),
-            "text_field": get("text_field"),
-            "id_field": get("id_field"),
-            "max_file_mb": get("max_file_mb"),
-            "max_reject_ratio": get("max_reject_ratio"),
-        },
-    }
+    out: dict[str, Any] = {}
+    for dest, (path, _) in _FLAGS.items():
+        value = getattr(args, dest, None)
+        if dest == "no_checks":
+            value = False if value else None
+        if value is not None and not dest.startswith(("runner", "dask_", "workers")):
+            group, key = path.split(".")
+            out.setdefault(group, {})[key] = value
+    return out
 
 
 def _runtime_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -221,7 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
     dash.add_argument("--out", default="embedpipe-dashboard.html", help="HTML file to write")
     dash.add_argument("--serve", action="store_true", help="serve the page (rebuilt per request) instead")
     dash.add_argument("--host", default="127.0.0.1", help="address to bind with --serve (default loopback)")
-    dash.add_argument("--port", type=int, default=8765, help="port for --serve (default 8765)")
+    dash.add_argument("--port", default="8765", help="port for --serve (default 8765; 0: any free one)")
+    dash.add_argument(
+        "--allow-remote",
+        action="store_true",
+        dest="allow_remote",
+        help="let --host be a non-loopback address (document text becomes visible to that network)",
+    )
     dash.add_argument("--sample", type=int, default=2000, help="chunks drawn for the embedding map")
 
     rollback = sub.add_parser("rollback", help="restore a version or tag as the latest version, and serve it")
@@ -242,8 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--limit", type=int, help="most flow runs at the same time (default Prefect's)")
     serve.add_argument(
         "--port",
-        type=int,
-        default=4200,
+        default="4200",
         help="port of the local Prefect server started when PREFECT_API_URL is unset (default 4200)",
     )
     return parser
@@ -252,14 +270,15 @@ def build_parser() -> argparse.ArgumentParser:
 class TerminalProgress:
     """Chunk progress on stderr: a live bar on a terminal, plain lines every few seconds otherwise."""
 
-    def __init__(self, stream: TextIO, interval: float = 3.0) -> None:
+    def __init__(self, stream: TextIO, interval: float = 3.0, clock: Any = time.monotonic) -> None:
         self.stream = stream
         self.tty = stream.isatty()
         self.interval = interval
+        self.clock = clock
         self.total = 0
         self.done = 0
-        self.t0 = time.monotonic()
-        self.last = 0.0
+        self.t0: float | None = None
+        self.last = float("-inf")
         self._bar: Any = None
         self._task: Any = None
         if self.tty:
@@ -279,11 +298,15 @@ class TerminalProgress:
             self._bar.start()
 
     def _rate(self) -> float:
-        return self.done / max(1e-9, time.monotonic() - self.t0)
+        elapsed = self.clock() - (self.t0 if self.t0 is not None else self.clock())
+        return self.done / elapsed if elapsed > 0 else 0.0
+
+    def start(self) -> None:
+        self.t0 = self.clock()
 
     def add_total(self, n: int) -> None:
-        if not self.total:
-            self.t0 = time.monotonic()  # the rate counts model time, not start-up
+        if self.t0 is None:
+            self.t0 = self.clock()  # the rate counts model time, not start-up
         self.total += n
         if self._bar is not None:
             self._bar.update(self._task, total=self.total)
@@ -294,7 +317,7 @@ class TerminalProgress:
         if self._bar is not None:
             self._bar.update(self._task, advance=n, rate=f"{rate:.1f}/s")
             return
-        now = time.monotonic()
+        now = self.clock()
         if now - self.last >= self.interval or self.done >= self.total:
             self.last = now
             eta = (self.total - self.done) / rate if rate > 0 and self.total >= self.done else 0.0
@@ -318,6 +341,22 @@ class _NoTracebackForKnownErrors(logging.Filter):
             record.exc_info = None
             record.exc_text = None
         return True
+
+
+_flow_runs: list[str] = []
+"""Flow runs of this process, whose records Prefect's temporary server finishes before it stops."""
+
+
+def _stop_prefect_server() -> None:
+    """Let Prefect's temporary server (if this process started one) record the runs, then stop it."""
+    if "prefect.server.api.server" in sys.modules:
+        import contextlib
+
+        from embedpipe.flows._server import stop_temporary_server
+
+        # a second Ctrl-C ends the wait; Prefect's own exit hook still stops the server
+        with contextlib.suppress(KeyboardInterrupt):
+            stop_temporary_server(_flow_runs)
 
 
 def _prepare_prefect() -> None:
@@ -402,7 +441,7 @@ def _check_text(r: dict[str, Any]) -> str:
 def cmd_check(args: argparse.Namespace) -> int:
     from embedpipe.config import get_settings
 
-    settings = get_settings(_overrides(args), args.config)
+    settings = get_settings(_overrides(args), args.config, FLAG_OF)
     from embedpipe.checks.suite import validate_setup
     from embedpipe.resources.store import Store
 
@@ -416,6 +455,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     state = check(
         settings, version=args.check_version, baseline=args.baseline, publish=args.publish, return_state=True
     )
+    _flow_runs.append(str(state.state_details.flow_run_id))
     result = state.result(raise_on_failure=False)
     if isinstance(result, BaseException):
         raise result
@@ -450,7 +490,7 @@ def _run_flow(name: str, call: Any, as_json: bool) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from embedpipe.config import get_settings
 
-    settings = get_settings(_overrides(args) | _runtime_overrides(args), args.config)
+    settings = get_settings(_overrides(args) | _runtime_overrides(args), args.config, FLAG_OF)
     _require_backend(settings)
     _require_store(settings)
     _prepare_prefect()
@@ -490,6 +530,7 @@ def _require_backend(settings: Any) -> None:
 
 
 def _finish(state: Any, as_json: bool) -> int:
+    _flow_runs.append(str(state.state_details.flow_run_id))
     result = state.result(raise_on_failure=False)
     if isinstance(result, BaseException):
         raise result
@@ -506,7 +547,7 @@ def _finish(state: Any, as_json: bool) -> int:
 def cmd_reindex(args: argparse.Namespace) -> int:
     from embedpipe.config import get_settings
 
-    settings = get_settings(_overrides(args) | _runtime_overrides(args), args.config)
+    settings = get_settings(_overrides(args) | _runtime_overrides(args), args.config, FLAG_OF)
     _require_backend(settings)
     _require_store(settings)
     _prepare_prefect()
@@ -525,7 +566,7 @@ def cmd_compact(args: argparse.Namespace) -> int:
     from embedpipe.config import get_settings
     from embedpipe.resources.store import Store
 
-    settings = get_settings(_overrides(args), args.config)
+    settings = get_settings(_overrides(args), args.config, FLAG_OF)
     store = Store(settings.store)
     store.require_table()
     r = settings.retention
@@ -548,15 +589,22 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from embedpipe.config import get_settings
     from embedpipe.resources.store import Store
 
-    settings = get_settings(_overrides(args), args.config)
+    settings = get_settings(_overrides(args), args.config, FLAG_OF)
     store = Store(settings.store)
+    store.require_database()
     if args.sample < 1:
         raise ConfigError(f"--sample={args.sample}: expected a positive number of chunks")
     if args.serve:
-        server = dashboard.serve(store, host=args.host, port=args.port, sample=args.sample)
+        from embedpipe.listen import exposure_warning, parse_port, require_exposure_allowed
+
+        what = "the text of every chunk"
+        require_exposure_allowed(args.host, args.allow_remote, what)
+        server = dashboard.serve(store, host=args.host, port=parse_port(args.port), sample=args.sample)
         port = server.server_address[1]
+        if warning := exposure_warning(args.host, port, what):
+            print(warning, file=sys.stderr, flush=True)
         print(
-            f"embedpipe: dashboard at http://{args.host}:{port}/ (Ctrl-C to stop)",
+            f"embedpipe: dashboard at http://{_url_host(args.host)}:{port}/ (Ctrl-C to stop)",
             file=sys.stderr,
             flush=True,
         )
@@ -572,12 +620,16 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _url_host(host: str) -> str:
+    return f"[{host.strip('[]')}]" if ":" in host else host
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from embedpipe.config import get_settings
     from embedpipe.resources.embedder import get_embedder, settings_for_table
     from embedpipe.resources.store import Store
 
-    settings = get_settings(_overrides(args) | {"model": {"device": args.device}}, args.config)
+    settings = get_settings(_overrides(args), args.config, FLAG_OF)
     if args.k < 1:
         raise ConfigError(f"-k={args.k}: expected a positive number of results")
     if not args.query.strip():
@@ -612,7 +664,7 @@ def cmd_versions(args: argparse.Namespace) -> int:
     from embedpipe.config import get_settings
     from embedpipe.resources.store import Store
 
-    settings = get_settings(_overrides(args), args.config)
+    settings = get_settings(_overrides(args), args.config, FLAG_OF)
     rows = Store(settings.store).versions()
     text = "\n".join(f"{r['version']:>6}  {r['timestamp']}  {','.join(r['tags']) or '-'}" for r in rows)
     _emit(rows, args.json, text)
@@ -623,7 +675,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     from embedpipe.config import get_settings
     from embedpipe.resources.store import Store
 
-    settings = get_settings(_overrides(args), args.config)
+    settings = get_settings(_overrides(args), args.config, FLAG_OF)
+    Store(settings.store).require_table()  # before the lock, whose file would create the folder
     with _table_lock(settings, "rollback"):
         res = Store(settings.store).rollback(args.target, force=args.force)
     _emit(
@@ -640,8 +693,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit={args.limit}: expected a positive number of concurrent runs")
-    if not 0 <= args.port <= 65535:
-        raise ConfigError(f"--port={args.port}: expected a TCP port (0 for any free one)")
+    from embedpipe.listen import parse_port
+
+    args.port = parse_port(args.port)
     _prepare_prefect()
     from embedpipe.flows import serve as served
 
@@ -701,6 +755,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "embedpipe: interrupted; the table is unchanged unless the commit had finished", file=sys.stderr
         )
         return 130
+    finally:
+        _stop_prefect_server()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -414,6 +414,9 @@ def serve(
     """Serve the dashboard, rebuilt on every request, on ``host`` (loopback by default).
 
     Returns the server (already listening); call ``serve_forever()`` on it.
+
+    Raises:
+        ConfigError: It cannot listen on ``host:port`` (the port is taken, no such address).
     """
 
     class Handler(BaseHTTPRequestHandler):
@@ -437,7 +440,17 @@ def serve(
         def log_message(self, format: str, *args: Any) -> None:
             log.debug("dashboard %s", format % args)
 
-    server = ThreadingHTTPServer((host, port), Handler)
+    from embedpipe.listen import bind_error, family
+
+    bind_host = host.strip("[]")
+
+    class Server(ThreadingHTTPServer):
+        address_family = family(bind_host)
+
+    try:
+        server = Server((bind_host, port), Handler)
+    except OSError as e:  # busy port, no such address, no permission: one line, not a traceback
+        raise bind_error(host, port, e) from e
     if ready is not None:
         ready.set()
     return server

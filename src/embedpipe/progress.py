@@ -13,6 +13,10 @@ from typing import Protocol
 class Progress(Protocol):
     """Receives progress of a unit of work whose total grows as it is discovered."""
 
+    def start(self) -> None:
+        """The work began (rates count from here; without it, from the first ``add_total``)."""
+        ...
+
     def add_total(self, n: int) -> None:
         """More work became known (e.g. a shard was chunked)."""
         ...
@@ -28,6 +32,9 @@ class Progress(Protocol):
 
 class NullProgress:
     """The no-op default."""
+
+    def start(self) -> None:
+        pass
 
     def add_total(self, n: int) -> None:
         pass
@@ -58,6 +65,10 @@ class Broadcast:
     def _each(self) -> list[Progress]:
         with self._lock:
             return list(self._listeners)
+
+    def start(self) -> None:
+        for p in self._each():
+            p.start()
 
     def add_total(self, n: int) -> None:
         for p in self._each():

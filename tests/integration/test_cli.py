@@ -143,7 +143,8 @@ def test_wrong_setting_fails_at_start_naming_it(tmp_path: Path) -> None:
     assert bad_backend.returncode == 2
     assert bad_backend.stderr.strip().splitlines() == [
         "embedpipe: error: invalid setting model: model.precision=fp16 is not available with "
-        "model.backend=onnx (it runs the fp32 export, or its int8 quantization); use precision auto or fp32"
+        "model.backend=onnx (it runs the fp32 export, or its int8 quantization); use precision auto or fp32 "
+        "(model.precision from flag --precision; model.backend from flag --backend)"
     ]
 
 
@@ -199,8 +200,12 @@ def test_sigkill_mid_run_keeps_previous_version_and_next_run_recovers(
     table = lancedb.connect(str(tmp_path / "db")).open_table("chunks")
     assert table.count_rows() == v1["chunks_written"]
 
+    holder = tmp_path / "db" / "_embedpipe_locks" / "chunks.holder.json"
+    assert holder.is_file() and [p.name for p in staging.iterdir()]  # what the killed run left
     again = embedpipe("run", str(src), "--db", "db", "--json", cwd=tmp_path, env=env)
     assert again.returncode == 0, again.stderr
+    # The next run removed the dead run's holder record and staged shards (its pid is gone).
+    assert not holder.exists() and list(staging.iterdir()) == []
     done = json.loads(again.stdout)
     assert done["table_version"] == v1["table_version"] + 1
     table = lancedb.connect(str(tmp_path / "db")).open_table("chunks")

@@ -176,6 +176,9 @@ class _ArrowHighWater:
     def __init__(self) -> None:
         self.peak = 0
 
+    def start(self) -> None:
+        pass
+
     def add_total(self, n: int) -> None:
         pass
 

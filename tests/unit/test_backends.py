@@ -377,7 +377,7 @@ def test_resolve_devices() -> None:
 def test_backend_setting_validation(monkeypatch: pytest.MonkeyPatch) -> None:
     assert get_settings({"model": {"backend": "onnx-int8"}}).model.backend == "onnx-int8"
     assert get_settings().model.backend == "torch" and get_settings().model.precision == "auto"
-    with pytest.raises(ConfigError, match=r"model\.backend \(env EMBEDPIPE_MODEL__BACKEND\).*tensorrt"):
+    with pytest.raises(ConfigError, match=r"model\.backend \(get_settings override\).*tensorrt"):
         get_settings({"model": {"backend": "tensorrt"}})
     monkeypatch.setenv("EMBEDPIPE_MODEL__BACKEND", "onnx_int8")
     with pytest.raises(ConfigError, match=r"model\.backend"):

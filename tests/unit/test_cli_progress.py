@@ -47,3 +47,47 @@ def test_live_bar_on_a_terminal_shows_counts_rate_and_eta() -> None:
     p.close()
     assert "50/200" in frame and "embedding" in frame
     assert re.search(r"\d+(\.\d+)?/s", frame) and re.search(r"\d+:\d\d:\d\d|-:--:--", frame)  # rate and ETA
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_rate_counts_from_the_start_when_a_whole_shard_lands_at_once() -> None:
+    """Under Dask a shard's chunks are reported in one go when it lands (issue 13: the line showed
+    `embedded 33/33 chunks (2805645.4/s)`): the rate is over the time since the embedding began."""
+    clock, out = Clock(), io.StringIO()
+    p = TerminalProgress(out, interval=0.0, clock=clock)
+    p.start()
+    clock.now += 11.0  # the workers embed the first shard
+    p.add_total(33)
+    p.advance(33)
+    assert out.getvalue() == "embedpipe: embedded 33/33 chunks (3.0/s, eta 0s)\n"
+
+
+def test_rate_without_start_counts_from_the_first_total() -> None:
+    clock, out = Clock(), io.StringIO()
+    p = TerminalProgress(out, interval=0.0, clock=clock)
+    clock.now += 30.0  # the model loads: not counted
+    p.add_total(100)
+    clock.now += 5.0
+    p.advance(20)
+    assert out.getvalue() == "embedpipe: embedded 20/100 chunks (4.0/s, eta 20s)\n"
+
+
+def test_broadcast_start_reaches_every_listener() -> None:
+    from embedpipe.progress import Broadcast
+
+    clock, out = Clock(), io.StringIO()
+    listener = TerminalProgress(out, interval=0.0, clock=clock)
+    b = Broadcast()
+    b.add(listener)
+    b.start()
+    clock.now += 2.0
+    b.add_total(10)
+    b.advance(10)
+    assert "(5.0/s" in out.getvalue()

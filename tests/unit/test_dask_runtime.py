@@ -45,7 +45,7 @@ def test_runtime_settings_from_env_and_validation(monkeypatch: pytest.MonkeyPatc
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--workers", "0"], "runtime.dask_workers (env EMBEDPIPE_RUNTIME__DASK_WORKERS): got 0"),
+        (["--workers", "0"], "runtime.dask_workers (flag --workers): got 0"),
         (
             ["--workers", "2", "--dask-address", "tcp://127.0.0.1:8786"],
             "--dask-address and --workers exclude",

@@ -42,11 +42,16 @@ def test_auto_is_a_lock_file_for_folders_and_prefect_for_object_stores(tmp_path:
     assert name == limit_name(StoreSettings(uri="s3://bucket/db/", table="docs"))
 
 
-def test_bad_lock_setting_is_a_config_error(tmp_path: Path) -> None:
+def test_bad_lock_setting_is_a_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from embedpipe.config import get_settings
     from embedpipe.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"store\.lock .*EMBEDPIPE_STORE__LOCK"):
+    with pytest.raises(ConfigError, match=r"store\.lock \(get_settings override\): got 'redis'"):
         make_settings(tmp_path, store={"lock": "redis"})
+    monkeypatch.setenv("EMBEDPIPE_STORE__LOCK", "redis")
+    with pytest.raises(ConfigError, match=r"store\.lock \(env EMBEDPIPE_STORE__LOCK\): got 'redis'"):
+        get_settings()
+    monkeypatch.delenv("EMBEDPIPE_STORE__LOCK")
     with pytest.raises(ConfigError, match=r"store\.lock_timeout_s"):
         make_settings(tmp_path, store={"lock_timeout_s": -1})
 
@@ -209,3 +214,76 @@ def test_sync_refuses_to_commit_when_the_table_moved_during_the_run(tmp_path: Pa
     assert sorted(set(table.to_arrow().column(C.DOC_ID).to_pylist())) == ["b.txt"]
     again = sync([str(src)], settings, return_state=True).result()  # the next run catches up
     assert again.table_version == 3 and (again.docs_new, again.docs_unchanged) == (2, 1)
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_holder_that_died_holding_the_lock_leaves_nothing_behind(tmp_path: Path) -> None:
+    """Issue 13, repro 10: a SIGKILLed run left its holder record and its staged shards behind;
+    the next holder removes them when the dead run's process is provably gone."""
+    import json
+    import socket
+
+    settings = store_settings(tmp_path)
+    store = Store(settings)
+    dead = {"run_id": RUN_A, "flow": "sync", "host": socket.gethostname(), "pid": _dead_pid(), "since": "x"}
+    record = HolderRecord(settings)
+    Path(record.uri).parent.mkdir(parents=True)
+    Path(record.uri).write_text(json.dumps(dead))
+    for rid in (RUN_A, "cccccccc-0000-0000-0000-000000000003"):
+        write(Path(store.staging_uri(rid)) / "shard-000000.arrow", b"staged")
+    live_other = Path(store.staging_uri("cccccccc-0000-0000-0000-000000000003"))
+
+    with table_lock(settings, RUN_B, "sync") as me:
+        assert me is not None and record.read() == me  # the stale record is replaced
+        assert not Path(store.staging_uri(RUN_A)).exists()  # the dead run's staging is gone
+        assert live_other.is_dir()  # a run not proven dead keeps its staging (TTL sweep)
+    assert record.read() is None and not Path(record.uri).exists()
+
+
+def test_a_holder_alive_or_on_another_host_is_not_cleaned_up(tmp_path: Path) -> None:
+    import json
+    import socket
+
+    settings = store_settings(tmp_path)
+    store = Store(settings)
+    record = HolderRecord(settings)
+    Path(record.uri).parent.mkdir(parents=True)
+    for host, pid in ((socket.gethostname(), os.getppid()), ("another-host", _dead_pid())):
+        left = {"run_id": RUN_A, "flow": "sync", "host": host, "pid": pid, "since": "x"}
+        Path(record.uri).write_text(json.dumps(left))
+        write(Path(store.staging_uri(RUN_A)) / "shard-000000.arrow", b"staged")
+        with table_lock(settings, RUN_B, "sync"):
+            pass
+        assert Path(store.staging_uri(RUN_A)).is_dir(), host
+
+
+def test_a_stale_record_is_not_named_as_the_holder_of_a_busy_lock(tmp_path: Path) -> None:
+    import json
+    import socket
+
+    settings = store_settings(tmp_path, lock_timeout_s=0)
+    holding = FileTableLock(settings)
+    assert holding.try_acquire()
+    try:
+        record = HolderRecord(settings)
+        dead = {
+            "run_id": RUN_A,
+            "flow": "sync",
+            "host": socket.gethostname(),
+            "pid": _dead_pid(),
+            "since": "x",
+        }
+        Path(record.uri).write_text(json.dumps(dead))
+        with pytest.raises(TableBusyError) as exc, hold(FileTableLock(settings), settings, RUN_B, "sync"):
+            pass
+        assert RUN_A not in str(exc.value) and "holder not recorded" in str(exc.value)
+    finally:
+        holding.release()

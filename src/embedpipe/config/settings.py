@@ -29,9 +29,11 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
+from embedpipe.config.origins import SECRET_FIELDS, Origins, read_toml
 from embedpipe.errors import ConfigError
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -523,19 +525,10 @@ def _resolve_config_file(config_file: str | os.PathLike[str] | None) -> Path | N
     return default if default.is_file() else None
 
 
-_SECRET_FIELDS = frozenset({"secret_access_key", "session_token", "storage_options"})
-
-
-def _describe(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if not isinstance(p, int)]
-    dotted = ".".join(parts) or "settings"
-    env = "EMBEDPIPE_" + "__".join(p.upper() for p in parts)
-    return f"{dotted} (env {env})"
-
-
 def get_settings(
     overrides: dict[str, Any] | None = None,
     config_file: str | os.PathLike[str] | None = None,
+    flags: dict[str, str] | None = None,
 ) -> Settings:
     """Load settings from flags, environment, TOML file and defaults.
 
@@ -543,31 +536,45 @@ def get_settings(
         overrides: Nested values that win over every other source, e.g. the CLI's
             ``{"model": {"batch_size": 16}}``. ``None`` values are ignored.
         config_file: A TOML file to read instead of ``$EMBEDPIPE_CONFIG`` or ``./embedpipe.toml``.
+        flags: The command-line flag of each overridable setting path (``{"model.batch_size":
+            "--batch-size"}``), so that an error names the flag that set a wrong value.
 
     Returns:
         The validated settings.
 
     Raises:
-        ConfigError: A value is invalid; the message names the setting and its environment variable.
+        ConfigError: A value is invalid or a source cannot be read; the message names each setting
+            path and its source (the flag, the environment variable, or the file and key).
     """
     path = _resolve_config_file(config_file)
+    pruned = _prune(overrides or {})
+    origins = Origins(Settings, flags, pruned, path, read_toml(path) if path else None)
     token = _toml_path.set(path)
     try:
-        return Settings(**_prune(overrides or {}))
+        return Settings(**pruned)
     except ValidationError as e:
         problems = []
         for err in e.errors():
+            loc = tuple(err["loc"])
+            if err["type"] == "extra_forbidden":
+                problems.append(origins.unknown(loc))
+                continue
             value = err.get("input")
-            if _SECRET_FIELDS & {str(p) for p in err["loc"]}:
+            if SECRET_FIELDS & {str(p) for p in loc}:
                 value = "**********"  # a rejected secret is still a secret
             msg = err["msg"].removeprefix("Value error, ")
             if isinstance(value, dict):  # a rule across a group's settings: the message names them
-                problems.append(f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {msg}")
+                dotted = ".".join(str(p) for p in loc) or "settings"
+                problems.append(f"{dotted}: {msg}{origins.mentioned(msg)}")
             else:
-                problems.append(f"{_describe(err['loc'])}: got {value!r}; {msg}")
-        origin = f" (config file {path})" if path else ""
-        raise ConfigError("invalid setting " + "; ".join(problems) + origin) from e
-    except (ValueError, OSError) as e:  # malformed TOML surfaces as a ValueError subclass
+                problems.append(f"{origins.describe(loc)}: got {value!r}; {msg}")
+        raise ConfigError("invalid setting " + "; ".join(problems)) from e
+    except SettingsError as e:  # an environment value that must be JSON and is not
+        problems = origins.env_json_errors()
+        if problems:
+            raise ConfigError("invalid setting " + "; ".join(problems)) from e
+        raise ConfigError(f"cannot read settings: {e}; check the EMBEDPIPE_* variables") from e
+    except (ValueError, OSError) as e:
         raise ConfigError(f"cannot read settings from config file {path}: {e}") from e
     finally:
         _toml_path.reset(token)

@@ -150,5 +150,15 @@ def table_lock(
                 settings.table,
             )
         backend = PrefectTableLock(settings, run_id)
-    with hold(backend, settings, run_id, flow, logger) as me:
+    with hold(backend, settings, run_id, flow, logger, on_dead_holder=_drop_staging_of(settings)) as me:
         yield me
+
+
+def _drop_staging_of(settings: StoreSettings) -> Any:
+    """Remove the staged files of a run that died holding the lock (not kept until the TTL sweep)."""
+    from embedpipe.resources.store import Store
+
+    def drop(dead: LockHolder) -> None:
+        Store(settings).drop_staging(dead.run_id)
+
+    return drop

@@ -70,6 +70,9 @@ class ArtifactProgress:
         except Exception:  # the UI artifact is a nicety; a run never fails for it
             self.id = None
 
+    def start(self) -> None:
+        pass
+
     def add_total(self, n: int) -> None:
         self.total += n
 
@@ -214,6 +217,8 @@ def _run_shards_on_workers(
 ) -> None:
     """Every shard as one task on the Dask workers; only small outcomes come back, in shard order."""
     futures = []
+    # Chunks are reported only when a whole shard lands: the rate counts from the submission.
+    chunks_progress.start()
     for shard_no, refs in enumerate(plan.shards):
         shard_known = {k: known[k] for k in {(r.source, r.path) for r in refs} if k in known}
         futures.append(shard_task.submit(shard_no, refs, settings, shard_known, rid, read_version))

@@ -19,7 +19,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -89,6 +89,19 @@ class LockHolder:
 
     def describe(self) -> str:
         return f"run={self.run_id} flow={self.flow} host={self.host} pid={self.pid} since {self.since}"
+
+    def is_dead_here(self) -> bool:
+        """Whether this holder ran on this host and its process is gone (it died holding the lock:
+        a holder that ends clears its record). A process of another host is never declared dead."""
+        if self.host != socket.gethostname() or self.pid == os.getpid() or self.pid <= 0:
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # alive, under another user
+            return False
+        return False
 
 
 class HolderRecord:
@@ -183,6 +196,11 @@ class FileTableLock:
         self._lock.release()
 
 
+def _live(holder: LockHolder | None) -> LockHolder | None:
+    """A recorded holder, unless it provably died (its stale record names no one)."""
+    return None if holder is None or holder.is_dead_here() else holder
+
+
 def busy_message(
     settings: StoreSettings, holder: LockHolder | None, waited_s: float, how: str, run_id: str
 ) -> str:
@@ -203,10 +221,13 @@ def hold(
     run_id: str,
     flow: str,
     logger: Any = None,
+    on_dead_holder: Callable[[LockHolder], None] | None = None,
 ) -> Iterator[LockHolder]:
     """Hold the table's lock for the block; wait for it first when another run holds it.
 
-    Logs one INFO line when it has to wait (naming the holder) and one when it got the lock.
+    Logs one INFO line when it has to wait (naming the holder) and one when it got the lock. A holder
+    record left by a run that died holding the lock (SIGKILL) is replaced, and when that run's
+    process is provably gone (:meth:`LockHolder.is_dead_here`) ``on_dead_holder`` cleans up after it.
 
     Raises:
         TableBusyError: Not acquired within ``store.lock_timeout_s``.
@@ -216,7 +237,7 @@ def hold(
     me = LockHolder.here(run_id, flow)
     started = time.monotonic()
     if not backend.try_acquire():
-        holder = record.read()
+        holder = _live(record.read())
         timeout = settings.lock_timeout_s
         if timeout > 0:
             logger.info(
@@ -229,10 +250,19 @@ def hold(
         if timeout <= 0 or not backend.acquire(timeout - (time.monotonic() - started)):
             waited = time.monotonic() - started
             raise TableBusyError(
-                busy_message(settings, record.read() or holder, waited, backend.description, run_id)
+                busy_message(settings, _live(record.read()) or holder, waited, backend.description, run_id)
             )
         logger.info("stage=lock table=%s acquired after %.1fs", settings.table, time.monotonic() - started)
     try:
+        left = record.read()
+        if left is not None and left.run_id != run_id and left.is_dead_here():
+            logger.info(
+                "stage=lock table=%s removing what %s left: it died holding the lock",
+                settings.table,
+                left.describe(),
+            )
+            if on_dead_holder is not None:
+                on_dead_holder(left)
         record.write(me)
         yield me
     finally:

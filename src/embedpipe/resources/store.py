@@ -198,9 +198,36 @@ class Store:
         names = getattr(res, "tables", res)
         return list(names)
 
+    def _local_folder(self) -> str | None:
+        """The database folder of a local URI (``None`` for an object store)."""
+        if "://" not in self.uri:
+            return self.uri
+        return self.uri.removeprefix("file://") if self.uri.startswith("file://") else None
+
+    def exists(self) -> bool:
+        """Whether the database is there to read; a local folder is checked without creating it
+        (connecting would). An object store counts as there (its bucket is checked on connect)."""
+        folder = self._local_folder()
+        return folder is None or os.path.isdir(folder)
+
+    def require_database(self) -> None:
+        """Refuse to read a local database folder that does not exist (and create nothing).
+
+        Raises:
+            TableNotFoundError: The folder does not exist.
+        """
+        if not self.exists():
+            raise TableNotFoundError(
+                f"table={self.settings.table} not found: database uri={self.uri} does not exist; "
+                "run `embedpipe run` first, or pass the --db of an existing database"
+            )
+
     def open_table(self, name: str | None = None) -> Any | None:
-        """The table, or ``None`` when it does not exist yet."""
+        """The table, or ``None`` when it does not exist yet (a missing local database folder is
+        not created by asking)."""
         name = name or self.settings.table
+        if not self.exists():
+            return None
         db = self.db
         try:
             return db.open_table(name)
