@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from embedpipe import sources_guard
 from embedpipe.config import SourceSettings
+from embedpipe.docids import make_doc_id
 from embedpipe.errors import RejectedInput, SourceError
 from embedpipe.resources import objectstore
 from embedpipe.schemas import C, Reject, docs_schema
@@ -657,7 +658,7 @@ def _json_records(ref: FileRef, text: str, settings: SourceSettings) -> Iterator
             try:
                 yield _record(item, f"item {row}", settings, row)
             except RejectedInput as e:
-                yield Reject(path=f"{ref.path}#{row}", reason=str(e), source=ref.source)
+                yield Reject(path=make_doc_id(ref.path, str(row)), reason=str(e), source=ref.source)
     else:
         raise RejectedInput(
             f"JSON top level is {type(obj).__name__}; expected an object or an array of objects"
@@ -696,7 +697,7 @@ def _jsonl_records(ref: FileRef, settings: SourceSettings) -> Iterator[Record | 
                     raise RejectedInput(f"{where}: invalid JSON: nested too deeply") from None
                 yield _record(obj, where, settings, line_no)
             except RejectedInput as e:
-                yield Reject(path=f"{ref.path}#{line_no}", reason=str(e), source=ref.source)
+                yield Reject(path=make_doc_id(ref.path, str(line_no)), reason=str(e), source=ref.source)
     if not any_line and ref.part is None:
         raise RejectedInput("empty file")
 
@@ -725,7 +726,7 @@ def _csv_records(ref: FileRef, text: str, settings: SourceSettings) -> Iterator[
             break
         except csv.Error as e:
             yield Reject(
-                path=f"{ref.path}#{row}",
+                path=make_doc_id(ref.path, str(row)),
                 reason=f"row {row}: malformed CSV: {e}",
                 source=ref.source,
             )
@@ -735,7 +736,7 @@ def _csv_records(ref: FileRef, text: str, settings: SourceSettings) -> Iterator[
             continue
         if len(values) != len(header):
             yield Reject(
-                path=f"{ref.path}#{row}",
+                path=make_doc_id(ref.path, str(row)),
                 reason=f"row {row} (line {reader.line_num}): expected {len(header)} fields, "
                 f"got {len(values)}",
                 source=ref.source,
@@ -744,7 +745,7 @@ def _csv_records(ref: FileRef, text: str, settings: SourceSettings) -> Iterator[
         try:
             yield _record(dict(zip(header, values, strict=True)), f"row {row}", settings, row)
         except RejectedInput as e:
-            yield Reject(path=f"{ref.path}#{row}", reason=str(e), source=ref.source)
+            yield Reject(path=make_doc_id(ref.path, str(row)), reason=str(e), source=ref.source)
     if row == 1:
         raise RejectedInput("CSV has a header but no rows")
 
@@ -772,7 +773,7 @@ def _parquet_records(ref: FileRef, settings: SourceSettings) -> Iterator[Record 
                 try:
                     yield _record(obj, f"row {row}", settings, row)
                 except RejectedInput as e:
-                    yield Reject(path=f"{ref.path}#{row}", reason=str(e), source=ref.source)
+                    yield Reject(path=make_doc_id(ref.path, str(row)), reason=str(e), source=ref.source)
                 row += 1
 
 
@@ -808,7 +809,7 @@ def read_documents(refs: Sequence[FileRef], settings: SourceSettings) -> tuple[p
                     rejects.append(item)
                     continue
                 key, text, meta = item
-                doc_id = ref.path if key is None else f"{ref.path}#{key}"
+                doc_id = make_doc_id(ref.path, key)
                 if key is not None and key in keys:
                     rejects.append(
                         Reject(path=doc_id, reason=f"duplicate id {key!r} in this file", source=ref.source)

@@ -10,6 +10,7 @@ import pyarrow as pa
 from prefect import get_run_logger, task
 
 from embedpipe.config import Settings
+from embedpipe.docids import file_of
 from embedpipe.incremental import Delta, Known, classify
 from embedpipe.readers import FileRef, discover, plan_shards, read_documents, source_scope
 from embedpipe.resources.store import Scope
@@ -116,7 +117,7 @@ def ingest_shard(shard_no: int, refs: list[FileRef], settings: Settings, known: 
     files = {(r.source, r.path) for r in refs}
     protected = set()
     for rj in rejects:
-        file_path = rj.path if (rj.source, rj.path) in files else rj.path.rsplit("#", 1)[0]
+        file_path = rj.path if (rj.source, rj.path) in files else file_of(rj.path)
         protected.add((rj.source, file_path))
     split = {r.path for r in refs if r.part is not None}
     split_ids = [
