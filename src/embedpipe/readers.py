@@ -629,6 +629,7 @@ def iter_records(ref: FileRef, settings: SourceSettings) -> Iterator[Record | Re
     if not data or data.isspace():  # no stripped copy of a big file
         raise RejectedInput("empty file")
     text = decode_text(data)
+    del data  # the bytes are not needed while the text is being used
     if ref.kind == "text":
         yield None, text, None
     elif ref.kind == "html":
@@ -702,9 +703,20 @@ def _jsonl_records(ref: FileRef, settings: SourceSettings) -> Iterator[Record | 
         raise RejectedInput("empty file")
 
 
+def _lines(text: str) -> Iterator[str]:
+    """The lines of ``text`` with their newlines, one slice at a time (``io.StringIO`` would hold
+    a second, four-bytes-per-character copy of the whole file)."""
+    i, n = 0, len(text)
+    while i < n:
+        j = text.find("\n", i)
+        j = n if j < 0 else j + 1
+        yield text[i:j]
+        i = j
+
+
 def _csv_records(ref: FileRef, text: str, settings: SourceSettings) -> Iterator[Record | Reject]:
     csv.field_size_limit(max(1 << 20, int(settings.max_file_mb * 1024 * 1024)))
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    reader = csv.reader(_lines(text), strict=True)
     try:
         header = next(reader)
     except StopIteration:
@@ -780,8 +792,18 @@ def _parquet_records(ref: FileRef, settings: SourceSettings) -> Iterator[Record 
 # --------------------------------------------------------------------------- documents
 
 
+_HASH_PIECE = 1 << 20
+
+
 def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    """sha256 of the UTF-8 bytes of ``text``; a long text is encoded a piece at a time (the same
+    digest, without a second full copy of a big document in memory)."""
+    if len(text) <= _HASH_PIECE:
+        return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    h = hashlib.sha256()
+    for i in range(0, len(text), _HASH_PIECE):  # no surrogate pair is split: str is code points
+        h.update(text[i : i + _HASH_PIECE].encode("utf-8", "surrogatepass"))
+    return h.hexdigest()
 
 
 def read_documents(refs: Sequence[FileRef], settings: SourceSettings) -> tuple[pa.Table, list[Reject], int]:
