@@ -10,7 +10,7 @@ import pyarrow as pa
 from prefect import get_run_logger, task
 
 from embedpipe.config import Settings
-from embedpipe.docids import file_of
+from embedpipe.docids import file_of, make_doc_id
 from embedpipe.incremental import Delta, Known, classify
 from embedpipe.readers import FileRef, discover, plan_shards, read_documents, source_scope
 from embedpipe.resources.store import Scope
@@ -96,6 +96,8 @@ def _unchanged_by_stat(ref: FileRef, known: Known) -> list[str] | None:
         datetime.fromtimestamp(ref.mtime_ns / 1e9, tz=UTC), pa.timestamp("us", tz="UTC")
     ).as_py()
     (doc_id, state), *_ = docs.items()
+    if doc_id != make_doc_id(ref.path):  # stored under an id of an earlier form: read, and re-id
+        return None
     return [doc_id] if state.size == ref.size and state.mtime == mtime else None
 
 
