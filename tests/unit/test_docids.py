@@ -111,3 +111,19 @@ def test_renamed_documents_counts_only_ids_that_changed_form() -> None:
     assert renamed_documents(known, deleted) == 2
     assert is_legacy_id("a#b.txt", "a#b.txt") and not is_legacy_id("a%23b.txt", "a#b.txt")
     assert not is_legacy_id("plain.txt", "plain.txt")
+
+
+def test_a_record_id_repeated_in_a_later_part_of_a_split_file_keeps_its_own_reason() -> None:
+    tally = Tally()
+    first = _outcome(0, [("s", "big.jsonl#7")], [])
+    first.split_ids = ["big.jsonl#7"]
+    later = _outcome(1, [("s", "big.jsonl#7")], [])
+    later.split_ids = ["big.jsonl#7"]
+
+    add_outcome(tally, first)
+    add_outcome(tally, later)
+
+    assert [(r.path, r.reason) for r in tally.rejects] == [
+        ("big.jsonl#7", "duplicate id in this file (an earlier part has it)")
+    ]
+    assert tally.exclude == {"mem://staged/1": ["big.jsonl#7"]}
