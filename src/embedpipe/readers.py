@@ -224,7 +224,7 @@ def discover(
         if key in seen_roots:  # the same source given twice is read once
             continue
         seen_roots.add(key)
-        found: Iterator[tuple[str, FileRef | Reject]]
+        found: Iterator[tuple[str, FileRef | Reject | None]]
         if objectstore.is_s3(root):
             listed = _list_objects(root, names, settings)
             found = ((rel, r) for rel, r in listed.items() if names is not None or keep(rel))
