@@ -6,6 +6,19 @@ one chunk is split into sentences (Latin ``. ! ?`` and CJK ``。！？；`` with
 quotes); a sentence still too long is cut into token windows. Consecutive pieces are then packed
 greedily up to the budget, with ``overlap`` tokens of trailing context repeated at the start of
 the next chunk.
+
+Memory and time are bounded by the chunk size, not by the document or line size:
+
+- A token longer than the tokenizer's ``max_token_chars`` (BERT's WordPiece turns any word over
+  ``max_input_chars_per_word`` characters into one ``[UNK]`` whose offsets span the whole word)
+  counts as one token per ``max_token_chars`` characters, so an unbreakable run of text is cut into
+  windows like any other; no chunk holds more than ``budget * max_token_chars`` characters
+  (whitespace runs included).
+- A document longer than :data:`SEGMENT_CHARS` is tokenized one segment at a time (segments end at
+  a paragraph, line or space where there is one), never in one call; a chunk does not cross a
+  segment boundary.
+- A document that needs more than ``max_chunks`` chunks is rejected as soon as that is known: at
+  once when its length alone proves it, else when the segments read so far have produced more.
 """
 
 from __future__ import annotations
@@ -31,6 +44,11 @@ _SENTENCE_END = re.compile(
     r"|\n"
 )
 _DOCS_PER_TOKENIZER_CALL = 256
+SEGMENT_CHARS = 1 << 20
+"""Documents longer than this (characters) are tokenized segment by segment."""
+_CHARS_PER_TOKENIZER_CALL = 4 * SEGMENT_CHARS
+DEFAULT_MAX_TOKEN_CHARS = 100
+"""Characters one token may stand for when the tokenizer does not say (BERT's WordPiece value)."""
 
 
 @dataclass(frozen=True)
@@ -93,25 +111,77 @@ def _spans(text: str, a: int, b: int, pattern: re.Pattern[str]) -> list[tuple[in
     return out
 
 
-def split_spans(text: str, tok: np.ndarray, budget: int, overlap: int) -> list[tuple[int, int]]:
-    """Character spans of the chunks of one document.
+def _cap_tokens(tok: np.ndarray, max_token_chars: int) -> np.ndarray:
+    """Token offsets with every token longer than ``max_token_chars`` cut into pieces of that size."""
+    if not len(tok):
+        return tok
+    lengths = tok[:, 1] - tok[:, 0]
+    if int(lengths.max()) <= max_token_chars:
+        return tok
+    pieces = np.maximum(1, -(-lengths // max_token_chars))  # ceil, at least one per token
+    owner = np.repeat(np.arange(len(tok)), pieces)
+    first = np.cumsum(pieces) - pieces
+    k = np.arange(len(owner)) - first[owner]
+    starts = tok[owner, 0] + k * max_token_chars
+    ends = np.minimum(starts + max_token_chars, tok[owner, 1])
+    return np.stack([starts, ends], axis=1)
+
+
+def _cap_chars(text: str, spans: list[tuple[int, int]], max_chars: int) -> list[tuple[int, int]]:
+    """Spans with any span longer than ``max_chars`` (a long whitespace run between two tokens) cut
+    at spaces where possible; whitespace-only pieces are dropped."""
+    if all(b - a <= max_chars for a, b in spans):
+        return spans
+    out: list[tuple[int, int]] = []
+    for a, b in spans:
+        while b - a > max_chars:
+            cut = a + max_chars
+            space = text.rfind(" ", a + max_chars // 2, cut)
+            cut = space if space > a else cut
+            s, e = _trim(text, a, cut)
+            if e > s:
+                out.append((s, e))
+            a, _ = _trim(text, cut, b)
+        s, e = _trim(text, a, b)
+        if e > s:
+            out.append((s, e))
+    return out
+
+
+def split_spans(
+    text: str,
+    tok: np.ndarray,
+    budget: int,
+    overlap: int,
+    max_token_chars: int = DEFAULT_MAX_TOKEN_CHARS,
+    lo: int = 0,
+    hi: int | None = None,
+) -> list[tuple[int, int]]:
+    """Character spans of the chunks of one document (or of its segment ``text[lo:hi]``).
 
     Args:
         text: The document text.
-        tok: ``(n, 2)`` token (start, end) offsets of ``text`` from the model's tokenizer.
+        tok: ``(n, 2)`` token (start, end) offsets of ``text[lo:hi]`` (relative to ``text``) from
+            the model's tokenizer.
         budget: Most content tokens per chunk.
         overlap: Tokens of context repeated from the end of one chunk at the start of the next.
+        max_token_chars: A longer token counts as one token per this many characters.
+        lo: Start of the segment to split.
+        hi: End of the segment (default: the end of ``text``).
 
     Returns:
-        ``(start, end)`` character spans, in document order.
+        ``(start, end)`` character spans, in document order, none longer than
+        ``budget * max_token_chars`` characters.
     """
+    hi = len(text) if hi is None else hi
+    tok = _cap_tokens(tok, max_token_chars)
     starts = tok[:, 0] if len(tok) else np.zeros(0, dtype=np.int64)
 
     def ntok(a: int, b: int) -> int:
         return int(np.searchsorted(starts, b, "left") - np.searchsorted(starts, a, "left"))
 
     pieces: list[_Piece] = []
-    for pa_, pb in _spans(text, 0, len(text), _PARAGRAPH):
+    for pa_, pb in _spans(text, lo, hi, _PARAGRAPH):
         n = ntok(pa_, pb)
         if n <= budget:
             pieces.append(_Piece(pa_, pb, n))
@@ -159,7 +229,61 @@ def split_spans(text: str, tok: np.ndarray, budget: int, overlap: int) -> list[t
         cur.append(piece)
         cur_tok += piece.ntok
     flush()
-    return chunks
+    return _cap_chars(text, chunks, budget * max_token_chars)
+
+
+def _segments(text: str, size: int) -> list[tuple[int, int]]:
+    """Cut ``text`` into segments of at most ``size`` characters, at a paragraph, line or space in
+    the second half of each where there is one."""
+    out, a, n = [], 0, len(text)
+    while n - a > size:
+        lo, hi = a + size // 2, a + size
+        cut = -1
+        for sep in ("\n\n", "\n", " "):
+            cut = text.rfind(sep, lo, hi)
+            if cut > a:
+                break
+        cut = cut if cut > a else hi
+        out.append((a, cut))
+        a = cut
+    out.append((a, n))
+    return out
+
+
+def max_token_chars(tokenizer: TokenCounter) -> int:
+    """Characters one token may stand for: the tokenizer's own limit where it has one."""
+    return int(getattr(tokenizer, "max_token_chars", DEFAULT_MAX_TOKEN_CHARS) or DEFAULT_MAX_TOKEN_CHARS)
+
+
+def _too_many(limit: int, n: int, length: int, done: int | None = None) -> str:
+    where = "" if done is None else f" in its first {done:,} characters"
+    return (
+        f"too many chunks: {n:,} or more{where} of {length:,} characters, over "
+        f"chunk.max_chunks_per_doc={limit:,}; split the file, or raise the setting "
+        "(env EMBEDPIPE_CHUNK__MAX_CHUNKS_PER_DOC)"
+    )
+
+
+def long_document_spans(
+    text: str, tokenizer: TokenCounter, budget: int, overlap: int, max_chunks: int
+) -> list[tuple[int, int]] | str:
+    """Chunk spans of a long document, tokenized one :data:`SEGMENT_CHARS` segment at a time.
+
+    Returns:
+        The spans, or the reason to reject the document when it needs more than ``max_chunks``.
+    """
+    k = max_token_chars(tokenizer)
+    floor = -(-len(text) // (budget * k))  # no chunk holds more characters than budget * k
+    if floor > max_chunks:
+        return _too_many(max_chunks, floor, len(text))
+    spans: list[tuple[int, int]] = []
+    for a, b in _segments(text, SEGMENT_CHARS):
+        tok = tokenizer.token_spans([text[a:b]])[0]
+        if len(tok):
+            spans += split_spans(text, tok + a, budget, overlap, k, a, b)
+        if len(spans) > max_chunks:
+            return _too_many(max_chunks, len(spans), len(text), b)
+    return spans
 
 
 def _enforce(
@@ -196,12 +320,29 @@ def _enforce(
     return [out[i] for i in order], [counts[i] for i in order], [ids[i] for i in order] if with_ids else None
 
 
+def _groups(spans: list[tuple[int, int]], max_chars: int) -> list[list[tuple[int, int]]]:
+    """Consecutive runs of ``spans`` covering at most ``max_chars`` characters each (one when
+    they all fit, the common case)."""
+    if not spans or spans[-1][1] - spans[0][0] <= max_chars:
+        return [spans]
+    out: list[list[tuple[int, int]]] = [[]]
+    size = 0
+    for a, b in spans:
+        if out[-1] and size + (b - a) > max_chars:
+            out.append([])
+            size = 0
+        out[-1].append((a, b))
+        size += b - a
+    return out
+
+
 def chunk_documents(
     docs: pa.Table,
     tokenizer: TokenCounter,
     budget: int,
     overlap: int,
     ids_out: list[Any] | None = None,
+    max_chunks: int = 10_000,
 ) -> tuple[pa.Table, list[Reject]]:
     """Cut a documents table into chunks.
 
@@ -212,38 +353,79 @@ def chunk_documents(
         overlap: Tokens repeated between consecutive chunks.
         ids_out: When given and the tokenizer has ``token_ids``, filled with each chunk's token
             ids (no special tokens), row for row.
+        max_chunks: A document that needs more chunks is rejected (``chunk.max_chunks_per_doc``).
 
     Returns:
         Chunks (:func:`~embedpipe.schemas.segments_schema`) and rejects for documents that yield
-        no tokens at all.
+        no tokens at all or too many chunks.
     """
     schema = segments_schema()
     cols: dict[str, list[Any]] = {f.name: [] for f in schema}
     rejects: list[Reject] = []
     carried = [C.DOC_ID, C.SOURCE, C.PATH, C.SIZE, C.MTIME, C.DOC_HASH, C.METADATA]
+    k = max_token_chars(tokenizer)
+
+    def emit(text: str, row: dict[str, Any], spans: list[tuple[int, int]] | str) -> None:
+        if isinstance(spans, str) or not spans:
+            reason = spans or "no tokens after tokenization"
+            rejects.append(Reject(path=row[C.DOC_ID], reason=reason, source=row[C.SOURCE]))
+            return
+        if len(spans) > max_chunks:
+            rejects.append(
+                Reject(
+                    path=row[C.DOC_ID],
+                    reason=_too_many(max_chunks, len(spans), len(text)),
+                    source=row[C.SOURCE],
+                )
+            )
+            return
+        counts: list[int] = []
+        kept: list[tuple[int, int]] = []
+        for group in _groups(spans, _CHARS_PER_TOKENIZER_CALL):  # bounded tokenizer calls
+            g_spans, g_counts, ids = _enforce(text, group, tokenizer, budget)
+            kept += g_spans
+            counts += g_counts
+            if ids_out is not None and ids is not None:
+                ids_out.extend(ids)
+        spans = kept
+        for index, ((a, b), n) in enumerate(zip(spans, counts, strict=True)):
+            body = text[a:b]
+            cols[C.CHUNK_ID].append(chunk_id(row[C.SOURCE], row[C.DOC_ID], index, body))
+            for c in carried:
+                cols[c].append(row[c])
+            cols[C.CHUNK_INDEX].append(index)
+            cols[C.TEXT].append(body)
+            cols[C.CHAR_START].append(a)
+            cols[C.CHAR_END].append(b)
+            cols[C.N_TOKENS].append(n)
+            cols[C.CHUNK_HASH].append(sha256_text(body))
+
+    def flush(batch: list[tuple[str, dict[str, Any]]]) -> None:
+        if not batch:
+            return
+        texts = [t for t, _ in batch]
+        for (text, row), tok in zip(batch, tokenizer.token_spans(texts), strict=True):
+            emit(text, row, split_spans(text, tok, budget, overlap, k) if len(tok) else [])
+        batch.clear()
+
+    batch: list[tuple[str, dict[str, Any]]] = []
+    chars = 0
     for off in range(0, docs.num_rows, _DOCS_PER_TOKENIZER_CALL):
         part = docs.slice(off, _DOCS_PER_TOKENIZER_CALL)
         texts: Sequence[str] = part.column(C.TEXT).to_pylist()
         rows = part.select(carried).to_pylist()
-        for text, row, tok in zip(texts, rows, tokenizer.token_spans(texts), strict=True):
-            spans = split_spans(text, tok, budget, overlap) if len(tok) else []
-            if not spans:
-                rejects.append(
-                    Reject(path=row[C.DOC_ID], reason="no tokens after tokenization", source=row[C.SOURCE])
-                )
+        for text, row in zip(texts, rows, strict=True):
+            if len(text) > SEGMENT_CHARS:  # alone, one segment at a time, in document order
+                flush(batch)
+                chars = 0
+                emit(text, row, long_document_spans(text, tokenizer, budget, overlap, max_chunks))
                 continue
-            spans, counts, ids = _enforce(text, spans, tokenizer, budget)
-            if ids_out is not None and ids is not None:
-                ids_out.extend(ids)
-            for index, ((a, b), n) in enumerate(zip(spans, counts, strict=True)):
-                body = text[a:b]
-                cols[C.CHUNK_ID].append(chunk_id(row[C.SOURCE], row[C.DOC_ID], index, body))
-                for k in carried:
-                    cols[k].append(row[k])
-                cols[C.CHUNK_INDEX].append(index)
-                cols[C.TEXT].append(body)
-                cols[C.CHAR_START].append(a)
-                cols[C.CHAR_END].append(b)
-                cols[C.N_TOKENS].append(n)
-                cols[C.CHUNK_HASH].append(sha256_text(body))
+            if batch and chars + len(text) > _CHARS_PER_TOKENIZER_CALL:
+                flush(batch)
+                chars = 0
+            batch.append((text, row))
+            chars += len(text)
+        flush(batch)
+        chars = 0
+        del texts, rows
     return pa.table(cols, schema=schema), rejects

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from embedpipe.docids import is_legacy_id
 from embedpipe.readers import PathFilter
 from embedpipe.resources.store import DocState
 from embedpipe.schemas import C
@@ -104,6 +105,22 @@ def missing_documents(
             continue
         out.extend((src, d) for d in docs if (src, d) not in seen_set)
     return sorted(out)
+
+
+def renamed_documents(known: Known, deleted: Iterable[tuple[str, str]]) -> int:
+    """How many of ``deleted`` go only because their id changed form (a one-time migration).
+
+    Since paths in doc_ids are escaped (:mod:`embedpipe.docids`), a file whose name has ``#`` or
+    ``%`` gets a new id: the run adds it under the new id and deletes the old one in the same
+    version. This counts those, so the run can say so.
+    """
+    gone = set(deleted)
+    return sum(
+        1
+        for (src, path), docs in known.items()
+        for doc_id in docs
+        if (src, doc_id) in gone and is_legacy_id(doc_id, path)
+    )
 
 
 def refresh_rows(stored: pa.Table, docs: pa.Table) -> pa.Table:

@@ -29,7 +29,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from embedpipe import sources_guard
 from embedpipe.config import SourceSettings
+from embedpipe.docids import make_doc_id
 from embedpipe.errors import RejectedInput, SourceError
 from embedpipe.resources import objectstore
 from embedpipe.schemas import C, Reject, docs_schema
@@ -130,6 +132,10 @@ class PathFilter:
             return False
         return any(r.match(rel) for r in self.include)
 
+    def excludes_folder(self, rel: str) -> bool:
+        """Whether the exclude globs skip everything under the folder ``rel``."""
+        return any(r.match(rel) or r.match(f"{rel}/_") for r in self.exclude)
+
 
 def normalize_source(source: str) -> str:
     """Absolute, symlink-free form of a source root, so the same folder is always the same source;
@@ -211,23 +217,25 @@ def discover(
     rejects: list[Reject] = []
     keep = PathFilter(settings.include, settings.exclude)
     seen_roots: set[tuple[str, tuple[str, ...]]] = set()
+    seen_files: set[tuple[str, str]] = set()  # a file under two given sources is read once
     for raw in sources:
         root, names = source_scope(raw, settings)
         key = (root, tuple(names or ()))
         if key in seen_roots:  # the same source given twice is read once
             continue
         seen_roots.add(key)
-        found: Iterator[tuple[str, FileRef | Reject]]
+        found: Iterator[tuple[str, FileRef | Reject | None]]
         if objectstore.is_s3(root):
             listed = _list_objects(root, names, settings)
             found = ((rel, r) for rel, r in listed.items() if names is not None or keep(rel))
+        elif names is not None:  # a file named explicitly is read even when it is a symlink
+            found = ((rel, _stat(root, rel, settings, walked=False)) for rel in names)
         else:  # lazily: excluded files are never stat'ed
-            found = (
-                (rel, _stat(root, rel, settings))
-                for rel in (names if names is not None else _walk(root, rejects))
-                if names is not None or keep(rel)
-            )
-        for _rel, ref_or_reject in found:
+            found = ((rel, _stat(root, rel, settings)) for rel in _walk(root, rejects, keep) if keep(rel))
+        for rel, ref_or_reject in found:
+            if ref_or_reject is None or (root, rel) in seen_files:
+                continue
+            seen_files.add((root, rel))
             if isinstance(ref_or_reject, Reject):
                 rejects.append(ref_or_reject)
                 continue
@@ -238,13 +246,21 @@ def discover(
     return refs, rejects
 
 
-def _walk(root: str, rejects: list[Reject]) -> Iterator[str]:
+def _walk(root: str, rejects: list[Reject], keep: PathFilter) -> Iterator[str]:
     def onerror(e: OSError) -> None:
         rel = os.path.relpath(e.filename or root, root).replace(os.sep, "/")
         rejects.append(Reject(path=rel, reason=f"unreadable folder: {e.strerror or e}", source=root))
 
     for dirpath, dirnames, filenames in os.walk(root, onerror=onerror, followlinks=False):
         dirnames.sort()
+        for name in dirnames:  # folder symlinks are never followed; one leading out is reported
+            full = os.path.join(dirpath, name)
+            if os.path.islink(full):
+                rel = os.path.relpath(full, root).replace(os.sep, "/")
+                where, _ = sources_guard.link_target(root, full)
+                if where == "outside" and not keep.excludes_folder(rel):
+                    reason = sources_guard.outside_reason("folder")
+                    rejects.append(Reject(path=rel, reason=reason, source=root))
         for name in sorted(filenames):
             full = os.path.join(dirpath, name)
             yield os.path.relpath(full, root).replace(os.sep, "/")
@@ -266,7 +282,13 @@ def _list_objects(
     for info in sorted(infos, key=lambda i: i.path):
         if info.type != pafs.FileType.File:  # "folders" are prefixes or zero-byte marker objects
             continue
-        rel = info.path[len(base) :].lstrip("/")
+        if not info.path.startswith(base + "/"):  # never anything beside the prefix
+            continue
+        rel = info.path[len(base) + 1 :]
+        bad = sources_guard.bad_object_key(rel)
+        if bad is not None:
+            found[rel] = Reject(path=rel, reason=bad, source=root)
+            continue
         mtime_ns = info.mtime_ns if info.mtime_ns is not None else 0
         found[rel] = _ref_or_reject(root, rel, int(info.size or 0), int(mtime_ns), settings)
     return found
@@ -293,13 +315,24 @@ def _ref_or_reject(
     return FileRef(source=root, path=rel, size=size, mtime_ns=mtime_ns, kind=kind)
 
 
-def _stat(root: str, rel: str, settings: SourceSettings) -> FileRef | Reject:
+def _stat(root: str, rel: str, settings: SourceSettings, walked: bool = True) -> FileRef | Reject | None:
+    """A ref for a file found under ``root``, a reject, or ``None`` for a symlink whose target
+    inside the root is read under its own path (see :mod:`embedpipe.sources_guard`)."""
     full = os.path.join(root, *rel.split("/"))
     try:
-        st = os.stat(full)
+        st = os.lstat(full) if walked else os.stat(full)
     except OSError as e:
-        what = "broken symlink" if os.path.islink(full) else (e.strerror or str(e))
-        return Reject(path=rel, reason=f"unreadable file: {what}", source=root)
+        return Reject(path=rel, reason=f"unreadable file: {e.strerror or e}", source=root)
+    if stat.S_ISLNK(st.st_mode):
+        where, target = sources_guard.link_target(root, full)
+        if where == "outside":
+            return Reject(path=rel, reason=sources_guard.outside_reason("file"), source=root)
+        try:
+            os.stat(full)
+        except OSError:
+            return Reject(path=rel, reason="unreadable file: broken symlink", source=root)
+        log.debug("symlink path=%s: its target %s inside the source folder is read there", rel, target)
+        return None
     if not stat.S_ISREG(st.st_mode):
         return Reject(path=rel, reason="not a regular file (device, pipe or socket)", source=root)
     return _ref_or_reject(root, rel, st.st_size, st.st_mtime_ns, settings)
@@ -352,8 +385,8 @@ def open_binary(ref: FileRef, settings: SourceSettings) -> IO[bytes]:
             access denied).
     """
     if not objectstore.is_s3(ref.source):
-        try:
-            return open(ref.abspath, "rb")
+        try:  # a file swapped for a symlink since discovery is refused, not followed
+            return open(ref.abspath, "rb", opener=lambda p, _flags: sources_guard.open_nofollow(p))
         except OSError as e:
             raise RejectedInput(f"unreadable file: {e.strerror or e}") from None
     fs, path = objectstore.filesystem(ref.abspath, settings.s3)
@@ -593,9 +626,10 @@ def iter_records(ref: FileRef, settings: SourceSettings) -> Iterator[Record | Re
             data = fh.read()
     except OSError as e:
         raise RejectedInput(f"unreadable file: {e.strerror or e}") from None
-    if not data.strip():
+    if not data or data.isspace():  # no stripped copy of a big file
         raise RejectedInput("empty file")
     text = decode_text(data)
+    del data  # the bytes are not needed while the text is being used
     if ref.kind == "text":
         yield None, text, None
     elif ref.kind == "html":
@@ -625,7 +659,7 @@ def _json_records(ref: FileRef, text: str, settings: SourceSettings) -> Iterator
             try:
                 yield _record(item, f"item {row}", settings, row)
             except RejectedInput as e:
-                yield Reject(path=f"{ref.path}#{row}", reason=str(e), source=ref.source)
+                yield Reject(path=make_doc_id(ref.path, str(row)), reason=str(e), source=ref.source)
     else:
         raise RejectedInput(
             f"JSON top level is {type(obj).__name__}; expected an object or an array of objects"
@@ -664,14 +698,25 @@ def _jsonl_records(ref: FileRef, settings: SourceSettings) -> Iterator[Record | 
                     raise RejectedInput(f"{where}: invalid JSON: nested too deeply") from None
                 yield _record(obj, where, settings, line_no)
             except RejectedInput as e:
-                yield Reject(path=f"{ref.path}#{line_no}", reason=str(e), source=ref.source)
+                yield Reject(path=make_doc_id(ref.path, str(line_no)), reason=str(e), source=ref.source)
     if not any_line and ref.part is None:
         raise RejectedInput("empty file")
 
 
+def _lines(text: str) -> Iterator[str]:
+    """The lines of ``text`` with their newlines, one slice at a time (``io.StringIO`` would hold
+    a second, four-bytes-per-character copy of the whole file)."""
+    i, n = 0, len(text)
+    while i < n:
+        j = text.find("\n", i)
+        j = n if j < 0 else j + 1
+        yield text[i:j]
+        i = j
+
+
 def _csv_records(ref: FileRef, text: str, settings: SourceSettings) -> Iterator[Record | Reject]:
     csv.field_size_limit(max(1 << 20, int(settings.max_file_mb * 1024 * 1024)))
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    reader = csv.reader(_lines(text), strict=True)
     try:
         header = next(reader)
     except StopIteration:
@@ -692,14 +737,18 @@ def _csv_records(ref: FileRef, text: str, settings: SourceSettings) -> Iterator[
         except StopIteration:
             break
         except csv.Error as e:
-            yield Reject(path=f"{ref.path}#{row}", reason=f"row {row}: malformed CSV: {e}", source=ref.source)
+            yield Reject(
+                path=make_doc_id(ref.path, str(row)),
+                reason=f"row {row}: malformed CSV: {e}",
+                source=ref.source,
+            )
             continue
         if not values or all(not v.strip() for v in values):
             row -= 1
             continue
         if len(values) != len(header):
             yield Reject(
-                path=f"{ref.path}#{row}",
+                path=make_doc_id(ref.path, str(row)),
                 reason=f"row {row} (line {reader.line_num}): expected {len(header)} fields, "
                 f"got {len(values)}",
                 source=ref.source,
@@ -708,7 +757,7 @@ def _csv_records(ref: FileRef, text: str, settings: SourceSettings) -> Iterator[
         try:
             yield _record(dict(zip(header, values, strict=True)), f"row {row}", settings, row)
         except RejectedInput as e:
-            yield Reject(path=f"{ref.path}#{row}", reason=str(e), source=ref.source)
+            yield Reject(path=make_doc_id(ref.path, str(row)), reason=str(e), source=ref.source)
     if row == 1:
         raise RejectedInput("CSV has a header but no rows")
 
@@ -736,15 +785,25 @@ def _parquet_records(ref: FileRef, settings: SourceSettings) -> Iterator[Record 
                 try:
                     yield _record(obj, f"row {row}", settings, row)
                 except RejectedInput as e:
-                    yield Reject(path=f"{ref.path}#{row}", reason=str(e), source=ref.source)
+                    yield Reject(path=make_doc_id(ref.path, str(row)), reason=str(e), source=ref.source)
                 row += 1
 
 
 # --------------------------------------------------------------------------- documents
 
 
+_HASH_PIECE = 1 << 20
+
+
 def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    """sha256 of the UTF-8 bytes of ``text``; a long text is encoded a piece at a time (the same
+    digest, without a second full copy of a big document in memory)."""
+    if len(text) <= _HASH_PIECE:
+        return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    h = hashlib.sha256()
+    for i in range(0, len(text), _HASH_PIECE):  # no surrogate pair is split: str is code points
+        h.update(text[i : i + _HASH_PIECE].encode("utf-8", "surrogatepass"))
+    return h.hexdigest()
 
 
 def read_documents(refs: Sequence[FileRef], settings: SourceSettings) -> tuple[pa.Table, list[Reject], int]:
@@ -772,7 +831,7 @@ def read_documents(refs: Sequence[FileRef], settings: SourceSettings) -> tuple[p
                     rejects.append(item)
                     continue
                 key, text, meta = item
-                doc_id = ref.path if key is None else f"{ref.path}#{key}"
+                doc_id = make_doc_id(ref.path, key)
                 if key is not None and key in keys:
                     rejects.append(
                         Reject(path=doc_id, reason=f"duplicate id {key!r} in this file", source=ref.source)

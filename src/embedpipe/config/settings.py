@@ -171,6 +171,13 @@ class ChunkSettings(_Group):
     overlap: int = Field(
         32, ge=0, le=16_384, description="Tokens shared by consecutive chunks of a document."
     )
+    max_chunks_per_doc: int = Field(
+        10_000,
+        ge=1,
+        le=10_000_000,
+        description="A document needing more chunks is rejected, detected before it is fully "
+        "tokenized; 10,000 chunks of 256 tokens is about 10-15 MB of prose, more than any book.",
+    )
 
     @model_validator(mode="after")
     def _overlap_below_size(self) -> ChunkSettings:

@@ -54,7 +54,6 @@ class Tally:
     refreshed: int = 0
     truncated: int = 0
     seconds: float = 0.0
-    split_ids: set[str] = field(default_factory=set)
     exclude: dict[str, list[str]] = field(default_factory=dict)
 
 
@@ -169,8 +168,9 @@ def add_outcome(tally: Tally, out: ShardOutcome) -> None:
     tally.seen += out.seen
     tally.rejects += out.rejects
     tally.protected_files |= out.protected_files
+    dups = _reject_duplicates(tally, out)
     tally.seen_ids.update(out.seen_ids)
-    tally.changed_text += out.changed_text
+    tally.changed_text += [d for d in out.changed_text if d not in dups] if dups else out.changed_text
     tally.new += out.new
     tally.changed += out.changed
     tally.unchanged += out.unchanged
@@ -184,14 +184,33 @@ def add_outcome(tally: Tally, out: ShardOutcome) -> None:
     tally.refreshed += out.refreshed
     tally.truncated += out.truncated
     tally.seconds += out.seconds
-    # Parts of one big record file are read in different shards: an id seen in an earlier part wins.
-    for doc_id in out.split_ids:
-        if doc_id in tally.split_ids:
-            tally.exclude.setdefault(out.staged.uri, []).append(doc_id)
-            tally.rejects.append(
-                Reject(path=doc_id, reason="duplicate id in this file (an earlier part has it)")
-            )
-        tally.split_ids.add(doc_id)
+
+
+def _reject_duplicates(tally: Tally, out: ShardOutcome) -> set[tuple[str, str]]:
+    """Reject the documents of ``out`` whose (source, doc_id) an earlier shard of the run already had.
+
+    The first one wins: the duplicate's staged rows are left out of the commit and it does not
+    replace the first one's rows, so two inputs that map to one id can never delete each other's
+    rows. Parts of one big record file are read in different shards, where this is the
+    duplicate-id check across parts; elsewhere doc_ids are unique by construction
+    (:mod:`embedpipe.docids`) and this is the guard that keeps it so.
+
+    Returns:
+        The duplicates' (source, doc_id).
+    """
+    dups = {k for k in out.seen_ids if k in tally.seen_ids}
+    if not dups:
+        return dups
+    split = set(out.split_ids)
+    for src, doc_id in sorted(dups):
+        tally.exclude.setdefault(out.staged.uri, []).append(doc_id)
+        reason = (
+            "duplicate id in this file (an earlier part has it)"
+            if doc_id in split
+            else "duplicate doc_id: another input of this run already has this id; not written"
+        )
+        tally.rejects.append(Reject(path=doc_id, reason=reason, source=src))
+    return dups
 
 
 def _collect(tally: Tally, futures: tuple[Any, Any, Any, Any], more: bool = True) -> None:

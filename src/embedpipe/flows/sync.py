@@ -27,7 +27,7 @@ from embedpipe.flows._pipeline import (
     run_id,
     run_shards,
 )
-from embedpipe.incremental import missing_documents
+from embedpipe.incremental import missing_documents, renamed_documents
 from embedpipe.readers import PathFilter
 from embedpipe.resources.embedder import get_embedder
 from embedpipe.resources.store import CommitResult, Store
@@ -81,6 +81,15 @@ def sync(
             deleted_docs = missing_documents(
                 known, tally.seen_ids, plan.scanned_files, tally.protected_files, keep
             )
+            renamed = renamed_documents(known, deleted_docs)
+            if renamed:
+                logger.warning(
+                    "stage=ingest docs_renamed=%d: %d document(s) changed id because file names with "
+                    "'#' or '%%' are now escaped (%%23, %%25); this version replaces them under the "
+                    "new id (a one-time migration, see README 'Document ids')",
+                    renamed,
+                    renamed,
+                )
         schema = table_schema(get_embedder(settings.model), settings)
         replace = sorted(set(tally.changed_text) | set(deleted_docs))
         result = write_task(

@@ -8,6 +8,7 @@ sentence-transformers model id or local path works the same way.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import threading
@@ -72,6 +73,9 @@ class HFTokenCounter:
         self._tok.no_padding()
         self.special_tokens = len(self._tok.encode("", add_special_tokens=True).ids)
         self.tokenizer_hash = hashlib.sha256(definition.encode()).hexdigest()
+        # WordPiece maps a longer word to one [UNK]: the chunker counts it as several tokens
+        model = json.loads(definition).get("model") or {}
+        self.max_token_chars = int(model.get("max_input_chars_per_word") or 100)
 
     def token_spans(self, texts: Sequence[str]) -> list[np.ndarray]:
         encs = self._tok.encode_batch(list(texts), add_special_tokens=False)

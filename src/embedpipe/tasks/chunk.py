@@ -43,7 +43,9 @@ def chunk_table(docs: pa.Table, shard: int, settings: Settings) -> Chunks:
     embedder = get_embedder(settings.model)
     ident = chunking_identity(embedder, settings)
     ids: list[Any] = []
-    table, rejects = chunk_documents(docs, embedder.tokenizer, ident.budget, ident.overlap, ids)
+    table, rejects = chunk_documents(
+        docs, embedder.tokenizer, ident.budget, ident.overlap, ids, settings.chunk.max_chunks_per_doc
+    )
     token_ids = ids if len(ids) == table.num_rows and table.num_rows else None
     return Chunks(shard=shard, table=table, rejects=rejects, token_ids=token_ids)
 

@@ -10,6 +10,7 @@ import pyarrow as pa
 from prefect import get_run_logger, task
 
 from embedpipe.config import Settings
+from embedpipe.docids import file_of, make_doc_id
 from embedpipe.incremental import Delta, Known, classify
 from embedpipe.readers import FileRef, discover, plan_shards, read_documents, source_scope
 from embedpipe.resources.store import Scope
@@ -95,6 +96,8 @@ def _unchanged_by_stat(ref: FileRef, known: Known) -> list[str] | None:
         datetime.fromtimestamp(ref.mtime_ns / 1e9, tz=UTC), pa.timestamp("us", tz="UTC")
     ).as_py()
     (doc_id, state), *_ = docs.items()
+    if doc_id != make_doc_id(ref.path):  # stored under an id of an earlier form: read, and re-id
+        return None
     return [doc_id] if state.size == ref.size and state.mtime == mtime else None
 
 
@@ -116,7 +119,7 @@ def ingest_shard(shard_no: int, refs: list[FileRef], settings: Settings, known: 
     files = {(r.source, r.path) for r in refs}
     protected = set()
     for rj in rejects:
-        file_path = rj.path if (rj.source, rj.path) in files else rj.path.rsplit("#", 1)[0]
+        file_path = rj.path if (rj.source, rj.path) in files else file_of(rj.path)
         protected.add((rj.source, file_path))
     split = {r.path for r in refs if r.part is not None}
     split_ids = [
