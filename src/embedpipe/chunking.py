@@ -264,6 +264,14 @@ def _too_many(limit: int, n: int, length: int, done: int | None = None) -> str:
     )
 
 
+def _all_unknown(length: int, max_chars: int) -> str:
+    return (
+        f"no text the model can read: the model's tokenizer knows none of the tokens of its "
+        f"{length:,} characters (each is [UNK]: words longer than {max_chars} characters, or a script "
+        "the model's vocabulary lacks); every chunk would get the same meaningless vector"
+    )
+
+
 def long_document_spans(
     text: str, tokenizer: TokenCounter, budget: int, overlap: int, max_chunks: int
 ) -> list[tuple[int, int]] | str:
@@ -364,6 +372,7 @@ def chunk_documents(
     rejects: list[Reject] = []
     carried = [C.DOC_ID, C.SOURCE, C.PATH, C.SIZE, C.MTIME, C.DOC_HASH, C.METADATA]
     k = max_token_chars(tokenizer)
+    unk = getattr(tokenizer, "unk_id", None)
 
     def emit(text: str, row: dict[str, Any], spans: list[tuple[int, int]] | str) -> None:
         if isinstance(spans, str) or not spans:
@@ -381,12 +390,19 @@ def chunk_documents(
             return
         counts: list[int] = []
         kept: list[tuple[int, int]] = []
+        doc_ids: list[Any] | None = []
         for group in _groups(spans, _CHARS_PER_TOKENIZER_CALL):  # bounded tokenizer calls
             g_spans, g_counts, ids = _enforce(text, group, tokenizer, budget)
             kept += g_spans
             counts += g_counts
-            if ids_out is not None and ids is not None:
-                ids_out.extend(ids)
+            doc_ids = None if ids is None or doc_ids is None else doc_ids + ids
+        if doc_ids is not None and unk is not None and all(np.all(t == unk) for t in doc_ids):
+            rejects.append(
+                Reject(path=row[C.DOC_ID], reason=_all_unknown(len(text), k), source=row[C.SOURCE])
+            )
+            return
+        if ids_out is not None and doc_ids is not None:
+            ids_out.extend(doc_ids)
         spans = kept
         for index, ((a, b), n) in enumerate(zip(spans, counts, strict=True)):
             body = text[a:b]

@@ -88,3 +88,23 @@ def test_symlink_out_of_the_source_folder_never_reaches_the_table(tmp_path: Path
     assert s1.status == "completed" and s1.docs_rejected == 1
     assert [(r.path, "outside the source folder" in r.reason) for r in s1.rejects] == [("outside.txt", True)]
     assert set(texts_by_id(settings)) == {"ok.txt"}
+
+
+def test_a_document_rejected_while_chunking_keeps_its_stored_rows(tmp_path: Path) -> None:
+    """A reject never deletes: an indexed file that grows past chunk.max_chunks_per_doc is rejected
+    with the reason, and the rows an earlier version stored for it stay served."""
+    src = tmp_path / "src"
+    write(src / "grows.txt", "a short first version about apples")
+    write(src / "other.txt", "another document about pears")
+    settings = make_settings(tmp_path, chunk={"max_chunks_per_doc": 3}, source={"max_reject_ratio": 1.0})
+    s1 = run(src, settings)
+    assert (s1.status, s1.docs_new) == ("completed", 2)
+
+    write(src / "grows.txt", "\n\n".join(f"paragraph {i} " + "word " * 300 for i in range(10)))
+    s2 = run(src, settings)
+
+    assert s2.docs_rejected == 1
+    rejects = Store(settings.store).open_table("rejects").to_arrow().to_pylist()
+    assert any(r["path"] == "grows.txt" and "chunk.max_chunks_per_doc=3" in r["reason"] for r in rejects)
+    assert texts_by_id(settings)["grows.txt"] == {"a short first version about apples"}
+    assert s2.docs_deleted == 0

@@ -112,7 +112,7 @@ def test_overlap_repeats_trailing_sentences(tok: HFTokenCounter) -> None:
 
 
 def test_long_unbroken_text_is_cut_into_token_windows(tok: HFTokenCounter) -> None:
-    text = "x" * 5000 + " " + "词" * 700
+    text = "words " + "x" * 5000 + " " + "词" * 700  # not all [UNK]: that document is rejected
     table, _ = chunk_documents(docs(text), tok, budget=50, overlap=5)
     counts = tok.count(table.column(C.TEXT).to_pylist())
     assert counts.max() <= 50
@@ -157,3 +157,11 @@ def test_metadata_and_document_columns_are_carried(tok: HFTokenCounter) -> None:
 
 def test_split_spans_with_no_tokens_returns_nothing() -> None:
     assert split_spans("   ", np.zeros((0, 2), dtype=np.int64), 10, 0) == []
+
+
+def test_a_document_the_tokenizer_knows_nothing_of_is_rejected(tok: HFTokenCounter) -> None:
+    """Issue 13: a 10 MB field of one character became chunks that are all [UNK] (one vector)."""
+    table, rejects = chunk_documents(docs("x" * 50_000, "real words. " + "x" * 5000), tok, 50, 5)
+    assert [r.path for r in rejects] == ["d0.txt"]
+    assert "knows none of the tokens" in rejects[0].reason and "50,000 characters" in rejects[0].reason
+    assert set(table.column(C.DOC_ID).to_pylist()) == {"d1.txt"}

@@ -184,11 +184,14 @@ def test_real_tokenizer_bounds_a_few_megabytes_of_one_line_and_one_token() -> No
     tok = HFTokenCounter(Tokenizer.from_file(str(folder / "tokenizer.json")))
     assert tok.max_token_chars == 100
     words, xs = one_line_of_words(3 * 1024 * 1024), "x" * (2 * 1024 * 1024)
+    mixed = "a few real words first. " + xs
 
-    chunks, rejects = chunk_documents(docs(words, xs), tok, BUDGET, OVERLAP)
+    chunks, rejects = chunk_documents(docs(words, mixed, xs), tok, BUDGET, OVERLAP)
 
-    assert rejects == []
-    for i, text in enumerate((words, xs)):
+    # nothing but one over-long token: every chunk would be a lone [UNK], so the document is rejected
+    assert [r.path for r in rejects] == ["d2.txt"]
+    assert "no text the model can read" in rejects[0].reason
+    for i, text in enumerate((words, mixed)):
         part = chunks.filter(pc.equal(chunks.column(C.DOC_ID), f"d{i}.txt"))
         check_spans(text, part)
         assert tok.count(part.column(C.TEXT).to_pylist()).max() <= BUDGET

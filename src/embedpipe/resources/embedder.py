@@ -76,6 +76,9 @@ class HFTokenCounter:
         # WordPiece maps a longer word to one [UNK]: the chunker counts it as several tokens
         model = json.loads(definition).get("model") or {}
         self.max_token_chars = int(model.get("max_input_chars_per_word") or 100)
+        unk = model.get("unk_token")
+        self.unk_id: int | None = self._tok.token_to_id(unk) if isinstance(unk, str) else None
+        """The id of the unknown token: a chunk made only of it carries no meaning."""
 
     def token_spans(self, texts: Sequence[str]) -> list[np.ndarray]:
         encs = self._tok.encode_batch(list(texts), add_special_tokens=False)

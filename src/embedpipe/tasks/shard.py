@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from prefect import get_run_logger, task
 
 from embedpipe.config import Settings
+from embedpipe.docids import file_of
 from embedpipe.incremental import Known
 from embedpipe.readers import FileRef
 from embedpipe.resources.store import StagedShard
@@ -53,6 +54,9 @@ class ShardOutcome:
 def outcome_of(docs: Documents, chunks: Chunks, emb: Embedded, staged: StagedShard) -> ShardOutcome:
     """The small summary of a processed shard that the flow adds to its tally."""
     d = docs.delta
+    # A document rejected while chunking (too many chunks, nothing the model can read) keeps the
+    # rows an earlier version stored for it: a reject never deletes, like a reject while embedding.
+    chunk_dropped = [(r.source, r.path) for r in chunks.rejects]
     return ShardOutcome(
         shard=docs.shard,
         staged=staged,
@@ -64,8 +68,8 @@ def outcome_of(docs: Documents, chunks: Chunks, emb: Embedded, staged: StagedSha
         new=d.new,
         changed=d.changed,
         unchanged=d.unchanged,
-        dropped=list(emb.dropped),
-        dropped_files=set(emb.dropped_files),
+        dropped=list(emb.dropped) + chunk_dropped,
+        dropped_files=set(emb.dropped_files) | {(src, file_of(doc)) for src, doc in chunk_dropped},
         embedded=emb.embedded,
         reused=emb.reused,
         refreshed=emb.refreshed,
