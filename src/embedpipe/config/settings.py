@@ -450,6 +450,13 @@ class ChecksSettings(_Group):
     golden: list[str] = Field(
         default_factory=list, description="Golden-set JSONL files ({query, relevant: {doc_id: grade}})."
     )
+    golden_max_missing: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Largest share of a golden set's relevant doc_ids the table may lack (scored as not "
+        "retrieved and listed); above it the golden checks are an error (a wrong id scheme).",
+    )
     triplets: list[str] = Field(
         default_factory=lambda: ["builtin"],
         description="Triplet JSONL files ({anchor, positive, negative, margin}); builtin = the bundled set.",
