@@ -586,7 +586,7 @@ class Store:
                 table = self.db.create_table(name, data=reader, schema=schema)
             else:
                 previous_rows = int(table.count_rows())
-                self.cache.keep_replaced(table, staged, "reindex")
+                self.cache.keep_replaced(table, None, "reindex")
                 table.add(reader, mode="overwrite")
             version = int(table.version)
         except Exception as e:

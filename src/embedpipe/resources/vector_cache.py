@@ -28,7 +28,7 @@ import pyarrow.fs as pafs
 
 from embedpipe.errors import EmbedpipeError
 from embedpipe.resources import objectstore
-from embedpipe.resources.store import VECTOR_CACHE_TABLE, StagedShard, sql_quote
+from embedpipe.resources.store import VECTOR_CACHE_TABLE, sql_quote
 from embedpipe.schemas import C, ModelIdentity, vector_cache_schema
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ class VectorCache:
 
     # ------------------------------------------------------------------ keeping what is discarded
 
-    def keep_replaced(self, head: Any, by: int | Sequence[StagedShard] | None, reason: str) -> int:
+    def keep_replaced(self, head: Any, by: int | None, reason: str) -> int:
         """Cache the vectors of ``head`` that the content replacing it does not hold.
 
         Called before a restore, a rollback or a reindex switch makes other content the newest
@@ -87,8 +87,8 @@ class VectorCache:
 
         Args:
             head: The table at the version about to be replaced.
-            by: What replaces it: a version of the same table, staged shards (a reindex), or
-                ``None`` (the table is emptied).
+            by: The version of this table whose content replaces it, or ``None`` (the table is
+                emptied, or replaced by a reindex: every vector of ``head`` is kept).
             reason: Recorded with each row (``failed-gate``, ``rollback``, ``reindex``, ...).
 
         Returns:
@@ -100,8 +100,10 @@ class VectorCache:
             identity = self.store.table_identity(table=head)
             if identity is None or head.count_rows() == 0:
                 return 0
-            keep = self._hashes_of(by, identity)
-            return self.put(identity, self._head_batches(head, keep), reason)
+            where = self._discarded_rows(head, by, identity)
+            if where == "":
+                return 0
+            return self.put(identity, self._head_batches(head, where), reason)
         except Exception as e:  # an optimisation must not block a rollback or a fall-back
             log.warning(
                 "could not cache the vectors of table=%s version=%s (%s): %s: %s",
@@ -113,39 +115,31 @@ class VectorCache:
             )
             return 0
 
-    def _hashes_of(self, by: int | Sequence[StagedShard] | None, identity: ModelIdentity) -> pa.Array:
-        """Text hashes the replacing content holds with vectors of the same model (else none)."""
-        empty = pa.array([], pa.string())
+    def _discarded_rows(self, head: Any, by: int | None, identity: ModelIdentity) -> str | None:
+        """A filter of the head rows the replacing content lacks (``None``: all, ``""``: none).
+
+        Against a version with vectors of the same model, those are the rows of the runs that
+        version does not hold (the same comparison the checks make to find a version's new rows):
+        a failed run's rows, or those of the runs a rollback undoes. Reading run ids rather than
+        every text hash keeps this cheap on a large table; rows of those runs whose text the
+        version also holds are cached too, which is redundant but harmless.
+        """
         if by is None:
-            return empty
-        if isinstance(by, int):
-            target = self.store.require_table()
-            target.checkout(by)
-            other = self.store.table_identity(table=target)
-            if other is None or other.vector_key != identity.vector_key:
-                return empty
-            parts = [
-                pc.unique(b.column(0))
-                for b in target.search().select([C.CHUNK_HASH]).limit(None).to_batches(_SCAN_ROWS)
-            ]
-            return pc.unique(pa.chunked_array(parts, pa.string())) if parts else empty
-        files = [objectstore.fs_path(s.uri) for s in by if s.rows]
-        if not files:
-            return empty
-        fs, _ = objectstore.filesystem(self.store.uri, self.store.settings.s3)
-        dataset = pads.dataset(files, format="ipc", filesystem=fs)
-        other = ModelIdentity.from_table_metadata(_metadata(dataset.schema))
+            return None
+        target = self.store.require_table()
+        target.checkout(by)
+        other = self.store.table_identity(table=target)
         if other is None or other.vector_key != identity.vector_key:
-            return empty
-        return pc.unique(dataset.to_table(columns=[C.CHUNK_HASH]).column(0))
+            return None
+        runs = sorted(self.store.run_ids(head) - self.store.run_ids(target))
+        return f"{C.RUN_ID} IN ({', '.join(sql_quote(r) for r in runs)})" if runs else ""
 
     @staticmethod
-    def _head_batches(head: Any, keep: pa.Array) -> Iterator[pa.RecordBatch]:
-        for batch in head.search().select([C.CHUNK_HASH, C.VECTOR]).limit(None).to_batches(_SCAN_ROWS):
-            if len(keep):
-                batch = batch.filter(pc.invert(pc.is_in(batch.column(C.CHUNK_HASH), value_set=keep)))
-            if batch.num_rows:
-                yield batch
+    def _head_batches(head: Any, where: str | None) -> Iterator[pa.RecordBatch]:
+        query = head.search()
+        if where is not None:
+            query = query.where(where)
+        yield from query.select([C.CHUNK_HASH, C.VECTOR]).limit(None).to_batches(_SCAN_ROWS)
 
     def keep_staged(self, run_id: str) -> int:
         """Cache the vectors of a run's staged shards (a run that failed before its commit).
