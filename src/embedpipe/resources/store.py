@@ -15,7 +15,7 @@ import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -48,6 +48,9 @@ from embedpipe.schemas import (
     runs_schema,
     vector_matrix,
 )
+
+if TYPE_CHECKING:
+    from embedpipe.resources.vector_cache import VectorCache
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +173,7 @@ class Store:
         return cls(objectstore.redact(f"{what}: {reason}", secrets))
 
     @property
-    def cache(self) -> Any:
+    def cache(self) -> VectorCache:
         """The database's vector cache (:class:`~embedpipe.resources.vector_cache.VectorCache`)."""
         from embedpipe.resources.vector_cache import VectorCache
 

@@ -29,7 +29,7 @@ import pyarrow.fs as pafs
 from embedpipe.errors import EmbedpipeError
 from embedpipe.resources import objectstore
 from embedpipe.resources.store import VECTOR_CACHE_TABLE, sql_quote
-from embedpipe.schemas import C, ModelIdentity, vector_cache_schema
+from embedpipe.schemas import C, ModelIdentity, vector_cache_schema, vector_matrix
 
 if TYPE_CHECKING:
     from embedpipe.resources.store import Store
@@ -71,9 +71,9 @@ class VectorCache:
         for i in range(0, len(keys), _IN_LIST):
             flt = f"key IN ({', '.join(sql_quote(k) for k in keys[i : i + _IN_LIST])})"
             rows = table.search().where(flt).select([C.CHUNK_HASH, C.VECTOR]).limit(None).to_arrow()
-            for h, v in zip(rows.column(C.CHUNK_HASH).to_pylist(), rows.column(C.VECTOR), strict=True):
-                if h not in out:
-                    out[h] = np.asarray(v.values.to_numpy(zero_copy_only=False), dtype=np.float32)
+            vectors = vector_matrix(rows.column(C.VECTOR))  # one model key: one dimension
+            for j, h in enumerate(rows.column(C.CHUNK_HASH).to_pylist()):
+                out.setdefault(h, vectors[j])
         return out
 
     # ------------------------------------------------------------------ keeping what is discarded
@@ -84,6 +84,9 @@ class VectorCache:
         Called before a restore, a rollback or a reindex switch makes other content the newest
         version. Never raises: the cache saves work, and a failure to fill it must not stop the
         operation that discards (it is logged with its reason).
+
+        The rows are keyed with the model identity the table records (the one its own reuse of
+        vectors trusts); a staged shard carries the identity of the run that embedded it.
 
         Args:
             head: The table at the version about to be replaced.
