@@ -22,6 +22,7 @@ from embedpipe.schemas import (
     rejects_schema,
     runs_schema,
     segments_schema,
+    vector_cache_schema,
 )
 
 GOLDEN = Path(__file__).parent / "golden" / "schemas.json"
@@ -51,6 +52,7 @@ def current() -> dict:
         "runs": describe(runs_schema()),
         "checks": describe(checks_schema()),
         "canary": describe(canary_schema()),
+        "vector_cache": describe(vector_cache_schema()),
     }
 
 
@@ -75,6 +77,7 @@ def test_every_field_is_described() -> None:
         runs_schema(),
         checks_schema(),
         canary_schema(),
+        vector_cache_schema(),
     ):
         for f in schema:
             assert (f.metadata or {}).get(b"description"), f.name

@@ -198,6 +198,9 @@ def retrieval_metrics(
         ranked: Per query, document ids best first (duplicates already removed).
         golden: The queries with their graded relevant documents.
         k: Cut-off of recall.
+
+    Every relevant document counts, retrievable or not: one the table does not hold lowers recall
+    and the ideal DCG like any other miss.
     """
     recall, rr, ndcg = [], [], []
     for docs, q in zip(ranked, golden, strict=True):

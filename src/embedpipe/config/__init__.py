@@ -16,6 +16,7 @@ from embedpipe.config.settings import (
     Settings,
     SourceSettings,
     StoreSettings,
+    VectorCacheSettings,
     get_settings,
 )
 
@@ -31,5 +32,6 @@ __all__ = [
     "Settings",
     "SourceSettings",
     "StoreSettings",
+    "VectorCacheSettings",
     "get_settings",
 ]

@@ -278,6 +278,28 @@ class ModelSettings(_Group):
         return self
 
 
+class VectorCacheSettings(_Group):
+    """The content-addressed vector cache: vectors a discarded version held (a failed gate, a
+    rollback, a reindex, a run that failed before its commit), kept so that no run embeds the same
+    text with the same model twice."""
+
+    enabled: bool = Field(
+        True, description="Keep discarded vectors in the database's vector_cache table and reuse them."
+    )
+    max_rows: int = Field(
+        1_000_000,
+        ge=1,
+        le=1_000_000_000,
+        description="Most vectors kept; the oldest discarded go first (trimmed on insert and by retention).",
+    )
+    ttl_days: float = Field(
+        30.0,
+        gt=0,
+        le=3650,
+        description="Cached vectors older than this are removed (on insert and by retention).",
+    )
+
+
 class StoreSettings(_UsesS3):
     """Where the LanceDB database lives."""
 
@@ -304,6 +326,10 @@ class StoreSettings(_UsesS3):
         ge=0,
         le=7 * 24 * 3600,
         description="How long a run waits for another run on the same table to finish; 0 fails at once.",
+    )
+    cache: VectorCacheSettings = Field(
+        default_factory=VectorCacheSettings,
+        description="Vectors of discarded versions, reused by later runs (see VectorCacheSettings).",
     )
 
 
@@ -432,6 +458,13 @@ class ChecksSettings(_Group):
     )
     golden: list[str] = Field(
         default_factory=list, description="Golden-set JSONL files ({query, relevant: {doc_id: grade}})."
+    )
+    golden_max_missing: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Largest share of a golden set's relevant doc_ids the table may lack (scored as not "
+        "retrieved and listed); above it the golden checks are an error (a wrong id scheme).",
     )
     triplets: list[str] = Field(
         default_factory=lambda: ["builtin"],

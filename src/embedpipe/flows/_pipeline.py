@@ -112,15 +112,23 @@ class Outcome:
     """The CLI's exit status for this outcome (the error class's, 1 for an unexpected error)."""
 
 
+def discard_staging(settings: Settings, rid: str) -> None:
+    """Remove a failed run's staged shards, keeping their vectors in the vector cache first."""
+    store = Store(settings.store)
+    store.cache.keep_staged(rid)
+    store.drop_staging(rid)
+
+
 @contextmanager
 def guarded_run(flow_name: str, settings: Settings, rid: str, logger: Any) -> Iterator[Outcome]:
     """Turn any failure inside a run into a recorded failed outcome, and clean its staging.
 
     Expected failures (embedpipe errors) keep their one-line message; anything else is logged with
     its traceback. Either way the table is untouched (nothing was committed) and the run's staged
-    files are removed. The Prefect progress artifact lives for the duration of the block. Writing
-    flows enter the table's run lock right after it, in the same ``with`` statement
-    (:func:`embedpipe.flows._lock.table_lock`), so that a lock timeout is such a failure too.
+    files are removed, their vectors kept in the vector cache for the next run. The Prefect
+    progress artifact lives for the duration of the block. Writing flows enter the table's run
+    lock right after it, in the same ``with`` statement (:func:`embedpipe.flows._lock.table_lock`),
+    so that a lock timeout is such a failure too.
     """
     outcome = Outcome()
     progress = ArtifactProgress(f"embedpipe-{flow_name}-progress")
@@ -129,11 +137,11 @@ def guarded_run(flow_name: str, settings: Settings, rid: str, logger: Any) -> It
         yield outcome
     except EmbedpipeError as e:
         outcome.status, outcome.message, outcome.exit_code = "failed", str(e), e.exit_code
-        Store(settings.store).drop_staging(rid)
+        discard_staging(settings, rid)
     except Exception as e:  # a bug or a library failure: recorded as a failed run, table untouched
         logger.error("%s failed unexpectedly: %s: %s", flow_name, type(e).__name__, e, exc_info=True)
         outcome.status, outcome.message, outcome.exit_code = "failed", f"{type(e).__name__}: {e}", 1
-        Store(settings.store).drop_staging(rid)
+        discard_staging(settings, rid)
     finally:
         chunks_progress.remove(progress)
 

@@ -15,7 +15,7 @@ import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -49,6 +49,9 @@ from embedpipe.schemas import (
     vector_matrix,
 )
 
+if TYPE_CHECKING:
+    from embedpipe.resources.vector_cache import VectorCache
+
 log = logging.getLogger(__name__)
 
 STAGING_DIR = "_embedpipe_staging"
@@ -56,6 +59,7 @@ RUNS_TABLE = "runs"
 REJECTS_TABLE = "rejects"
 CHECKS_TABLE = "checks"
 CANARY_TABLE = "canary"
+VECTOR_CACHE_TABLE = "vector_cache"
 SERVING_TAG = "serving"
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -167,6 +171,13 @@ class Store:
         secrets = objectstore.secrets_of(self.settings.s3, dict(self.settings.storage_options))
         cls = StoreAccessError if kind in {"denied", "no-bucket"} else StoreError
         return cls(objectstore.redact(f"{what}: {reason}", secrets))
+
+    @property
+    def cache(self) -> VectorCache:
+        """The database's vector cache (:class:`~embedpipe.resources.vector_cache.VectorCache`)."""
+        from embedpipe.resources.vector_cache import VectorCache
+
+        return VectorCache(self)
 
     @property
     def db(self) -> Any:
@@ -605,6 +616,7 @@ class Store:
                 table = self.db.create_table(name, data=reader, schema=schema)
             else:
                 previous_rows = int(table.count_rows())
+                self.cache.keep_replaced(table, None, "reindex")
                 table.add(reader, mode="overwrite")
             version = int(table.version)
         except Exception as e:
@@ -717,13 +729,15 @@ class Store:
             raise self._error(f"cannot publish version={version} of table={table.name}", e) from e
         return True
 
-    def make_head(self, version: int | None) -> int:
+    def make_head(self, version: int | None, reason: str = "failed-gate") -> int:
         """Make ``version``'s content the newest version again (a new commit); ``None``: empty it.
 
         Used when a version fails its checks: the next run must build on checked content, not on
-        the rows that failed. The failed version stays in the history for inspection.
+        the rows that failed. The failed version stays in the history for inspection; the vectors
+        the new head lacks go to the vector cache first (``reason`` is recorded with them).
         """
         table = self.require_table()
+        self.cache.keep_replaced(table, version, reason)
         try:
             if version is None:
                 table.delete("true")
@@ -876,13 +890,14 @@ class Store:
     def apply_retention(
         self, keep_versions: int, max_age_hours: float, compact: bool = False
     ) -> dict[str, Any]:
-        """Remove old versions of the chunks, runs and rejects tables.
+        """Remove old versions of the chunks, runs, rejects, checks, canary and vector cache tables.
 
         A version is removed only when it is older than ``max_age_hours`` and not among the last
         ``keep_versions``. Tags other than run-id tags (for example a served or baseline tag) always
         protect their version. Run-id tags of versions past the policy are dropped first (the run
         and its version stay recorded in the ``runs`` table). With ``compact``, small data files of
-        the chunks table are merged first (that makes one new version).
+        the chunks table are merged first (that makes one new version). The vector cache is first
+        trimmed to ``store.cache`` (age and size), and compacted with ``compact``.
 
         Returns:
             Per table: versions before and after, bytes removed, run tags dropped, compaction.
@@ -892,11 +907,17 @@ class Store:
         report: dict[str, Any] = {}
         age = timedelta(hours=max_age_hours)
         cutoff = datetime.now(UTC) - age
-        for name in (self.settings.table, RUNS_TABLE, REJECTS_TABLE, CHECKS_TABLE, CANARY_TABLE):
+        trimmed = self.cache.trim()
+        names = (RUNS_TABLE, REJECTS_TABLE, CHECKS_TABLE, CANARY_TABLE, VECTOR_CACHE_TABLE)
+        for name in (self.settings.table, *names):
             table = self.open_table(name)
             if table is None:
                 continue
             entry: dict[str, Any] = {"versions_before": len(table.list_versions())}
+            if name == VECTOR_CACHE_TABLE:
+                entry.update(trimmed)
+                if compact:
+                    entry["compacted"] = str(table.compact_files())
             if compact and name == self.settings.table:
                 served, before = self.serving_version(table), int(table.version)
                 stats = table.compact_files()
@@ -1027,6 +1048,7 @@ class Store:
                 "rolling back to it would serve it. Pass --force to do it anyway"
             )
         previous = int(table.version)
+        self.cache.keep_replaced(table, version, "rollback")
         table.restore(version)
         # An operator's rollback is a decision to serve that content again: the restored copy is
         # published at once (the version it copies was served or inspected before).

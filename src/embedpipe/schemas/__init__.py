@@ -10,6 +10,7 @@ from embedpipe.schemas.arrow import (
     rejects_schema,
     runs_schema,
     segments_schema,
+    vector_cache_schema,
     vector_matrix,
 )
 from embedpipe.schemas.records import (
@@ -37,5 +38,6 @@ __all__ = [
     "rejects_schema",
     "runs_schema",
     "segments_schema",
+    "vector_cache_schema",
     "vector_matrix",
 ]

@@ -169,6 +169,23 @@ def canary_schema() -> pa.Schema:
     )
 
 
+def vector_cache_schema() -> pa.Schema:
+    """Schema of the ``vector_cache`` table: vectors of discarded versions, by model and text hash."""
+    return pa.schema(
+        [
+            _f("key", pa.string(), False, "model_key:chunk_hash, the row's identity (upserted on it)."),
+            _f("model_key", pa.string(), False, "Hash of everything that changes a vector (ModelIdentity)."),
+            _f(C.MODEL_ID, pa.string(), False, "Model identity for people: name@weights-hash."),
+            _f(C.CHUNK_HASH, pa.string(), False, "sha256 of the chunk text."),
+            _f(C.VECTOR, pa.list_(pa.float32()), False, "The chunk's vector (any dimension)."),
+            _f(C.TABLE, pa.string(), False, "The chunks table the vector was discarded from."),
+            _f(C.REASON, pa.string(), False, "failed-gate, rollback, reindex, publish or failed-run."),
+            _f("cached_at", TS, False, "When it was stored (trimming removes the oldest first)."),
+        ],
+        metadata={"embedpipe.schema": "vector_cache", "embedpipe.schema_version": SCHEMA_VERSION},
+    )
+
+
 def runs_schema() -> pa.Schema:
     """Schema of the ``runs`` table: one row per pipeline run, for dashboards."""
     i64 = pa.int64()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -37,6 +39,24 @@ class ModelIdentity(BaseModel):
         """``name@hash12``, plus ``+backend`` for other backends than torch: a column value."""
         suffix = "" if self.backend == "torch" else f"+{self.backend}"
         return f"{self.name}@{self.weights_hash[:12]}{suffix}"
+
+    @property
+    def vector_key(self) -> str:
+        """A hash of everything that changes the vectors of a text: equal keys, equal vectors.
+
+        Stricter than :meth:`model_id` and than the table's compatibility check (which lets
+        precisions mix): a cache must give back what this configuration would compute.
+        """
+        parts = (
+            self.name,
+            self.weights_hash,
+            self.dim,
+            self.max_seq_length,
+            self.normalize,
+            self.backend,
+            self.precision,
+        )
+        return hashlib.blake2b(json.dumps(parts).encode(), digest_size=16).hexdigest()
 
     def table_metadata(self) -> dict[str, str]:
         """Schema metadata entries recording this identity in a table."""

@@ -126,7 +126,7 @@ def publish_version(store: Store, version: int, served_before: int | None, write
     if head != version:
         if writer:
             return store.serving_version()
-        version = store.make_head(version)
+        version = store.make_head(version, reason="publish")
     store.publish(version, expect_serving=served_before)
     return store.serving_version()
 

@@ -162,13 +162,25 @@ def embed_chunks(
     return pa.Table.from_arrays(arrays, schema=schema), truncated, seconds, len(order)
 
 
+def stored_vectors(
+    store: Store, table: Any | None, embedder: Embedder, hashes: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """Vectors this model already computed for these text hashes: in the table read (when given),
+    then in the vector cache (vectors of discarded versions) for the hashes the table lacks."""
+    reuse = store.vectors_for_hashes(table, hashes) if table is not None else {}
+    missing = [h for h in hashes if h not in reuse]
+    if missing:
+        reuse.update(store.cache.lookup(embedder.identity, missing))
+    return reuse
+
+
 def embed_shard(
     chunks: Chunks, docs: Documents, settings: Settings, run_id: str, read_version: int | None
 ) -> Embedded:
     """Rows to write for one shard.
 
-    New and changed chunks get vectors (reused from the table where the same text is stored
-    already, embedded otherwise); metadata-only documents get their stored rows back with the new
+    New and changed chunks get vectors (reused where the table or the vector cache holds the same
+    text already, embedded otherwise); metadata-only documents get their stored rows back with the new
     size, mtime and metadata, without embedding.
     """
     embedder = get_embedder(settings.model)
@@ -179,7 +191,7 @@ def embed_shard(
     if read_version is not None and (chunks.table.num_rows or meta.num_rows):
         table = store.require_table()
         table.checkout(read_version)
-    reuse = store.vectors_for_hashes(table, chunk_hashes(chunks.table)) if table is not None else {}
+    reuse = stored_vectors(store, table, embedder, chunk_hashes(chunks.table))
     fresh, truncated, seconds, embedded = embed_chunks(
         chunks.table,
         embedder,
@@ -226,12 +238,12 @@ def reembed_rows(
     """New vectors for stored chunk rows (a reindex that keeps the chunk texts)."""
     embedder = get_embedder(settings.model)
     schema = table_schema(embedder, settings)
-    reuse: Mapping[str, np.ndarray] = {}
+    store = Store(settings.store)
+    table = None
     if reuse_version is not None:  # same model: vectors of the same text are still valid
-        store = Store(settings.store)
         table = store.require_table()
         table.checkout(reuse_version)
-        reuse = store.vectors_for_hashes(table, chunk_hashes(stored))
+    reuse = stored_vectors(store, table, embedder, chunk_hashes(stored))
     out, truncated, seconds, embedded = embed_chunks(
         stored, embedder, settings.model.batch_size, run_id, schema, chunks_progress, reuse
     )
