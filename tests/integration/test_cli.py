@@ -206,6 +206,9 @@ def test_sigkill_mid_run_keeps_previous_version_and_next_run_recovers(
     assert again.returncode == 0, again.stderr
     # The next run removed the dead run's holder record and staged shards (its pid is gone).
     assert not holder.exists() and list(staging.iterdir()) == []
+    # ... after keeping the vectors it had staged in the vector cache
+    cache = lancedb.connect(str(tmp_path / "db")).open_table("vector_cache").to_arrow()
+    assert "failed-run" in set(cache.column("reason").to_pylist())
     done = json.loads(again.stdout)
     assert done["table_version"] == v1["table_version"] + 1
     table = lancedb.connect(str(tmp_path / "db")).open_table("chunks")

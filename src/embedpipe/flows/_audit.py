@@ -130,4 +130,9 @@ def audit_and_publish(
         f"checks failed on table={settings.store.table} version {version}: {failures}. "
         f"Version {version} is not served; {served}. Inspect it with `embedpipe check --version {version}`; "
         "fix the cause and re-run, or relax the gate (checks.gates.<name>.severity=warn)"
+        + (
+            "; the re-run reuses this run's vectors from the vector cache"
+            if writer and settings.store.cache.enabled
+            else ""
+        )
     )

@@ -155,10 +155,14 @@ def table_lock(
 
 
 def _drop_staging_of(settings: StoreSettings) -> Any:
-    """Remove the staged files of a run that died holding the lock (not kept until the TTL sweep)."""
+    """Remove the staged files of a run that died holding the lock (not kept until the TTL sweep),
+    keeping the vectors it had embedded in the vector cache first, so the next run does not pay
+    for them again."""
     from embedpipe.resources.store import Store
 
     def drop(dead: LockHolder) -> None:
-        Store(settings).drop_staging(dead.run_id)
+        store = Store(settings)
+        store.cache.keep_staged(dead.run_id)
+        store.drop_staging(dead.run_id)
 
     return drop
