@@ -347,13 +347,25 @@ _flow_runs: list[str] = []
 """Flow runs of this process, whose records Prefect's temporary server finishes before it stops."""
 
 
-def _stop_prefect_server() -> None:
-    """Let Prefect's temporary server (if this process started one) record the runs, then stop it."""
+def _running_server() -> Any:
+    """Prefect's temporary server when one runs in this process already (``None`` otherwise)."""
+    if "prefect.server.api.server" not in sys.modules:
+        return None
+    from embedpipe.flows._server import _temporary_server
+
+    return _temporary_server()
+
+
+def _stop_prefect_server(keep: Any = None) -> None:
+    """Let Prefect's temporary server record the runs, then stop it: only a server this command
+    started, never ``keep`` (one the calling process ran before, such as a test harness's)."""
     if "prefect.server.api.server" in sys.modules:
         import contextlib
 
-        from embedpipe.flows._server import stop_temporary_server
+        from embedpipe.flows._server import _temporary_server, stop_temporary_server
 
+        if keep is not None and _temporary_server() is keep:
+            return
         # a second Ctrl-C ends the wait; Prefect's own exit hook still stops the server
         with contextlib.suppress(KeyboardInterrupt):
             stop_temporary_server(_flow_runs)
@@ -745,6 +757,7 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``embedpipe`` command."""
     args = build_parser().parse_args(argv)
+    before = _running_server()
     try:
         return COMMANDS[args.command](args)
     except EmbedpipeError as e:
@@ -756,7 +769,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 130
     finally:
-        _stop_prefect_server()
+        _stop_prefect_server(keep=before)
 
 
 if __name__ == "__main__":  # pragma: no cover

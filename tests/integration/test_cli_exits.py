@@ -171,3 +171,22 @@ def test_read_only_commands_on_a_missing_database_create_nothing(tmp_path: Path)
         proc = embedpipe(*args, "--db", "missing/db", cwd=tmp_path, env=env, timeout=120)
         assert_one_reason(proc, 4, "table=chunks not found")
         assert sorted(p.name for p in tmp_path.iterdir()) == [], (args, list(tmp_path.iterdir()))
+
+
+def test_the_cli_called_in_process_never_stops_the_callers_server(
+    tmp_path: Path, prefect_harness: str
+) -> None:
+    """The record-then-stop at exit is for a server the command started; a notebook's or a test
+    harness's server that was running before ``main()`` keeps running (it once stopped it)."""
+    import httpx
+
+    from embedpipe.cli import main
+    from embedpipe.flows._server import _temporary_server
+
+    server = _temporary_server()
+    assert server is not None and server.api_url.startswith(prefect_harness.rsplit("/api", 1)[0])
+    src = write(tmp_path / "src" / "a.txt", "a short document about vectors")
+    db = str(tmp_path / "db")
+    assert main(["run", str(src.parent), "--db", db, "--model", "fake:32", "--no-checks"]) == 0
+    assert _temporary_server() is server and server.running
+    assert httpx.get(f"{prefect_harness}/health", timeout=10).status_code == 200
