@@ -27,7 +27,6 @@ from embedpipe.errors import (
     ChunkingMismatchError,
     GateFailed,
     ModelMismatchError,
-    NothingServedError,
     StaleReadError,
     StoreAccessError,
     StoreError,
@@ -134,6 +133,34 @@ def _aware(ts: Any) -> Any:
     from datetime import UTC
 
     return ts if getattr(ts, "tzinfo", None) else ts.replace(tzinfo=UTC)
+
+
+def model_mismatch(existing: ModelIdentity, identity: ModelIdentity, tname: str) -> None:
+    """Refuse to put vectors of ``identity`` beside a table's vectors of ``existing``.
+
+    Raises:
+        ModelMismatchError: Another model, weights, dimension, backend or normalisation.
+    """
+    if existing.dim != identity.dim or existing.weights_hash != identity.weights_hash:
+        raise ModelMismatchError(
+            f"table={tname} was built with model={existing.name} (weights {existing.weights_hash[:12]}, "
+            f"dim={existing.dim}); the configured model={identity.name} (weights "
+            f"{identity.weights_hash[:12]}, dim={identity.dim}) would mix vectors from different spaces. "
+            f"Run with --model {existing.name}, or switch the table to the new model with "
+            f"`embedpipe reindex --model {identity.name}` (or write into a new table with --table NAME)"
+        )
+    if existing.backend != identity.backend:
+        raise ModelMismatchError(
+            f"table={tname} was embedded with model.backend={existing.backend}; this run uses "
+            f"backend={identity.backend}, whose vectors differ slightly and would mix in one index. "
+            f"Run with --backend {existing.backend}, or switch the table with "
+            f"`embedpipe reindex --backend {identity.backend}`"
+        )
+    if existing.normalize != identity.normalize:
+        raise ModelMismatchError(
+            f"table={tname} stores normalize={existing.normalize} vectors; the configuration says "
+            f"model.normalize={identity.normalize}. Use the table's setting, or run `embedpipe reindex`"
+        )
 
 
 class Store:
@@ -297,26 +324,7 @@ class Store:
         existing = self.table_identity(table=table)
         assert existing is not None
         tname = name or self.settings.table
-        if existing.dim != identity.dim or existing.weights_hash != identity.weights_hash:
-            raise ModelMismatchError(
-                f"table={tname} was built with model={existing.name} (weights {existing.weights_hash[:12]}, "
-                f"dim={existing.dim}); the configured model={identity.name} (weights "
-                f"{identity.weights_hash[:12]}, dim={identity.dim}) would mix vectors from different spaces. "
-                f"Run with --model {existing.name}, or switch the table to the new model with "
-                f"`embedpipe reindex --model {identity.name}` (or write into a new table with --table NAME)"
-            )
-        if existing.backend != identity.backend:
-            raise ModelMismatchError(
-                f"table={tname} was embedded with model.backend={existing.backend}; this run uses "
-                f"backend={identity.backend}, whose vectors differ slightly and would mix in one index. "
-                f"Run with --backend {existing.backend}, or switch the table with "
-                f"`embedpipe reindex --backend {identity.backend}`"
-            )
-        if existing.normalize != identity.normalize:
-            raise ModelMismatchError(
-                f"table={tname} stores normalize={existing.normalize} vectors; the configuration says "
-                f"model.normalize={identity.normalize}. Use the table's setting, or run `embedpipe reindex`"
-            )
+        model_mismatch(existing, identity, tname)
         stored = self.table_chunking(table)
         if chunking is not None and stored is not None and not stored.same_chunks(chunking):
             raise ChunkingMismatchError(
@@ -647,29 +655,16 @@ class Store:
             NothingServedError: Serving was asked for, and no version has passed its checks yet.
             VersionNotFoundError: No such version or tag.
         """
+        from embedpipe.resources.reader import resolve_target
+
         table = table if table is not None else self.require_table()
-        latest = int(table.version)
-        if target is None or target == SERVING_TAG:
-            served = self.serving_version(table)
-            if served is not None:
-                return served
-            if self.audited():
-                raise NothingServedError(
-                    f"table={table.name} has no served version: no version has passed its checks yet. "
-                    "See `embedpipe check --version latest`, or read it anyway with --version latest"
-                )
-            return latest
-        if target == "latest":
-            return latest
-        tags = table.tags.list()
-        if isinstance(target, str) and target in tags:
-            return int(tags[target]["version"])
-        if isinstance(target, int) or str(target).isdigit():
-            version = int(target)
-            if version in {int(v["version"]) for v in table.list_versions()}:
-                return version
-        raise VersionNotFoundError(
-            f"no version or tag named {target!r} in table={table.name}; see `embedpipe versions`"
+        return resolve_target(
+            target,
+            name=table.name,
+            latest=int(table.version),
+            tags=table.tags.list(),
+            versions=lambda: (int(v["version"]) for v in table.list_versions()),
+            audited=self.audited,
         )
 
     def open_version(self, target: str | int | None = None, name: str | None = None) -> Any:
