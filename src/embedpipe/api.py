@@ -57,7 +57,7 @@ def make_settings(
     *,
     db: PathLike | None = None,
     table: str | None = None,
-    model: str | None = None,
+    model: str | Mapping[str, Any] | None = None,
     config: PathLike | None = None,
     **groups: Mapping[str, Any],
 ) -> Settings:
@@ -68,7 +68,8 @@ def make_settings(
             line loads them (``EMBEDPIPE_*`` variables, ``config`` or ``./embedpipe.toml``, defaults).
         db: The database URI (``store.uri``): a folder or an ``s3://`` URI.
         table: The chunks table's name (``store.table``).
-        model: The model (``model.name``): a sentence-transformers id or a local folder.
+        model: The model (``model.name``): a sentence-transformers id or a local folder; or the
+            whole ``model`` group as a mapping (``model={"name": ..., "device": "cpu"}``).
         config: A TOML settings file to read instead of ``./embedpipe.toml``.
         **groups: Settings groups as mappings, e.g. ``chunk={"tokens": 128}``.
 
@@ -87,6 +88,9 @@ def make_settings(
             f"one of {', '.join(_GROUPS)} as a mapping"
         )
     over: dict[str, Any] = {g: dict(v) for g, v in groups.items()}
+    if isinstance(model, Mapping):
+        over["model"] = dict(model)
+        model = None
     shortcuts = {("store", "uri"): db, ("store", "table"): table, ("model", "name"): model}
     for (group, key), value in shortcuts.items():
         if value is not None:
@@ -240,7 +244,8 @@ def check(
     """
     from embedpipe.flows.check import check as check_flow
 
-    s = make_settings(settings, db=db, table=table, config=config, **groups)
+    model = groups.pop("model", None)
+    s = make_settings(settings, db=db, table=table, model=model, config=config, **groups)
     state = check_flow(s, version=str(version), baseline=baseline, publish=publish, return_state=True)
     return _result(state, raise_on_failure)  # type: ignore[no-any-return]
 
@@ -390,7 +395,8 @@ def open(  # the package's one door for reading, as lancedb.connect is (shadows 
         ConfigError: Bad settings.
         TableNotFoundError: The table does not exist.
     """
-    s = make_settings(settings, db=db, table=table, config=config, **groups)
+    model = groups.pop("model", None)
+    s = make_settings(settings, db=db, table=table, model=model, config=config, **groups)
     handle = Table(s)
     handle._reader.require()
     return handle

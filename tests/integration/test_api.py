@@ -108,6 +108,8 @@ def test_settings_overrides_map_to_the_groups(tmp_path: Path) -> None:
     base = get_settings({"store": {"uri": "elsewhere", "table": "t"}, "model": {"batch_size": 7}})
     over = embedpipe.make_settings(base, db=tmp_path / "db")
     assert (over.store.uri, over.store.table, over.model.batch_size) == (str(tmp_path / "db"), "t", 7)
+    group = embedpipe.make_settings(model={"name": "fake:8", "device": "cpu"})
+    assert (group.model.name, group.model.device) == ("fake:8", "cpu")
     with pytest.raises(ConfigError, match="unknown settings group chunks"):
         embedpipe.make_settings(chunks={"tokens": 64})
     with pytest.raises(ConfigError, match=r"chunk\.tokens"):
