@@ -171,3 +171,17 @@ def test_reader_resolves_versions_as_the_store_does(tmp_path: Path) -> None:
     with pytest.raises(NothingServedError) as b:
         store.resolve_version("serving")
     assert str(a.value) == str(b.value)
+
+
+def test_an_unusable_export_dir_leaves_search_on_torch(
+    real_table: tuple[Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    base, _ = real_table
+    (tmp_path / "a-file").write_text("not a folder")
+    settings = _settings(base, tmp_path / "a-file" / "exports")
+    searcher = Searcher(settings)
+    hits = searcher.search(QUERIES[0], 3)
+    assert len(hits) == 3 and searcher.runtime == "torch" and searcher.can_prepare
+    searcher.prepare()  # after the answer: a warning, not an error
+    assert "query check not recorded" in caplog.text and "not writable" in caplog.text
+    assert searcher.search(QUERIES[0], 3) == hits and searcher.runtime == "torch"

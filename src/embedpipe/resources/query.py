@@ -190,7 +190,8 @@ def record_query_check(
 
     Returns:
         The record written, or ``None`` when this embedder or machine cannot make one (a fake
-        embedder, onnx not installed, an unwritable export folder: logged).
+        embedder, onnx not installed; an unwritable export folder or a model that does not export
+        is logged as a warning).
     """
     folder = export_folder(settings, identity)
     model = getattr(embedder, "_model", None)
@@ -238,7 +239,9 @@ def record_query_check(
             "versions": backends._versions(),
         }
         _write_atomic(folder / check_file(identity.backend), json.dumps(record, indent=2))
-    except OSError as e:
+    except Exception as e:
+        # Best effort, after the search has answered: an unwritable cache, a model that does not
+        # export, a runtime that cannot load it. Searches keep using the table's backend.
         log.warning("query check not recorded in %s: %s: %s", folder, type(e).__name__, e)
         return None
     log.info(
