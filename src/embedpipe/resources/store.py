@@ -34,6 +34,7 @@ from embedpipe.errors import (
     VersionNotFoundError,
 )
 from embedpipe.resources import objectstore
+from embedpipe.resources.reader import CHECKS_TABLE, RUNS_TABLE, SERVING_TAG, resolve_target, sql_quote
 from embedpipe.schemas import (
     C,
     CheckResult,
@@ -51,11 +52,8 @@ from embedpipe.schemas import (
 log = logging.getLogger(__name__)
 
 STAGING_DIR = "_embedpipe_staging"
-RUNS_TABLE = "runs"
 REJECTS_TABLE = "rejects"
-CHECKS_TABLE = "checks"
 CANARY_TABLE = "canary"
-SERVING_TAG = "serving"
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
@@ -65,11 +63,6 @@ class StagedShard:
 
     uri: str
     rows: int
-
-
-def sql_quote(value: str) -> str:
-    """A SQL string literal for a Lance filter."""
-    return "'" + value.replace("'", "''") + "'"
 
 
 @dataclass(frozen=True)
@@ -655,8 +648,6 @@ class Store:
             NothingServedError: Serving was asked for, and no version has passed its checks yet.
             VersionNotFoundError: No such version or tag.
         """
-        from embedpipe.resources.reader import resolve_target
-
         table = table if table is not None else self.require_table()
         return resolve_target(
             target,
