@@ -239,13 +239,21 @@ def check(
         The check report.
 
     Raises:
-        ConfigError: Bad settings.
+        ConfigError: Bad settings, a check set file that cannot be read, or a baseline that names
+            nothing (before the flow starts).
+        TableNotFoundError: No such table.
+        VersionNotFoundError: No such version or tag.
         RunFailed: A gate failed (the report is ``.result``); nothing was published.
     """
+    from embedpipe.checks.suite import validate_setup
     from embedpipe.flows.check import check as check_flow
+    from embedpipe.resources.store import Store
 
     model = groups.pop("model", None)
     s = make_settings(settings, db=db, table=table, model=model, config=config, **groups)
+    # Usage errors are said plainly before the flow starts, as `embedpipe check` does.
+    store = Store(s.store)
+    validate_setup(store, s.checks, store.resolve_version(str(version)), baseline)
     state = check_flow(s, version=str(version), baseline=baseline, publish=publish, return_state=True)
     return _result(state, raise_on_failure)  # type: ignore[no-any-return]
 

@@ -14,7 +14,7 @@ import pytest
 
 import embedpipe
 from embedpipe.config import get_settings
-from embedpipe.errors import ConfigError, RunFailed, TableNotFoundError
+from embedpipe.errors import ConfigError, RunFailed, TableNotFoundError, VersionNotFoundError
 from tests.conftest import ROOT, write
 
 pytestmark = [pytest.mark.usefixtures("prefect_harness")]
@@ -96,6 +96,27 @@ def test_a_failed_sync_raises_run_failed_with_its_summary(tmp_path: Path, fake_m
         corpus, db=tmp_path / "db", source={"max_reject_ratio": 0.0}, raise_on_failure=False
     )
     assert summary.status == "failed" and summary.exit_code == 6 and summary.table_version is None
+
+
+@pytest.mark.slow
+def test_reindex_and_check_through_the_api(tmp_path: Path, fake_model: None) -> None:
+    db = tmp_path / "db"
+    embedpipe.sync(_corpus(tmp_path / "src"), db=db)
+    rebuilt = embedpipe.reindex(db=db, chunk={"tokens": 64, "overlap": 8})
+    assert rebuilt.flow == "reindex" and rebuilt.table_version == 2 and rebuilt.served_version == 2
+    report = embedpipe.check(db=db, version="serving")
+    assert isinstance(report, embedpipe.CheckReport)
+    assert report.version == 2 and report.gate == "passed" and not report.published
+    with pytest.raises(ConfigError, match=r"golden file not found: path=.*missing\.jsonl"):
+        embedpipe.check(db=db, version="serving", checks={"golden": [str(tmp_path / "missing.jsonl")]})
+    with pytest.raises(VersionNotFoundError, match="no version or tag named '9'"):
+        embedpipe.check(db=db, version=9)
+    # a gate that fails: a golden set whose relevant document is not in the table
+    broken = write(tmp_path / "golden.jsonl", '{"query": "vector", "relevant": {"gone.md": 2}}\n')
+    with pytest.raises(RunFailed) as err:
+        embedpipe.check(db=db, checks={"golden": [str(broken)]})
+    assert err.value.exit_code == 7 and err.value.result.gate == "failed"
+    assert "gone.md" in str(err.value)
 
 
 def test_settings_overrides_map_to_the_groups(tmp_path: Path) -> None:

@@ -185,3 +185,29 @@ def test_an_unusable_export_dir_leaves_search_on_torch(
     searcher.prepare()  # after the answer: a warning, not an error
     assert "query check not recorded" in caplog.text and "not writable" in caplog.text
     assert searcher.search(QUERIES[0], 3) == hits and searcher.runtime == "torch"
+
+
+def test_an_onnx_table_is_queried_on_its_own_export(real_table: tuple[Path, Path]) -> None:
+    base, exports = real_table
+    settings = make_settings(
+        base,
+        model={"name": MODEL, "device": "cpu", "export_dir": str(exports), "backend": "onnx"},
+        store={"table": "chunks_onnx"},
+    )
+    state = sync([str(base / "src")], settings, return_state=True)
+    assert state.is_completed(), state.message
+    first = Searcher(settings)
+    before = first.search(QUERIES[0], 5)
+    assert first.runtime == "onnx" and first.can_prepare  # the table's own backend, through its embedder
+    first.prepare()
+    reader = TableReader(settings.store)
+    identity = reader.identity(reader.require())
+    assert identity.backend == "onnx"
+    found = query.fast_record(settings.model, identity)
+    assert not isinstance(found, str), found
+    assert found[1]["reference"] == "onnx" and found[1]["passed"]
+    fast = Searcher(settings)
+    after = fast.search(QUERIES[0], 5)
+    assert isinstance(fast._embedders[identity], query.OnnxQueryEmbedder)
+    assert [h["chunk_id"] for h in after] == [h["chunk_id"] for h in before]
+    assert all(abs(a["score"] - b["score"]) <= SCORE_TOL for a, b in zip(after, before, strict=True))
