@@ -9,9 +9,14 @@ PIP    := $(PY) -m pip
 TORCH_CPU   ?= torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: setup browser demo test lint typecheck bench clean
+.PHONY: setup setup-dev browser demo test lint typecheck bench clean
 
+# The runtime and the one extra the demo needs: onnx, for search's fast query path (ONNX Runtime
+# instead of torch). Nothing for tests, linting, Dask, OpenVINO or object storage.
 setup: $(VENV)/.installed
+
+# Everything else: the dev extras (test, lint and type-check tools, OpenVINO, Dask, S3 server).
+setup-dev: $(VENV)/.installed-dev
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +27,10 @@ $(VENV)/.installed: pyproject.toml
 		echo "no NVIDIA GPU: installing the CPU build of torch first ($(TORCH_CPU))"; \
 		$(PIP) install --quiet "$(TORCH_CPU)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)); \
 	fi
+	$(PIP) install --quiet -e ".[onnx]"
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
 	$(PIP) install --quiet -e ".[dev]"
 	touch $@
 
@@ -43,17 +52,17 @@ browser:
 	fi
 
 # Second command of the README, and what .ci/run calls.
-test: setup browser
+test: setup-dev browser
 	$(PY) -m pytest -q
 
-lint: setup
+lint: setup-dev
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
-typecheck: setup
+typecheck: setup-dev
 	$(VENV)/bin/mypy
 
-bench: setup
+bench: setup-dev
 	$(PY) benchmarks/throughput.py
 	$(PY) benchmarks/backends.py
 	$(PY) benchmarks/scaleout.py

@@ -638,27 +638,23 @@ def _url_host(host: str) -> str:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from embedpipe.config import get_settings
-    from embedpipe.resources.embedder import get_embedder, settings_for_table
-    from embedpipe.resources.store import Store
+    from embedpipe.search import Searcher
 
     settings = get_settings(_overrides(args), args.config, FLAG_OF)
     if args.k < 1:
         raise ConfigError(f"-k={args.k}: expected a positive number of results")
     if not args.query.strip():
         raise ConfigError("empty query: pass the text to search for, e.g. embedpipe search 'vector index'")
-    store = Store(settings.store)
-    # One consistent version (the served one by default): a concurrent run cannot switch underneath.
-    table = store.open_version(args.search_version)
-    identity = store.table_identity(table=table)
-    assert identity is not None
-    # Queries are embedded with the table's own model, so they land in the same vector space.
-    model = settings_for_table(settings.model, identity)
-    embedder = get_embedder(model)
-    store.check_compatible(embedder.identity, table=table)
-    vec = embedder.encode([args.query], batch_size=1)[0]
-    hits = store.search(vec, args.k, table=table)
+    # Queries are embedded with the table's own model (ONNX Runtime where its export passed the
+    # query check), so they land in the same vector space; Prefect and LanceDB are not loaded.
+    searcher = Searcher(settings)
+    hits = searcher.search(args.query, args.k, args.search_version)
     text = "\n".join(f"{h['score']:.3f}  {h['doc_id']}  {h['text'][:100]!r}" for h in hits) or "no results"
     _emit(hits, args.json, text)
+    if searcher.can_prepare:
+        # After the results: this search paid for the model already; later ones need not.
+        print("embedpipe: preparing the fast query path for later searches (once) ...", file=sys.stderr)
+        searcher.prepare()
     return 0
 
 

@@ -7,6 +7,8 @@ help: bad configuration, a model mismatch). Prefect tasks retry only transient e
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class EmbedpipeError(Exception):
     """Base class of every embedpipe error."""
@@ -120,6 +122,21 @@ class ClusterError(EmbedpipeError):
     nothing was committed."""
 
     exit_code = 1
+
+
+class RunFailed(EmbedpipeError):
+    """A run or check called through the Python API failed; the table is as it was before it.
+
+    Attributes:
+        result: The run summary (:class:`~embedpipe.schemas.RunSummary`) or check report
+            (:class:`~embedpipe.schemas.CheckReport`) the failed flow returned.
+        exit_code: The exit status ``embedpipe`` would have given for it.
+    """
+
+    def __init__(self, message: str, result: Any, exit_code: int) -> None:
+        super().__init__(message)
+        self.result = result
+        self.exit_code = exit_code
 
 
 class RejectedInput(EmbedpipeError):

@@ -27,7 +27,6 @@ from embedpipe.errors import (
     ChunkingMismatchError,
     GateFailed,
     ModelMismatchError,
-    NothingServedError,
     StaleReadError,
     StoreAccessError,
     StoreError,
@@ -35,6 +34,7 @@ from embedpipe.errors import (
     VersionNotFoundError,
 )
 from embedpipe.resources import objectstore
+from embedpipe.resources.reader import CHECKS_TABLE, RUNS_TABLE, SERVING_TAG, resolve_target, sql_quote
 from embedpipe.schemas import (
     C,
     CheckResult,
@@ -55,12 +55,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STAGING_DIR = "_embedpipe_staging"
-RUNS_TABLE = "runs"
 REJECTS_TABLE = "rejects"
-CHECKS_TABLE = "checks"
 CANARY_TABLE = "canary"
 VECTOR_CACHE_TABLE = "vector_cache"
-SERVING_TAG = "serving"
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
@@ -70,11 +67,6 @@ class StagedShard:
 
     uri: str
     rows: int
-
-
-def sql_quote(value: str) -> str:
-    """A SQL string literal for a Lance filter."""
-    return "'" + value.replace("'", "''") + "'"
 
 
 @dataclass(frozen=True)
@@ -138,6 +130,34 @@ def _aware(ts: Any) -> Any:
     from datetime import UTC
 
     return ts if getattr(ts, "tzinfo", None) else ts.replace(tzinfo=UTC)
+
+
+def model_mismatch(existing: ModelIdentity, identity: ModelIdentity, tname: str) -> None:
+    """Refuse to put vectors of ``identity`` beside a table's vectors of ``existing``.
+
+    Raises:
+        ModelMismatchError: Another model, weights, dimension, backend or normalisation.
+    """
+    if existing.dim != identity.dim or existing.weights_hash != identity.weights_hash:
+        raise ModelMismatchError(
+            f"table={tname} was built with model={existing.name} (weights {existing.weights_hash[:12]}, "
+            f"dim={existing.dim}); the configured model={identity.name} (weights "
+            f"{identity.weights_hash[:12]}, dim={identity.dim}) would mix vectors from different spaces. "
+            f"Run with --model {existing.name}, or switch the table to the new model with "
+            f"`embedpipe reindex --model {identity.name}` (or write into a new table with --table NAME)"
+        )
+    if existing.backend != identity.backend:
+        raise ModelMismatchError(
+            f"table={tname} was embedded with model.backend={existing.backend}; this run uses "
+            f"backend={identity.backend}, whose vectors differ slightly and would mix in one index. "
+            f"Run with --backend {existing.backend}, or switch the table with "
+            f"`embedpipe reindex --backend {identity.backend}`"
+        )
+    if existing.normalize != identity.normalize:
+        raise ModelMismatchError(
+            f"table={tname} stores normalize={existing.normalize} vectors; the configuration says "
+            f"model.normalize={identity.normalize}. Use the table's setting, or run `embedpipe reindex`"
+        )
 
 
 class Store:
@@ -308,26 +328,7 @@ class Store:
         existing = self.table_identity(table=table)
         assert existing is not None
         tname = name or self.settings.table
-        if existing.dim != identity.dim or existing.weights_hash != identity.weights_hash:
-            raise ModelMismatchError(
-                f"table={tname} was built with model={existing.name} (weights {existing.weights_hash[:12]}, "
-                f"dim={existing.dim}); the configured model={identity.name} (weights "
-                f"{identity.weights_hash[:12]}, dim={identity.dim}) would mix vectors from different spaces. "
-                f"Run with --model {existing.name}, or switch the table to the new model with "
-                f"`embedpipe reindex --model {identity.name}` (or write into a new table with --table NAME)"
-            )
-        if existing.backend != identity.backend:
-            raise ModelMismatchError(
-                f"table={tname} was embedded with model.backend={existing.backend}; this run uses "
-                f"backend={identity.backend}, whose vectors differ slightly and would mix in one index. "
-                f"Run with --backend {existing.backend}, or switch the table with "
-                f"`embedpipe reindex --backend {identity.backend}`"
-            )
-        if existing.normalize != identity.normalize:
-            raise ModelMismatchError(
-                f"table={tname} stores normalize={existing.normalize} vectors; the configuration says "
-                f"model.normalize={identity.normalize}. Use the table's setting, or run `embedpipe reindex`"
-            )
+        model_mismatch(existing, identity, tname)
         stored = self.table_chunking(table)
         if chunking is not None and stored is not None and not stored.same_chunks(chunking):
             raise ChunkingMismatchError(
@@ -660,28 +661,13 @@ class Store:
             VersionNotFoundError: No such version or tag.
         """
         table = table if table is not None else self.require_table()
-        latest = int(table.version)
-        if target is None or target == SERVING_TAG:
-            served = self.serving_version(table)
-            if served is not None:
-                return served
-            if self.audited():
-                raise NothingServedError(
-                    f"table={table.name} has no served version: no version has passed its checks yet. "
-                    "See `embedpipe check --version latest`, or read it anyway with --version latest"
-                )
-            return latest
-        if target == "latest":
-            return latest
-        tags = table.tags.list()
-        if isinstance(target, str) and target in tags:
-            return int(tags[target]["version"])
-        if isinstance(target, int) or str(target).isdigit():
-            version = int(target)
-            if version in {int(v["version"]) for v in table.list_versions()}:
-                return version
-        raise VersionNotFoundError(
-            f"no version or tag named {target!r} in table={table.name}; see `embedpipe versions`"
+        return resolve_target(
+            target,
+            name=table.name,
+            latest=int(table.version),
+            tags=table.tags.list(),
+            versions=lambda: (int(v["version"]) for v in table.list_versions()),
+            audited=self.audited,
         )
 
     def open_version(self, target: str | int | None = None, name: str | None = None) -> Any:

@@ -1,0 +1,272 @@
+"""Read-only access to a store's tables through Lance alone: no LanceDB, no Prefect.
+
+``search``, the public :class:`embedpipe.api.Table` handle and other readers open only the
+datasets they read. LanceDB stores each table as the Lance dataset ``<db>/<name>.lance``; reading
+it with ``lance`` directly gives the same rows, versions and tags as LanceDB's table does, and
+saves importing LanceDB (its import alone is most of a cold search's start-up).
+
+The served-version rules (:func:`resolve_target`) are shared with :class:`~embedpipe.resources.store.Store`,
+so both read the same version for the same request.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import pyarrow as pa
+
+from embedpipe.config import StoreSettings
+from embedpipe.errors import (
+    ModelMismatchError,
+    NothingServedError,
+    TableNotFoundError,
+    VersionNotFoundError,
+)
+from embedpipe.schemas import C, ModelIdentity
+
+SERVING_TAG = "serving"
+CHECKS_TABLE = "checks"
+RUNS_TABLE = "runs"
+
+
+def sql_quote(value: str) -> str:
+    """A SQL string literal for a Lance filter."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def resolve_target(
+    target: str | int | None,
+    *,
+    name: str,
+    latest: int,
+    tags: dict[str, Any],
+    versions: Callable[[], Iterable[int]],
+    audited: Callable[[], bool],
+) -> int:
+    """A version number from ``serving``, ``latest``, a tag or a number (``None`` = serving).
+
+    A table that was never checked (built before checks existed, or with checks turned off from
+    the start) serves its latest version.
+
+    Args:
+        target: What was asked for.
+        name: The table's name (for messages).
+        latest: Its latest version.
+        tags: Its tags (tag to a mapping with ``version``).
+        versions: Lists its versions (called only for a number).
+        audited: Whether any version of the table was ever checked (called only for ``serving``
+            when nothing is served).
+
+    Raises:
+        NothingServedError: Serving was asked for, and no version has passed its checks yet.
+        VersionNotFoundError: No such version or tag.
+    """
+    if target is None or target == SERVING_TAG:
+        info = tags.get(SERVING_TAG)
+        if info:
+            return int(info["version"])
+        if audited():
+            raise NothingServedError(
+                f"table={name} has no served version: no version has passed its checks yet. "
+                "See `embedpipe check --version latest`, or read it anyway with --version latest"
+            )
+        return latest
+    if target == "latest":
+        return latest
+    if isinstance(target, str) and target in tags:
+        return int(tags[target]["version"])
+    if isinstance(target, int) or str(target).isdigit():
+        version = int(target)
+        if version in set(versions()):
+            return version
+    raise VersionNotFoundError(
+        f"no version or tag named {target!r} in table={name}; see `embedpipe versions`"
+    )
+
+
+class TableReader:
+    """The tables of one configured store, read through Lance datasets.
+
+    Picklable and cheap to make: nothing is opened until a method reads.
+    """
+
+    def __init__(self, settings: StoreSettings) -> None:
+        from embedpipe.resources.store import Store
+
+        self.settings = settings
+        # The store knows the URI and storage options; it connects to LanceDB only when asked.
+        self._store = Store(settings)
+        self.uri = self._store.uri
+
+    @property
+    def table(self) -> str:
+        """The chunks table's name."""
+        return self.settings.table
+
+    def _path(self, name: str) -> str:
+        if "://" in self.uri:
+            return f"{self.uri.rstrip('/')}/{name}.lance"
+        return os.path.join(self.uri, f"{name}.lance")
+
+    def dataset(self, name: str | None = None, version: int | None = None) -> Any | None:
+        """The table as a Lance dataset (at ``version``, else its latest), ``None`` when absent.
+
+        Raises:
+            StoreError: The store cannot be read (refused credentials, unreachable).
+        """
+        import lance
+
+        from embedpipe.resources import objectstore
+
+        name = name or self.table
+        if not self._store.exists():
+            return None
+        path = self._path(name)
+        if "://" not in path and not os.path.isdir(path):
+            return None
+        try:
+            return lance.dataset(path, version=version, storage_options=self._store.storage_options or None)
+        except Exception as e:
+            if objectstore.is_s3(self.uri) and objectstore.explain(e)[1] != "other":
+                raise self._store._error(f"cannot open table={name} at uri={self.uri}", e) from e
+            if version is None and "not found" in str(e).lower():
+                return None
+            raise self._store._error(f"cannot open table={name} at uri={self.uri}", e) from e
+
+    def require(self, name: str | None = None) -> Any:
+        """The table's dataset at its latest version.
+
+        Raises:
+            TableNotFoundError: No such table.
+        """
+        ds = self.dataset(name)
+        if ds is None:
+            raise TableNotFoundError(
+                f"table={name or self.table} not found in database uri={self.uri}; run `embedpipe run` first"
+            )
+        return ds
+
+    def audited(self) -> bool:
+        """Whether any version of the chunks table was ever checked."""
+        checks = self.dataset(CHECKS_TABLE)
+        if checks is None:
+            return False
+        flt = f"`{C.TABLE}` = {sql_quote(self.table)}"
+        return checks.to_table(columns=[C.TABLE], filter=flt, limit=1).num_rows > 0
+
+    def serving_version(self, ds: Any = None) -> int | None:
+        """The version the ``serving`` tag points at, or ``None`` when nothing was published."""
+        ds = ds if ds is not None else self.dataset()
+        if ds is None:
+            return None
+        info = ds.tags.list().get(SERVING_TAG)
+        return int(info["version"]) if info else None
+
+    def resolve_version(self, target: str | int | None, ds: Any = None) -> int:
+        """As :meth:`Store.resolve_version <embedpipe.resources.store.Store.resolve_version>`."""
+        ds = ds if ds is not None else self.require()
+        return resolve_target(
+            target,
+            name=self.table,
+            latest=int(ds.latest_version),
+            tags=ds.tags.list(),
+            versions=lambda: (int(v["version"]) for v in ds.versions()),
+            audited=self.audited,
+        )
+
+    def open_version(self, target: str | int | None = None) -> Any:
+        """The chunks table pinned at a version (default: the served one).
+
+        Raises:
+            TableNotFoundError: No such table.
+            NothingServedError: No version has passed its checks yet.
+            VersionNotFoundError: No such version or tag.
+        """
+        ds = self.require()
+        version = self.resolve_version(target, ds)
+        return ds if int(ds.version) == version else ds.checkout_version(version)
+
+    @staticmethod
+    def identity(ds: Any) -> ModelIdentity:
+        """The model identity the table records.
+
+        Raises:
+            ModelMismatchError: The table records no embedpipe identity.
+        """
+        md = {k.decode(): v.decode() for k, v in (ds.schema.metadata or {}).items()}
+        identity = ModelIdentity.from_table_metadata(md)
+        if identity is None:
+            raise ModelMismatchError(
+                f"table at {ds.uri} records no embedpipe model identity; write into a new table with "
+                "--table NAME"
+            )
+        return identity
+
+    @staticmethod
+    def search(ds: Any, vector: Any, k: int) -> list[dict[str, Any]]:
+        """Nearest chunks by cosine similarity, best first; the rows of ``Store.search``."""
+        import numpy as np
+
+        rows = ds.to_table(
+            columns=[C.DOC_ID, C.CHUNK_ID, C.TEXT, "_distance"],
+            disable_scoring_autoprojection=True,
+            nearest={
+                "column": C.VECTOR,
+                "q": np.asarray(vector, dtype=np.float32),
+                "k": int(k),
+                "metric": "cosine",
+            },
+        ).to_pylist()
+        return [
+            {
+                C.DOC_ID: r[C.DOC_ID],
+                C.CHUNK_ID: r[C.CHUNK_ID],
+                C.TEXT: r[C.TEXT],
+                "score": round(1.0 - float(r["_distance"]), 6),
+            }
+            for r in rows
+        ]
+
+    def versions(self) -> list[dict[str, Any]]:
+        """Versions of the chunks table with their tags and the run that created each.
+
+        The rows of :meth:`Store.versions <embedpipe.resources.store.Store.versions>`.
+        """
+        import re
+
+        uuid = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+        ds = self.require()
+        by_version: dict[int, list[str]] = {}
+        for tag, info in ds.tags.list().items():
+            by_version.setdefault(int(info["version"]), []).append(tag)
+        out = []
+        for v in ds.versions():
+            version = int(v["version"])
+            tags = sorted(by_version.get(version, []))
+            run_ids = [t for t in tags if uuid.match(t)]
+            ts = v["timestamp"]
+            out.append(
+                {
+                    "version": version,
+                    "timestamp": ts.isoformat() if hasattr(ts, "isoformat") else str(ts),
+                    "tags": tags,
+                    "run_id": run_ids[0] if run_ids else None,
+                }
+            )
+        return out
+
+    def records(self, name: str) -> pa.Table:
+        """The rows of a record table (``runs``, ``checks``) about the chunks table; empty when none.
+
+        Raises:
+            TableNotFoundError: The record table does not exist yet.
+        """
+        ds = self.dataset(name)
+        if ds is None:
+            raise TableNotFoundError(
+                f"table={name} not found in database uri={self.uri}; it is written by the first "
+                f"{'run' if name == RUNS_TABLE else 'check'}"
+            )
+        return ds.to_table(filter=f"`{C.TABLE}` = {sql_quote(self.table)}")

@@ -1,0 +1,117 @@
+"""Search a table: pin the requested version, embed the query the lightest way, find neighbours.
+
+Used by ``embedpipe search`` and :meth:`embedpipe.api.Table.search`. Nothing here imports
+Prefect or LanceDB: the table is read through Lance (:mod:`embedpipe.resources.reader`), and the
+query is embedded by ONNX Runtime where an export of the table's model passed its query check
+(:mod:`embedpipe.resources.query`), else by the table's own embedder (torch for a torch table).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from embedpipe.config import Settings
+from embedpipe.resources.reader import TableReader
+from embedpipe.schemas import ModelIdentity
+
+log = logging.getLogger(__name__)
+
+SEARCH_MODES = ("vector",)
+"""Search modes supported; others are refused naming these."""
+
+# Why a fast path was not found that making one would change (a failed check is not retried).
+_MAKEABLE = ("no query check recorded", "the export in", "query check ")
+
+
+class Searcher:
+    """Searches one store's chunks table; query embedders are loaded once and reused.
+
+    Args:
+        settings: The settings (store and model groups are read; the table's own model identity
+            decides which model embeds the query).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.reader = TableReader(settings.store)
+        self._embedders: dict[ModelIdentity, Any] = {}
+        self._pending: dict[ModelIdentity, Any] = {}
+        self.runtime: str | None = None
+        """``onnx`` or the table's backend: how the last query was embedded."""
+
+    def embed(self, query: str, identity: ModelIdentity) -> np.ndarray:
+        """The query's vector in the space of a table with ``identity``."""
+        from embedpipe.resources.query import OnnxQueryEmbedder
+
+        emb = self._embedders.get(identity) or self._load(identity)
+        if isinstance(emb, OnnxQueryEmbedder):
+            self.runtime = "onnx"
+            return emb.encode([query])[0]
+        self.runtime = identity.backend
+        return np.asarray(emb.encode([query], batch_size=1)[0], dtype=np.float32)
+
+    def _load(self, identity: ModelIdentity) -> Any:
+        from embedpipe.resources.embedder import settings_for_table
+        from embedpipe.resources.query import fast_embedder
+
+        model = settings_for_table(self.settings.model, identity)
+        found = fast_embedder(model, identity)
+        if isinstance(found, str):
+            log.info("query embedded by backend=%s: %s", identity.backend, found)
+            emb = self._full_embedder(model, identity)
+            if found.startswith(_MAKEABLE):
+                self._pending[identity] = (emb, model)
+        else:
+            emb = found
+        self._embedders[identity] = emb
+        return emb
+
+    def _full_embedder(self, model: Any, identity: ModelIdentity) -> Any:
+        from embedpipe.resources.embedder import get_embedder
+        from embedpipe.resources.store import model_mismatch
+
+        emb = get_embedder(model)
+        model_mismatch(identity, emb.identity, self.settings.store.table)
+        return emb
+
+    def search(self, query: str, k: int, version: str | int | None = "serving") -> list[dict[str, Any]]:
+        """The ``k`` chunks nearest to ``query`` at one version of the table, best first.
+
+        Args:
+            query: The text to search for.
+            k: How many results.
+            version: ``serving`` (the version that passed its checks), ``latest``, a number or a tag.
+
+        Returns:
+            Rows with ``doc_id``, ``chunk_id``, ``text`` and ``score`` (cosine similarity).
+
+        Raises:
+            TableNotFoundError: No such table.
+            NothingServedError: No version has passed its checks yet.
+            VersionNotFoundError: No such version or tag.
+            ModelMismatchError: The model found for the table's identity has other weights.
+        """
+        # One consistent version (the served one by default): a concurrent run cannot switch underneath.
+        ds = self.reader.open_version(version)
+        identity = self.reader.identity(ds)
+        return self.reader.search(ds, self.embed(query, identity), k)
+
+    @property
+    def can_prepare(self) -> bool:
+        """Whether a query fell back to the full embedder where a fast path could be made."""
+        return bool(self._pending)
+
+    def prepare(self) -> None:
+        """Make and check the fast query path for the tables that lacked one (for later searches).
+
+        The model is loaded already; this exports it to ONNX where no export exists, then runs the
+        query check (:func:`embedpipe.resources.query.record_query_check`).
+        """
+        from embedpipe.resources.query import record_query_check
+
+        for identity, (emb, model) in list(self._pending.items()):
+            record_query_check(emb, identity, model)
+            del self._pending[identity]
