@@ -475,7 +475,7 @@ def _run_flow(name: str, call: Any, as_json: bool) -> int:
     progress = TerminalProgress(sys.stderr)
     chunks_progress.add(progress)
     print(
-        f"embedpipe: starting the {name} flow (Prefect) and loading the model ...",
+        f"embedpipe: starting the {name} flow (Prefect) ...",
         file=sys.stderr,
         flush=True,
     )
