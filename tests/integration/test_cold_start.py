@@ -126,3 +126,71 @@ def test_a_card_that_disagrees_with_the_model_is_refused_and_removed(tmp_path: P
         stale.encode(["a query"], batch_size=1)
     assert str(loaded._card_path) in str(err.value)
     assert not loaded._card_path.exists()
+
+
+_EARLY = """
+import json, os, sys
+from prefect import flow, task
+from prefect.settings import get_current_settings
+from embedpipe.flows._server import served_by, start_early
+
+@task
+def one(i):
+    return i
+
+@flow(name="early")
+def early():
+    return sum(f.result() for f in [one.submit(i) for i in range(5)])
+
+server = start_early()
+assert server is not None
+ids = []
+with served_by(server, ids):
+    assert get_current_settings().api.url == server.api_url == os.environ["PREFECT_API_URL"]
+    state = early(return_state=True)
+    ids.append(str(state.state_details.flow_run_id))
+print(json.dumps({
+    "id": ids[0],
+    "stopped": server.process is None,
+    "api_after": get_current_settings().api.url,
+    "env_after": os.environ.get("PREFECT_API_URL"),
+    "server_module_imported": "prefect.server.api.server" in sys.modules,
+}))
+"""
+
+
+def test_the_early_temporary_server_records_the_run_then_stops(tmp_path: Path) -> None:
+    """The CLI's own start of Prefect's temporary server: the flow run and its task runs are in
+    Prefect's database afterwards, the server is stopped, the settings are as before, and the
+    client never imported Prefect's server package."""
+    import sqlite3
+
+    home = tmp_path / "prefect-home"
+    env = cli_env(None, PREFECT_HOME=str(home), PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL="WARNING")
+    proc = subprocess.run(
+        [sys.executable, "-c", _EARLY], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "ERROR" not in proc.stderr, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["stopped"] and out["api_after"] is None and out["env_after"] is None
+    assert not out["server_module_imported"]
+    db = sqlite3.connect(home / "prefect.db")
+    run = db.execute(
+        "select f.name, r.state_type from flow_run r join flow f on f.id = r.flow_id where r.id = ?",
+        (out["id"],),
+    ).fetchall()
+    assert run == [("early", "COMPLETED")]
+    tasks = db.execute("select state_type from task_run where flow_run_id = ?", (out["id"],)).fetchall()
+    assert tasks == [("COMPLETED",)] * 5
+
+
+def test_no_early_server_when_an_api_is_configured() -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from embedpipe.flows._server import served_by, start_early
+
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        assert start_early() is None
+    with served_by(None, []):  # nothing to wait for or stop
+        pass
