@@ -376,6 +376,19 @@ def _prepare_prefect() -> None:
         os.environ.setdefault(k, v)
 
 
+def _start_prefect_server() -> Any:
+    """Prefect's defaults, then its temporary server started now (when no API is configured), so
+    that it boots while the flow's modules import; see :mod:`embedpipe.flows._server`."""
+    _prepare_prefect()
+    from embedpipe.flows._server import start_early
+
+    server = start_early()
+    if server is not None:
+        # Every flow opens the table: its library imports while the server boots, not after.
+        import lancedb  # noqa: F401
+    return server
+
+
 def _install_log_filter() -> None:
     flt = _NoTracebackForKnownErrors()
     # Prefect's console handlers hang off its own loggers (which do not propagate to the root).
@@ -460,14 +473,20 @@ def cmd_check(args: argparse.Namespace) -> int:
     # Usage errors (exit 2 or 4) are said plainly before the flow starts.
     store = Store(settings.store)
     validate_setup(store, settings.checks, store.resolve_version(args.check_version), args.baseline)
-    _prepare_prefect()
+    server = _start_prefect_server()
     _install_log_filter()
+    from embedpipe.flows._server import served_by
     from embedpipe.flows.check import check
 
-    state = check(
-        settings, version=args.check_version, baseline=args.baseline, publish=args.publish, return_state=True
-    )
-    _flow_runs.append(str(state.state_details.flow_run_id))
+    with served_by(server, _flow_runs):
+        state = check(
+            settings,
+            version=args.check_version,
+            baseline=args.baseline,
+            publish=args.publish,
+            return_state=True,
+        )
+        _flow_runs.append(str(state.state_details.flow_run_id))
     result = state.result(raise_on_failure=False)
     if isinstance(result, BaseException):
         raise result
@@ -487,7 +506,7 @@ def _run_flow(name: str, call: Any, as_json: bool) -> int:
     progress = TerminalProgress(sys.stderr)
     chunks_progress.add(progress)
     print(
-        f"embedpipe: starting the {name} flow (Prefect) and loading the model ...",
+        f"embedpipe: starting the {name} flow (Prefect) ...",
         file=sys.stderr,
         flush=True,
     )
@@ -505,11 +524,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = get_settings(_overrides(args) | _runtime_overrides(args), args.config, FLAG_OF)
     _require_backend(settings)
     _require_store(settings)
-    _prepare_prefect()
+    server = _start_prefect_server()
     from embedpipe.flows import flow_runtime
+    from embedpipe.flows._server import served_by
     from embedpipe.flows.sync import sync
 
-    with flow_runtime(settings) as rt:
+    with served_by(server, _flow_runs), flow_runtime(settings) as rt:
         flow = sync if rt.task_runner is None else sync.with_options(task_runner=rt.task_runner)
         _announce(rt)
         return _run_flow(
@@ -562,11 +582,12 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     settings = get_settings(_overrides(args) | _runtime_overrides(args), args.config, FLAG_OF)
     _require_backend(settings)
     _require_store(settings)
-    _prepare_prefect()
+    server = _start_prefect_server()
     from embedpipe.flows import flow_runtime
+    from embedpipe.flows._server import served_by
     from embedpipe.flows.reindex import reindex
 
-    with flow_runtime(settings) as rt:
+    with served_by(server, _flow_runs), flow_runtime(settings) as rt:
         flow = reindex if rt.task_runner is None else reindex.with_options(task_runner=rt.task_runner)
         _announce(rt)
         return _run_flow(

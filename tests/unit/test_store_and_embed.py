@@ -162,6 +162,30 @@ def test_versions_rollback_and_search(tmp_path: Path) -> None:
         store.rollback("no-such-tag")
 
 
+def test_versions_read_without_lancedb_match_lancedbs_listing(tmp_path: Path) -> None:
+    """``versions`` opens a local table with ``lance`` alone; it lists what ``lancedb`` lists."""
+    settings, embedder, chunks, schema, _src, _paths = build(tmp_path, {"cats.txt": "cats purr. " * 5})
+    store = Store(settings.store)
+    t1, *_ = embed_chunks(chunks, embedder, 8, RUN_A, schema)
+    store.commit(RUN_A, [store.stage(RUN_A, 0, t1)], schema)
+    store.rollback(RUN_A)
+    table = store.open_table()
+    tags = table.tags.list()
+    expected = [
+        {
+            "version": int(v["version"]),
+            "timestamp": v["timestamp"].isoformat(),
+            "tags": sorted(t for t, info in tags.items() if int(info["version"]) == int(v["version"])),
+        }
+        for v in table.list_versions()
+    ]
+    rows = Store(settings.store).versions()
+    assert [{k: r[k] for k in ("version", "timestamp", "tags")} for r in rows] == expected
+    assert len(rows) == 2 and rows[0]["run_id"] == RUN_A and rows[1]["run_id"] is None
+    with pytest.raises(TableNotFoundError, match="table=other not found in database"):
+        store.versions("other")  # the database exists, the table does not
+
+
 def test_missing_table_is_a_clear_error(tmp_path: Path) -> None:
     store = Store(make_settings(tmp_path).store)
     with pytest.raises(TableNotFoundError, match="table=chunks not found"):

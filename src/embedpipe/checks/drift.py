@@ -17,6 +17,9 @@ embeddings). Expensive checks draw a fixed-seed subsample of at most ``max_per_s
 (``np.random.default_rng(seed)``), so a given input always gives the same answer. Any input with
 fewer than 5 rows on a side returns ``Stat(statistic=nan, fired=False, detail="too few vectors ...")``;
 constant vectors and ``d == 1`` are handled without exceptions.
+
+``scipy.stats`` is imported by the functions that use it: every flow imports this module, and most
+runs (nothing changed) never run a check.
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ from typing import Any, cast
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy import stats as sps
 
 from embedpipe.checks.stats import Stat
 
@@ -232,6 +234,8 @@ def _weighted_chi2_tail(weights: Array, q: float, alpha: float) -> tuple[float, 
     definite quadratic forms in non-central normal variables": a (noncentral) chi-square matched
     on skewness and kurtosis, then rescaled to the exact mean and variance.
     """
+    from scipy import stats as sps
+
     w = np.clip(np.asarray(weights, dtype=np.float64), 0.0, None)
     c1, c2, c3, c4 = (float(np.sum(w**j)) for j in (1, 2, 3, 4))
     if c2 <= 0:
@@ -254,6 +258,8 @@ def _weighted_chi2_tail(weights: Array, q: float, alpha: float) -> tuple[float, 
 
 def _mann_whitney(scores: Array, labels: NDArray[np.bool_]) -> tuple[float, float, float]:
     """Mann–Whitney ``U`` of the positive labels, its null mean and its tie-corrected null variance."""
+    from scipy import stats as sps
+
     n_pos = int(labels.sum())
     n_neg = len(labels) - n_pos
     big_n = n_pos + n_neg
@@ -308,6 +314,7 @@ def domain_auc(
     Returns:
         ``Stat`` with the AUC as statistic and ``effect = auc - 0.5``.
     """
+    from scipy import stats as sps
     from sklearn.base import clone
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
@@ -515,6 +522,8 @@ def drifted_components(
     Returns:
         ``Stat`` with the share as statistic and effect, and a binomial-tail p-value.
     """
+    from scipy import stats as sps
+
     r, n = _pair(ref, new)
     early = _too_few(max_share, len(r), len(n)) or _non_finite(max_share, r, n)
     if early:
@@ -782,6 +791,8 @@ def token_length_psi(
     Returns:
         ``Stat`` with the PSI as statistic and effect.
     """
+    from scipy import stats as sps
+
     r = np.asarray(ref_tokens, dtype=np.float64).ravel()
     n = np.asarray(new_tokens, dtype=np.float64).ravel()
     early = _too_few(max_psi, len(r), len(n))
@@ -942,6 +953,8 @@ def language_mix(
         ``Stat`` with the TVD as statistic and effect; ``detail`` lists the top scripts' shares,
         e.g. ``"latin 0.64->0.10, han 0.36->0.90"``.
     """
+    from scipy import stats as sps
+
     early = _too_few(max_tvd, len(ref_texts), len(new_texts))
     if early:
         return early

@@ -39,4 +39,8 @@ def warm_model(model: ModelSettings) -> str:
     """Load the model in a worker (cached per process) while the flow prepares."""
     from embedpipe.resources.embedder import get_embedder
 
-    return get_embedder(model).identity.model_id
+    embedder = get_embedder(model)
+    load = getattr(embedder, "load", None)  # the real model knows its identity before it loads
+    if load is not None:
+        load()
+    return embedder.identity.model_id

