@@ -12,6 +12,7 @@ so both read the same version for the same request.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -84,6 +85,36 @@ def resolve_target(
     raise VersionNotFoundError(
         f"no version or tag named {target!r} in table={name}; see `embedpipe versions`"
     )
+
+
+RUN_ID_TAG = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def version_rows(tags: dict[str, Any], versions: Any) -> list[dict[str, Any]]:
+    """``embedpipe versions`` rows: each version with its tags and the run (a UUID tag) that made it.
+
+    Args:
+        tags: A Lance tag listing (tag name to a mapping with ``version``).
+        versions: Lance version records (mappings with ``version`` and ``timestamp``).
+    """
+    by_version: dict[int, list[str]] = {}
+    for tag, info in tags.items():
+        by_version.setdefault(int(info["version"]), []).append(tag)
+    out = []
+    for v in versions:
+        version = int(v["version"])
+        names = sorted(by_version.get(version, []))
+        run_ids = [t for t in names if RUN_ID_TAG.match(t)]
+        ts = v["timestamp"]
+        out.append(
+            {
+                "version": version,
+                "timestamp": ts.isoformat() if hasattr(ts, "isoformat") else str(ts),
+                "tags": names,
+                "run_id": run_ids[0] if run_ids else None,
+            }
+        )
+    return out
 
 
 class TableReader:
@@ -234,28 +265,8 @@ class TableReader:
 
         The rows of :meth:`Store.versions <embedpipe.resources.store.Store.versions>`.
         """
-        import re
-
-        uuid = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
         ds = self.require()
-        by_version: dict[int, list[str]] = {}
-        for tag, info in ds.tags.list().items():
-            by_version.setdefault(int(info["version"]), []).append(tag)
-        out = []
-        for v in ds.versions():
-            version = int(v["version"])
-            tags = sorted(by_version.get(version, []))
-            run_ids = [t for t in tags if uuid.match(t)]
-            ts = v["timestamp"]
-            out.append(
-                {
-                    "version": version,
-                    "timestamp": ts.isoformat() if hasattr(ts, "isoformat") else str(ts),
-                    "tags": tags,
-                    "run_id": run_ids[0] if run_ids else None,
-                }
-            )
-        return out
+        return version_rows(ds.tags.list(), ds.versions())
 
     def records(self, name: str) -> pa.Table:
         """The rows of a record table (``runs``, ``checks``) about the chunks table; empty when none.

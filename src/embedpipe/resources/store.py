@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -34,7 +33,15 @@ from embedpipe.errors import (
     VersionNotFoundError,
 )
 from embedpipe.resources import objectstore
-from embedpipe.resources.reader import CHECKS_TABLE, RUNS_TABLE, SERVING_TAG, resolve_target, sql_quote
+from embedpipe.resources.reader import (
+    CHECKS_TABLE,
+    RUN_ID_TAG,
+    RUNS_TABLE,
+    SERVING_TAG,
+    resolve_target,
+    sql_quote,
+    version_rows,
+)
 from embedpipe.schemas import (
     C,
     CheckResult,
@@ -58,7 +65,7 @@ STAGING_DIR = "_embedpipe_staging"
 REJECTS_TABLE = "rejects"
 CANARY_TABLE = "canary"
 VECTOR_CACHE_TABLE = "vector_cache"
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_UUID = RUN_ID_TAG  # run ids are UUIDs; a version made by a run carries its id as a tag
 
 
 @dataclass(frozen=True)
@@ -1008,25 +1015,8 @@ class Store:
     def versions(self, name: str | None = None) -> list[dict[str, Any]]:
         """Versions of the table with their tags and the run that created each."""
         table = self.require_table(name) if self._local_folder() is None else self._local_dataset(name)
-        by_version: dict[int, list[str]] = {}
-        for tag, info in table.tags.list().items():
-            by_version.setdefault(int(info["version"]), []).append(tag)
-        out = []
         listed = table.list_versions() if hasattr(table, "list_versions") else table.versions()
-        for v in listed:
-            version = int(v["version"])
-            tags = sorted(by_version.get(version, []))
-            run_ids = [t for t in tags if _UUID.match(t)]
-            ts = v["timestamp"]
-            out.append(
-                {
-                    "version": version,
-                    "timestamp": ts.isoformat() if hasattr(ts, "isoformat") else str(ts),
-                    "tags": tags,
-                    "run_id": run_ids[0] if run_ids else None,
-                }
-            )
-        return out
+        return version_rows(table.tags.list(), listed)
 
     def rollback(self, target: str, name: str | None = None, force: bool = False) -> dict[str, Any]:
         """Make a past version (number or tag) the latest again, as a new version, and serve it.
