@@ -433,6 +433,7 @@ LONG_TEXTS = [
 def test_torch_fp16_on_cuda_matches_cpu_fp32(export_root: Path, torch_embedder: Any) -> None:
     gpu = get_embedder(model_settings(export_root, device="cuda"))
     assert gpu.identity.precision == "fp16" and gpu.device.startswith("cuda")
+    gpu.load()
     assert next(gpu.runner.models[0].parameters()).dtype == torch.float16
     vecs = gpu.encode(SENTENCES, 8)
     assert vecs.dtype == np.float32
@@ -449,6 +450,7 @@ def test_torch_fp16_on_cuda_matches_cpu_fp32(export_root: Path, torch_embedder: 
 def test_auto_device_uses_every_gpu_and_matches_one(export_root: Path) -> None:
     every = get_embedder(model_settings(export_root, device="auto"))
     assert every.devices == [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    every.load()
     assert [str(next(m.parameters()).device) for m in every.runner.models] == every.devices
     one = get_embedder(model_settings(export_root, device="cuda:0"))
     assert one.devices == ["cuda:0"]
