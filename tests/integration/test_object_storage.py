@@ -105,6 +105,9 @@ def s3() -> Iterator[S3Server]:
         yield S3Server(endpoint, key["AccessKeyId"], key["SecretAccessKey"], client)
     finally:
         requests.post(f"{endpoint}/moto-api/reset-auth", data=b"inf", timeout=10)
+        # moto's backends are process-wide: clear the user and bucket, or the next module that
+        # uses this fixture (test_vector_cache) finds them already made
+        requests.post(f"{endpoint}/moto-api/reset", timeout=10)
         server.stop()
 
 
