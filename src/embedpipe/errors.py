@@ -112,7 +112,8 @@ class StaleReadError(ConcurrentRunError):
 
 
 class ServeError(EmbedpipeError):
-    """``embedpipe serve`` could not start or reach the Prefect server it needs."""
+    """The Prefect server a command needs could not be started or reached (``embedpipe serve``'s,
+    or the temporary one a run starts when ``PREFECT_API_URL`` is unset)."""
 
     exit_code = 9
 

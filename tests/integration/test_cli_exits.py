@@ -190,3 +190,13 @@ def test_the_cli_called_in_process_never_stops_the_callers_server(
     assert main(["run", str(src.parent), "--db", db, "--model", "fake:32", "--no-checks"]) == 0
     assert _temporary_server() is server and server.running
     assert httpx.get(f"{prefect_harness}/health", timeout=10).status_code == 200
+
+
+def test_a_temporary_server_that_cannot_start_is_one_reason_exit_9(tmp_path: Path) -> None:
+    """With no PREFECT_API_URL the command starts Prefect's temporary server; when that fails (here:
+    no time allowed to boot) the run says so in one line, exit 9, and nothing is written."""
+    write(tmp_path / "src" / "a.txt", "a short document")
+    env = _env(tmp_path, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="0")
+    proc = embedpipe("run", "src", "--db", "db", cwd=tmp_path, env=env)
+    assert_one_reason(proc, 9, "cannot start Prefect's temporary API server")
+    assert not (tmp_path / "db" / "chunks.lance").exists()

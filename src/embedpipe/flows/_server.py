@@ -28,6 +28,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
+from embedpipe.errors import ServeError
+
 log = logging.getLogger(__name__)
 
 _COUNTED_STATES = ("PENDING", "SCHEDULED", "RUNNING")
@@ -250,7 +252,14 @@ def served_by(server: EarlyServer | None, flow_run_ids: list[str], timeout_s: fl
     from prefect.context import refresh_global_settings_context
     from prefect.settings import get_current_settings
 
-    server.wait_ready(float(get_current_settings().server.ephemeral.startup_timeout_seconds))
+    try:
+        server.wait_ready(float(get_current_settings().server.ephemeral.startup_timeout_seconds))
+    except RuntimeError as e:
+        raise ServeError(
+            f"cannot start Prefect's temporary API server: {e}; nothing was run. Point "
+            "PREFECT_API_URL at a running Prefect server, or allow a slower start with "
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+        ) from None
     before = os.environ.get("PREFECT_API_URL")
     os.environ["PREFECT_API_URL"] = server.api_url
     refresh_global_settings_context()
