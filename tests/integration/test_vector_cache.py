@@ -14,26 +14,14 @@ import numpy as np
 import pytest
 
 from embedpipe.flows.reindex import reindex
-from embedpipe.flows.sync import sync
 from embedpipe.resources.store import VECTOR_CACHE_TABLE, Store
 from embedpipe.schemas import C, vector_matrix
 from tests.conftest import SAMPLE_CORPUS, make_settings, write
 from tests.fakes import ZERO
-from tests.integration.test_checks_flow import make_corpus
+from tests.integration.test_checks_flow import make_corpus, run, settings_for
 from tests.integration.test_object_storage import BUCKET, S3Server, _prefix, s3, s3_settings  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
-
-
-def settings_for(tmp_path: Path, **groups):
-    groups.setdefault("chunk", {"tokens": 40, "overlap": 0})
-    groups.setdefault("model", {"name": "fake:64"})
-    return make_settings(tmp_path, **groups)
-
-
-def run(src: Path, settings):
-    state = sync([str(src)], settings, return_state=True)
-    return state, state.result(raise_on_failure=False)
 
 
 def vectors_of(table, doc_prefix: str) -> dict[str, np.ndarray]:

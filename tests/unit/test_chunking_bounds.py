@@ -7,7 +7,6 @@ WordPiece's ``[UNK]``); one slow test uses the bundled model's real tokenizer on
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +18,10 @@ from embedpipe.chunking import SEGMENT_CHARS, _segments, chunk_documents
 from embedpipe.config import SourceSettings
 from embedpipe.errors import ConfigError
 from embedpipe.readers import discover, read_documents
-from embedpipe.schemas import C, docs_schema
+from embedpipe.schemas import C
 from tests.conftest import make_settings
 from tests.fakes import RegexTokens
+from tests.unit.test_chunking import docs
 
 BUDGET, OVERLAP = 254, 32
 CAP = BUDGET * 100  # characters a chunk may hold: budget x the tokenizer's max chars per token
@@ -50,23 +50,6 @@ class CountingTokens(RegexTokens):
     def token_spans(self, texts: Sequence[str]) -> list[np.ndarray]:
         self.calls.append(sum(len(t) for t in texts))
         return super().token_spans(texts)
-
-
-def docs(*texts: str) -> pa.Table:
-    rows = [
-        {
-            C.DOC_ID: f"d{i}.txt",
-            C.SOURCE: "/src",
-            C.PATH: f"d{i}.txt",
-            C.TEXT: t,
-            C.SIZE: len(t),
-            C.MTIME: datetime(2026, 1, 1, tzinfo=UTC),
-            C.DOC_HASH: "h",
-            C.METADATA: None,
-        }
-        for i, t in enumerate(texts)
-    ]
-    return pa.Table.from_pylist(rows, schema=docs_schema())
 
 
 def one_line_of_words(n_chars: int) -> str:
