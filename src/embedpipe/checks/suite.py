@@ -12,7 +12,6 @@ version is served only when no check of severity ``fail`` has status ``fail`` or
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import threading
@@ -29,6 +28,7 @@ from embedpipe.checks.integrity import scan_vectors
 from embedpipe.checks.stats import Stat
 from embedpipe.config import ChecksSettings, ModelSettings
 from embedpipe.errors import CheckError, ConfigError, EmbedpipeError
+from embedpipe.hashing import sha256_text
 from embedpipe.resources.embedder import get_embedder, settings_for_table
 from embedpipe.resources.store import SERVING_TAG, Store, sql_quote
 from embedpipe.schemas import C, CheckResult, ModelIdentity, vector_matrix
@@ -281,7 +281,7 @@ def _integrity(ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[
 def _canary(ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str, Stat]:
     _, threshold, _ = checks.gate("canary")
     texts = quality.load_canary(checks.canary)
-    hashes = [quality.text_hash(t) for t in texts]
+    hashes = [sha256_text(t) for t in texts]
     embedder = get_embedder(ctx.model)
     vectors = np.asarray(embedder.encode(texts, batch_size=len(texts)), dtype=np.float64)
     # Keyed by precision too: fp32, fp16 and bf16 runs of one model differ by more than the
@@ -464,7 +464,7 @@ def _encoder(ctx: AuditContext) -> Callable[[Sequence[str]], np.ndarray]:
     embedder = get_embedder(ctx.model)
 
     def encode(texts: Sequence[str]) -> np.ndarray:
-        key = hashlib.sha256("\x00".join(texts).encode("utf-8", "surrogatepass")).hexdigest()
+        key = sha256_text("\x00".join(texts))
         with _SET_VECTORS_LOCK:
             try:
                 known = _SET_VECTORS.setdefault(embedder, {})
