@@ -25,12 +25,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from embedpipe.resources.store import REJECTS_TABLE, RUNS_TABLE, Store
-from embedpipe.schemas import C, ChunkingIdentity
+from embedpipe.resources.store import Store
+from embedpipe.schemas import CHECKS_TABLE, REJECTS_TABLE, RUNS_TABLE, C, ChunkingIdentity
 
 log = logging.getLogger(__name__)
 
-CHECKS_TABLE = "checks"
 _HOVER_CHARS = 300
 
 
