@@ -197,7 +197,8 @@ def as_a_run(d: dict[str, Any], dim: int) -> None:
     import tempfile
     import uuid
 
-    from embedpipe.checks.suite import FAMILIES, load_context, run_family
+    from embedpipe.checks.registry import FAMILIES
+    from embedpipe.checks.suite import load_context, run_family
     from embedpipe.config import get_settings
     from embedpipe.resources.store import Store
 
@@ -223,7 +224,7 @@ def as_a_run(d: dict[str, Any], dim: int) -> None:
         )
         print(f"{'load samples (Lance)':<22}{sample_s:>9.2f}")
         total = sample_s
-        for family in FAMILIES:
+        for family in (f.name for f in FAMILIES):
             if family in model_based:
                 continue
             t = time.perf_counter()
