@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import hashlib
 import io
 import json
 import logging
@@ -33,6 +32,7 @@ from embedpipe import sources_guard
 from embedpipe.config import SourceSettings
 from embedpipe.docids import make_doc_id
 from embedpipe.errors import RejectedInput, SourceError
+from embedpipe.hashing import sha256_text
 from embedpipe.resources import objectstore
 from embedpipe.schemas import C, Reject, docs_schema
 
@@ -790,20 +790,6 @@ def _parquet_records(ref: FileRef, settings: SourceSettings) -> Iterator[Record 
 
 
 # --------------------------------------------------------------------------- documents
-
-
-_HASH_PIECE = 1 << 20
-
-
-def sha256_text(text: str) -> str:
-    """sha256 of the UTF-8 bytes of ``text``; a long text is encoded a piece at a time (the same
-    digest, without a second full copy of a big document in memory)."""
-    if len(text) <= _HASH_PIECE:
-        return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-    h = hashlib.sha256()
-    for i in range(0, len(text), _HASH_PIECE):  # no surrogate pair is split: str is code points
-        h.update(text[i : i + _HASH_PIECE].encode("utf-8", "surrogatepass"))
-    return h.hexdigest()
 
 
 def read_documents(refs: Sequence[FileRef], settings: SourceSettings) -> tuple[pa.Table, list[Reject], int]:

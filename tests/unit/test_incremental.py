@@ -7,8 +7,9 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 
+from embedpipe.hashing import sha256_text
 from embedpipe.incremental import classify, missing_documents, refresh_rows
-from embedpipe.readers import PathFilter, sha256_text
+from embedpipe.readers import PathFilter
 from embedpipe.resources.store import DocState
 from embedpipe.schemas import C, docs_schema
 
