@@ -35,22 +35,11 @@ from embedpipe.docids import make_doc_id
 from embedpipe.errors import RejectedInput, SourceError
 from embedpipe.resources import objectstore
 from embedpipe.schemas import C, Reject, docs_schema
+from embedpipe.sources.globs import PathFilter
+from embedpipe.sources.kinds import KINDS, SPLITTABLE, kind_of
 
 log = logging.getLogger(__name__)
 
-KINDS = {
-    ".txt": "text",
-    ".md": "text",
-    ".markdown": "text",
-    ".html": "html",
-    ".htm": "html",
-    ".json": "json",
-    ".jsonl": "jsonl",
-    ".ndjson": "jsonl",
-    ".csv": "csv",
-    ".parquet": "parquet",
-}
-SPLITTABLE = {"jsonl", "parquet"}
 _BINARY_SNIFF = 8192
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -84,57 +73,6 @@ class FileRef:
 
 
 # --------------------------------------------------------------------------- discovery
-
-
-def glob_to_regex(pattern: str) -> re.Pattern[str]:
-    """Translate a glob with ``**`` (any depth), ``*``, ``?`` and ``[...]`` to a regex on '/' paths."""
-    i, out = 0, []
-    while i < len(pattern):
-        c = pattern[i]
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif c == "*":
-            out.append("[^/]*")
-            i += 1
-        elif c == "?":
-            out.append("[^/]")
-            i += 1
-        elif c == "[":
-            j = pattern.find("]", i + 1)
-            if j == -1:
-                out.append(re.escape(c))
-                i += 1
-            else:
-                body = pattern[i + 1 : j].replace("\\", "\\\\")
-                if body.startswith("!"):
-                    body = "^" + body[1:]
-                out.append(f"[{body}]")
-                i = j + 1
-        else:
-            out.append(re.escape(c))
-            i += 1
-    return re.compile("".join(out) + r"\Z", re.IGNORECASE)
-
-
-class PathFilter:
-    """Include/exclude globs matched against paths relative to a source root."""
-
-    def __init__(self, include: Sequence[str], exclude: Sequence[str]) -> None:
-        self.include = [glob_to_regex(p) for p in include]
-        self.exclude = [glob_to_regex(p) for p in exclude]
-
-    def __call__(self, rel: str) -> bool:
-        if any(r.match(rel) for r in self.exclude):
-            return False
-        return any(r.match(rel) for r in self.include)
-
-    def excludes_folder(self, rel: str) -> bool:
-        """Whether the exclude globs skip everything under the folder ``rel``."""
-        return any(r.match(rel) or r.match(f"{rel}/_") for r in self.exclude)
 
 
 def normalize_source(source: str) -> str:
@@ -298,7 +236,7 @@ def _ref_or_reject(
     root: str, rel: str, size: int, mtime_ns: int, settings: SourceSettings
 ) -> FileRef | Reject:
     limit = int(settings.max_file_mb * 1024 * 1024)
-    kind = KINDS.get(Path(rel).suffix.lower())
+    kind = kind_of(rel)
     if kind is None:
         return Reject(
             path=rel,

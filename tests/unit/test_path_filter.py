@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from embedpipe.config import SourceSettings
-from embedpipe.readers import PathFilter
+from embedpipe.sources.globs import PathFilter
 
 GLOBS: list[tuple[str, str, bool]] = [
     # * : any characters within one folder, a leading dot included
