@@ -5,4 +5,5 @@ defaults, and the cheap CLI commands import config without loading pyarrow.
 
 - :mod:`.kinds`: the supported file kinds by extension (the one list).
 - :mod:`.globs`: the include/exclude filter on paths relative to a source root.
+- :mod:`.files`: list, stat and open the files of a folder or an ``s3://`` prefix (imports pyarrow).
 """
