@@ -36,20 +36,9 @@ from pydantic_settings import (
 from embedpipe.checks.registry import CHECKS, Severity
 from embedpipe.config.origins import SECRET_FIELDS, Origins, read_toml
 from embedpipe.errors import ConfigError
+from embedpipe.sources.kinds import SUPPORTED_EXTENSIONS
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-SUPPORTED_EXTENSIONS = (
-    ".txt",
-    ".md",
-    ".markdown",
-    ".html",
-    ".htm",
-    ".json",
-    ".jsonl",
-    ".ndjson",
-    ".csv",
-    ".parquet",
-)
 CONFIG_ENV = "EMBEDPIPE_CONFIG"
 DEFAULT_CONFIG_FILE = "embedpipe.toml"
 
