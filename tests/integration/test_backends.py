@@ -34,7 +34,7 @@ from embedpipe.resources.embedder import (
 )
 from embedpipe.resources.store import Store
 from embedpipe.schemas import C
-from tests.conftest import SAMPLE_CORPUS, make_settings
+from tests.helpers import SAMPLE_CORPUS, make_settings
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SAMPLE_CORPUS, write
+from tests.helpers import SAMPLE_CORPUS, write
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,7 @@ import lancedb
 import numpy as np
 import pytest
 
-from tests.conftest import SAMPLE_CORPUS
+from tests.helpers import SAMPLE_CORPUS
 
 pytestmark = pytest.mark.slow
 

@@ -19,8 +19,8 @@ from embedpipe.resources.store import Store
 from embedpipe.schemas import C
 from embedpipe.tasks.ingest import make_plan
 from embedpipe.tasks.shard import process_shard
-from tests.conftest import SAMPLE_CORPUS, make_settings, write
 from tests.fakes import KILL
+from tests.helpers import SAMPLE_CORPUS, make_settings, write
 
 RUN = "33333333-3333-3333-3333-333333333333"
 

@@ -18,8 +18,8 @@ from embedpipe.resources.embedder import register_embedder
 from embedpipe.resources.lock import FileTableLock, HolderRecord, hold, limit_name, lock_kind
 from embedpipe.resources.store import Store
 from embedpipe.schemas import C
-from tests.conftest import make_settings, write
 from tests.fakes import FakeEmbedder
+from tests.helpers import make_settings, write
 
 RUN_A = "aaaaaaaa-0000-0000-0000-000000000001"
 RUN_B = "bbbbbbbb-0000-0000-0000-000000000002"
