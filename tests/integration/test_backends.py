@@ -411,7 +411,7 @@ def test_cli_exit_status_of_a_backend_mismatch(
     capsys: pytest.CaptureFixture[str],
     int8_embedder: Any,
 ) -> None:
-    """README: exit 5 on a model mismatch; the backend is part of the model."""
+    """docs/cli.md: exit 5 on a model mismatch; the backend is part of the model."""
     src = str(torch_table[0])
     code, out, err = cli(
         capsys, "run", src, "--db", str(db_copy), "--device", "cpu", "--backend", "onnx-int8"

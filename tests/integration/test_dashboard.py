@@ -1,4 +1,4 @@
-"""The dashboard page in a real headless Chromium, the query examples of the README, the artifacts.
+"""The dashboard page in a real headless Chromium, the query examples of docs/operations.md, the artifacts.
 
 Chromium and ChromeDriver come from Debian (``make browser`` installs them; ``.ci/run`` calls it).
 """
@@ -132,8 +132,8 @@ def test_dashboard_server_binds_loopback_and_rebuilds(small_db) -> None:
         server.server_close()
 
 
-def test_readme_queries_with_duckdb_and_polars(small_db) -> None:
-    """The queries shown in the README return the expected counts."""
+def test_documented_queries_with_duckdb_and_polars(small_db) -> None:
+    """The queries shown in docs/operations.md return the expected counts."""
     import duckdb
     import lancedb
     import polars as pl
