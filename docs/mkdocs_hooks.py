@@ -1,9 +1,11 @@
-"""MkDocs hook: links from a page to repository files outside ``docs/`` (``../deploy/prefect.yaml``).
+"""MkDocs hook: what a page written for a forge's Markdown needs to read the same in the built site.
 
-The pages are read on a forge as well as in the built site. There such a link opens the file; the site
-has no copy of it, so MkDocs would report it as not found. This hook checks that the file exists in the
-repository (a warning otherwise, which ``--strict`` turns into a failure) and keeps only the link's text
-in the site. Links inside ``docs/`` are left to MkDocs' own validation.
+- Links to repository files outside ``docs/`` (``../deploy/prefect.yaml``) open the file on a forge; the
+  site has no copy of it, so MkDocs would report it as not found. The hook checks that the file exists
+  in the repository (a warning otherwise, which ``--strict`` turns into a failure) and keeps only the
+  link's text in the site. Links inside ``docs/`` are left to MkDocs' own validation.
+- A pipe inside a code span of a table row is written ``\\|`` for GitHub; Python-Markdown already
+  ignores pipes inside code spans and would show the backslash, so the hook drops it.
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ log = logging.getLogger("mkdocs.hooks.repo_links")
 
 _LINK = re.compile(r"(?<!!)\[([^\]\n]+)\]\(([^)\s]+)\)")
 _FENCE = re.compile(r"^```.*?^```", re.M | re.S)
+_TABLE_ROW = re.compile(r"^\|.*$", re.M)
+_CODE_SPAN = re.compile(r"`[^`\n]+`")
 
 
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
-    """Replace each link that leaves ``docs/`` by its text, after checking that its target exists.
+    """Replace each link that leaves ``docs/`` by its text, after checking that its target exists, and
+    unescape pipes in the code spans of table rows.
 
     Args:
         markdown: the page's Markdown source.
@@ -44,15 +49,23 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
             return m.group(0)
         if not resolved.is_relative_to(repo) or not resolved.exists():
             log.warning(
-                "Doc file '%s' links to '%s', which is not a file of the repository.", page.file.src_path, target
+                "Doc file '%s' links to '%s', which is not a file of the repository.",
+                page.file.src_path,
+                target,
             )
             return m.group(0)
         return label
 
-    # Code blocks are kept as they are: their brackets are not links.
+    def unescape_pipes(row: re.Match[str]) -> str:
+        return _CODE_SPAN.sub(lambda span: span.group(0).replace("\\|", "|"), row.group(0))
+
+    def prose(text: str) -> str:
+        return _TABLE_ROW.sub(unescape_pipes, _LINK.sub(fix, text))
+
+    # Code blocks are kept as they are: their brackets are not links, their pipes not cells.
     pieces, last = [], 0
     for block in _FENCE.finditer(markdown):
-        pieces += [_LINK.sub(fix, markdown[last : block.start()]), block.group(0)]
+        pieces += [prose(markdown[last : block.start()]), block.group(0)]
         last = block.end()
-    pieces.append(_LINK.sub(fix, markdown[last:]))
+    pieces.append(prose(markdown[last:]))
     return "".join(pieces)
