@@ -9,7 +9,7 @@ PIP    := $(PY) -m pip
 TORCH_CPU   ?= torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: setup setup-dev browser demo test lint typecheck docs bench clean
+.PHONY: setup setup-dev browser demo test test-fast lint typecheck docs bench clean
 
 # The runtime and the one extra the demo needs: onnx, for search's fast query path (ONNX Runtime
 # instead of torch). Nothing for tests, linting, Dask, OpenVINO or object storage.
@@ -54,6 +54,10 @@ browser:
 # Second command of the README, and what .ci/run calls.
 test: setup-dev browser
 	$(PY) -m pytest -q
+
+# The inner loop: tests/unit only (no Prefect server, no whole runs, no browser install).
+test-fast: setup-dev
+	$(PY) -m pytest -q tests/unit
 
 lint: setup-dev
 	$(VENV)/bin/ruff check src tests benchmarks
