@@ -1,8 +1,8 @@
 """The one registry of checks: each check's name, family, default gate, and where its function lives.
 
 Settings read the default gates and the set of known names from here (to validate
-``checks.gates``), the suite reads the families and their measuring functions, ``drift`` reads which
-of its statistics compare two versions, and the dashboard reads the order in which checks are shown.
+``checks.gates``), the suite reads the families and their measuring functions, ``drift.calibration``
+reads which statistics compare two versions, and the dashboard reads the order in which checks are shown.
 
 This module imports nothing but the standard library, so settings stay light: functions are named
 as ``"module:attribute"`` and imported only when :meth:`Family.measure` or :meth:`Check.statistic_fn`
