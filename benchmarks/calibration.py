@@ -110,18 +110,20 @@ def embed(texts: list[str], pooling: str = "mean") -> Embedded:
 
 def power(ref: Embedded, new: Embedded) -> dict[str, Any]:
     """Which comparison checks fire (at their defaults) with ``ref`` as reference and ``new`` as new."""
-    from embedpipe.checks import drift
+    from embedpipe.checks.drift.calibration import DRIFT_CHECKS
+    from embedpipe.checks.drift.text import language_mix, token_length_psi
 
     out = {}
     for name in ("centroid_shift", "domain_auc", "mmd", "drifted_components", "anisotropy", "effective_rank"):
-        out[name] = drift.DRIFT_CHECKS[name](ref.vectors, new.vectors)
-    out["token_length_psi"] = drift.token_length_psi(ref.tokens, new.tokens)
-    out["language_mix"] = drift.language_mix(ref.texts, new.texts)
+        out[name] = DRIFT_CHECKS[name](ref.vectors, new.vectors)
+    out["token_length_psi"] = token_length_psi(ref.tokens, new.tokens)
+    out["language_mix"] = language_mix(ref.texts, new.texts)
     return out
 
 
 def run(seeds: int = 100) -> dict[str, Any]:
-    from embedpipe.checks import drift, quality
+    from embedpipe.checks import quality
+    from embedpipe.checks.drift.calibration import calibrate
 
     t0 = time.perf_counter()
     base = embed(sample_sentences())
@@ -136,7 +138,7 @@ def run(seeds: int = 100) -> dict[str, Any]:
     swapped = embed(en.texts, pooling="cls")
     embed_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    rates = drift.calibrate(
+    rates = calibrate(
         base.vectors, base.tokens, base.texts, base.hashes, seeds=seeds, **CALIBRATION_OVERRIDES
     )
     calib_s = time.perf_counter() - t1

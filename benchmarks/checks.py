@@ -31,7 +31,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from embedpipe.checks import drift, quality
+from embedpipe.checks import quality
+from embedpipe.checks.drift.classifier import domain_auc
+from embedpipe.checks.drift.distribution import centroid_shift, drifted_components
+from embedpipe.checks.drift.geometry import anisotropy, duplicate_vectors, effective_rank
+from embedpipe.checks.drift.kernel import mmd
+from embedpipe.checks.drift.text import language_mix, token_length_psi, truncation_rate
 from embedpipe.checks.integrity import scan_vectors
 from embedpipe.hashing import sha256_text
 
@@ -96,16 +101,16 @@ def in_memory(d: dict[str, Any], dim: int) -> None:
 
     suite: list[tuple[str, Callable[[], Any]]] = [
         ("integrity", lambda: scan_vectors(batches, "vector", dim, True, vec_col.type)),
-        ("centroid_shift", lambda: drift.centroid_shift(ref, new)),
-        ("domain_auc", lambda: drift.domain_auc(ref, new)),
-        ("mmd", lambda: drift.mmd(ref, new)),
-        ("drifted_components", lambda: drift.drifted_components(ref, new)),
-        ("anisotropy", lambda: drift.anisotropy(ref, new)),
-        ("effective_rank", lambda: drift.effective_rank(ref, new)),
-        ("duplicate_vectors", lambda: drift.duplicate_vectors(new, hashes)),
-        ("token_length_psi", lambda: drift.token_length_psi(d["ref_tok"], new_tok)),
-        ("truncation_rate", lambda: drift.truncation_rate(new_tok, limit=254)),
-        ("language_mix", lambda: drift.language_mix(d["ref_txt"], d["new_txt"])),
+        ("centroid_shift", lambda: centroid_shift(ref, new)),
+        ("domain_auc", lambda: domain_auc(ref, new)),
+        ("mmd", lambda: mmd(ref, new)),
+        ("drifted_components", lambda: drifted_components(ref, new)),
+        ("anisotropy", lambda: anisotropy(ref, new)),
+        ("effective_rank", lambda: effective_rank(ref, new)),
+        ("duplicate_vectors", lambda: duplicate_vectors(new, hashes)),
+        ("token_length_psi", lambda: token_length_psi(d["ref_tok"], new_tok)),
+        ("truncation_rate", lambda: truncation_rate(new_tok, limit=254)),
+        ("language_mix", lambda: language_mix(d["ref_txt"], d["new_txt"])),
         # the same 1,000 chunks in both versions, re-embedded with float noise
         ("neighbour_stability", lambda: quality.neighbour_overlap(new[:1000], jitter, 10)),
     ]
@@ -198,7 +203,8 @@ def as_a_run(d: dict[str, Any], dim: int) -> None:
     import uuid
 
     from embedpipe.checks.registry import FAMILIES
-    from embedpipe.checks.suite import load_context, run_family
+    from embedpipe.checks.suite.context import load_context
+    from embedpipe.checks.suite.run import run_family
     from embedpipe.config import get_settings
     from embedpipe.resources.store import Store
 

@@ -245,7 +245,7 @@ def check(
         VersionNotFoundError: No such version or tag.
         RunFailed: A gate failed (the report is ``.result``); nothing was published.
     """
-    from embedpipe.checks.suite import validate_setup
+    from embedpipe.checks.suite.context import validate_setup
     from embedpipe.flows.check import check as check_flow
     from embedpipe.resources.store import Store
 

@@ -467,7 +467,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from embedpipe.config import get_settings
 
     settings = get_settings(_overrides(args), args.config, FLAG_OF)
-    from embedpipe.checks.suite import validate_setup
+    from embedpipe.checks.suite.context import validate_setup
     from embedpipe.resources.store import Store
 
     # Usage errors (exit 2 or 4) are said plainly before the flow starts.

@@ -23,7 +23,7 @@ from scipy.stats import spearmanr
 from embedpipe.checks.quality import load_pairs
 from embedpipe.cli import _PREFECT_DEFAULTS, main
 from embedpipe.config import ModelSettings
-from embedpipe.config.settings import DEFAULT_MODEL
+from embedpipe.config.pipeline import DEFAULT_MODEL
 from embedpipe.flows.sync import sync
 from embedpipe.resources.backends import EXPORT_RECIPE, ExportKey, cached_export_problem
 from embedpipe.resources.embedder import (

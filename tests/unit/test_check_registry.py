@@ -7,7 +7,9 @@ import sys
 
 import pytest
 
-from embedpipe.checks import drift, registry, suite
+from embedpipe.checks import registry
+from embedpipe.checks.drift.calibration import DRIFT_CHECKS
+from embedpipe.checks.suite.run import families_to_run
 from embedpipe.config import get_settings
 from embedpipe.errors import ConfigError
 
@@ -50,23 +52,28 @@ def test_families_run_in_the_suite_order_and_every_function_resolves() -> None:
     ]  # fmt: skip
     assert registry.FAMILY["golden"].names == ("golden_recall", "golden_mrr", "golden_ndcg")
     for family in registry.FAMILIES:
-        assert callable(family.measure()) and family.measure().__module__ == suite.__name__
+        module, _, name = family.function.partition(":")
+        assert module.startswith("embedpipe.checks.suite.")
+        fn = family.measure()
+        assert callable(fn) and (fn.__module__, fn.__name__) == (module, name)
         assert all(c.family == family.name for c in family.checks)
-    assert suite.families_to_run(get_settings().checks) == [f.name for f in registry.FAMILIES]
+    assert families_to_run(get_settings().checks) == [f.name for f in registry.FAMILIES]
 
 
 def test_drift_checks_are_the_registry_comparisons() -> None:
-    assert list(drift.DRIFT_CHECKS) == [c.name for c in registry.COMPARISONS]
-    assert "truncation_rate" not in drift.DRIFT_CHECKS  # absolute, not a comparison
+    assert list(DRIFT_CHECKS) == [c.name for c in registry.COMPARISONS]
+    assert "truncation_rate" not in DRIFT_CHECKS  # absolute, not a comparison
     for c in registry.COMPARISONS:
-        assert drift.DRIFT_CHECKS[c.name] is c.statistic_fn() is getattr(drift, c.name)
+        fn = c.statistic_fn()
+        assert DRIFT_CHECKS[c.name] is fn and fn.__name__ == c.name
+        assert fn.__module__.startswith("embedpipe.checks.drift.")
     with pytest.raises(ValueError, match="check=canary has no comparison statistic"):
         registry.CHECKS["canary"].statistic_fn()
 
 
 def test_turning_a_family_off_by_its_checks_and_unknown_names() -> None:
     off = {name: {"severity": "off"} for name in registry.FAMILY["golden"].names}
-    assert "golden" not in suite.families_to_run(get_settings({"checks": {"gates": off}}).checks)
+    assert "golden" not in families_to_run(get_settings({"checks": {"gates": off}}).checks)
     with pytest.raises(ConfigError, match=r"unknown check\(s\) \['golden'\]"):
         get_settings({"checks": {"gates": {"golden": {"severity": "off"}}}})  # a family, not a check
 

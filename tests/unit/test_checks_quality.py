@@ -12,7 +12,7 @@ import pytest
 
 from embedpipe.checks import quality
 from embedpipe.checks.integrity import scan_vectors
-from embedpipe.checks.suite import verdict
+from embedpipe.checks.suite.run import verdict
 from embedpipe.config import get_settings
 from embedpipe.errors import ConfigError
 from embedpipe.schemas import CheckResult

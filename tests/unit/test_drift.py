@@ -9,7 +9,18 @@ from typing import Any
 import numpy as np
 import pytest
 
-from embedpipe.checks import drift
+from embedpipe.checks.drift.calibration import DRIFT_CHECKS, calibrate
+from embedpipe.checks.drift.classifier import domain_auc
+from embedpipe.checks.drift.distribution import centroid_shift, drifted_components
+from embedpipe.checks.drift.geometry import (
+    _erank,
+    _mean_cosine,
+    anisotropy,
+    duplicate_vectors,
+    effective_rank,
+)
+from embedpipe.checks.drift.kernel import mmd
+from embedpipe.checks.drift.text import language_mix, script_of, token_length_psi, truncation_rate
 from embedpipe.checks.stats import Stat
 
 D = 384
@@ -85,7 +96,7 @@ SHIFT_CHECKS = ["centroid_shift", "domain_auc", "mmd", "drifted_components"]
 
 
 def run(name: str, ref: np.ndarray, new: np.ndarray, **kw: Any) -> Stat:
-    return drift.DRIFT_CHECKS[name](ref, new, **kw)
+    return DRIFT_CHECKS[name](ref, new, **kw)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -118,11 +129,11 @@ def test_centroid_shift_reads_one_without_change(space: dict[str, Any]) -> None:
     ratios = []
     for seed in range(30):
         order = np.random.default_rng(seed).permutation(len(full))
-        s = drift.centroid_shift(full[order[:600]], full[order[600:]])
+        s = centroid_shift(full[order[:600]], full[order[600:]])
         ratios.append(s.statistic)
         assert s.threshold >= 1.5
     assert 0.85 < float(np.mean(ratios)) < 1.15
-    rotated = drift.centroid_shift(full[:600], full[600:] @ rotation(D, 5).T.astype(np.float32))
+    rotated = centroid_shift(full[:600], full[600:] @ rotation(D, 5).T.astype(np.float32))
     assert rotated.statistic > 20 and rotated.effect is not None and rotated.effect > 0.3
 
 
@@ -131,44 +142,44 @@ def test_centroid_shift_needs_a_practically_large_shift() -> None:
     ref = rng.normal(size=(20_000, 16)).astype(np.float32)
     new = rng.normal(size=(20_000, 16)).astype(np.float32)
     new[:, 0] += 0.1  # highly significant at this n, but 2.5% of the spread
-    s = drift.centroid_shift(ref, new)
+    s = centroid_shift(ref, new)
     assert s.p_value is not None and s.p_value < 1e-6 and s.statistic > s.threshold
     assert not s.fired
-    assert drift.centroid_shift(ref, new, min_std_shift=0.0).fired
+    assert centroid_shift(ref, new, min_std_shift=0.0).fired
     new[:, 0] += 0.5
-    assert drift.centroid_shift(ref, new).fired
+    assert centroid_shift(ref, new).fired
 
 
 def test_domain_auc_values(shifts: dict[str, tuple[np.ndarray, ...]], halves: tuple[np.ndarray, ...]) -> None:
-    quiet = drift.domain_auc(*halves)
+    quiet = domain_auc(*halves)
     assert abs(quiet.statistic - 0.5) < 0.05 and quiet.effect == pytest.approx(quiet.statistic - 0.5)
-    swap = drift.domain_auc(*shifts["rotation"])
+    swap = domain_auc(*shifts["rotation"])
     assert swap.statistic > 0.95
     # deterministic for a seed, subsample bounded by max_per_side
-    again = drift.domain_auc(*shifts["topic"], max_per_side=300, seed=3)
-    assert again == drift.domain_auc(*shifts["topic"], max_per_side=300, seed=3)
+    again = domain_auc(*shifts["topic"], max_per_side=300, seed=3)
+    assert again == domain_auc(*shifts["topic"], max_per_side=300, seed=3)
     assert "n=300+300" in again.detail
 
 
 def test_mmd_permutation_p_value_and_effect_gate(shifts: dict[str, tuple[np.ndarray, ...]]) -> None:
     ref, new = shifts["rotation"]
-    s = drift.mmd(ref, new, permutations=200, max_per_side=300)
+    s = mmd(ref, new, permutations=200, max_per_side=300)
     assert s.p_value == pytest.approx(1 / 201)
     assert s.statistic > 0.03
     # significant but below the practical minimum: does not fire
-    high = drift.mmd(ref, new, permutations=200, max_per_side=300, alpha=0.01, min_effect=1.0)
+    high = mmd(ref, new, permutations=200, max_per_side=300, alpha=0.01, min_effect=1.0)
     assert high.p_value is not None and high.p_value < 0.01 and not high.fired
 
 
 def test_drifted_components_counts_components(
     shifts: dict[str, tuple[np.ndarray, ...]], halves: tuple[np.ndarray, ...]
 ) -> None:
-    s = drift.drifted_components(*shifts["topic"])
+    s = drifted_components(*shifts["topic"])
     assert s.statistic > 0.35 and s.p_value is not None and s.p_value < 1e-10
-    quiet = drift.drifted_components(*halves)
+    quiet = drifted_components(*halves)
     assert quiet.statistic <= 3 / 32
     low_rank = np.random.default_rng(0).normal(size=(200, 3)) @ np.random.default_rng(1).normal(size=(3, 50))
-    few = drift.drifted_components(low_rank[:100], low_rank[100:])
+    few = drifted_components(low_rank[:100], low_rank[100:])
     assert "/3 components" in few.detail  # capped at the rank
 
 
@@ -178,17 +189,17 @@ def test_anisotropy_common_direction(halves: tuple[np.ndarray, np.ndarray]) -> N
     direction /= np.linalg.norm(direction)
     bent = b + 0.6 * direction
     bent = (bent / np.linalg.norm(bent, axis=1, keepdims=True)).astype(np.float32)
-    s = drift.anisotropy(a, bent)
+    s = anisotropy(a, bent)
     assert s.fired and s.effect is not None and s.effect > 0.1
     # rotations keep every cosine: not this check's business
-    assert not drift.anisotropy(a, (b @ rotation(D, 3).T).astype(np.float32)).fired
+    assert not anisotropy(a, (b @ rotation(D, 3).T).astype(np.float32)).fired
     # exact value on a small case: mean pairwise cosine, scale-invariant
     x = np.array([[1, 0], [0, 2], [3, 3]], dtype=np.float32)
     expected = (0 + 1 / np.sqrt(2) + 1 / np.sqrt(2)) / 3
-    assert drift._mean_cosine(x) == pytest.approx(expected)
+    assert _mean_cosine(x) == pytest.approx(expected)
     # no reference: absolute ceiling
-    assert drift.anisotropy(None, a).fired is False
-    assert drift.anisotropy(a[:3], np.tile(a[:1], (50, 1))).fired
+    assert anisotropy(None, a).fired is False
+    assert anisotropy(a[:3], np.tile(a[:1], (50, 1))).fired
 
 
 def test_effective_rank_collapse(halves: tuple[np.ndarray, np.ndarray]) -> None:
@@ -197,17 +208,17 @@ def test_effective_rank_collapse(halves: tuple[np.ndarray, np.ndarray]) -> None:
     directions = rng.normal(size=(3, D))
     collapsed = directions[rng.integers(0, 3, size=1000)] + 0.01 * rng.normal(size=(1000, D))
     collapsed = (collapsed / np.linalg.norm(collapsed, axis=1, keepdims=True)).astype(np.float32)
-    s = drift.effective_rank(a, collapsed)
+    s = effective_rank(a, collapsed)
     assert s.fired and s.statistic < 0.1
-    assert drift.effective_rank(a, b).statistic == pytest.approx(1.0, abs=0.05)
+    assert effective_rank(a, b).statistic == pytest.approx(1.0, abs=0.05)
     # no reference: absolute floor of 2
     line = np.outer(rng.normal(size=100), directions[0])
-    line_stat = drift.effective_rank(None, line)
+    line_stat = effective_rank(None, line)
     assert line_stat.fired and line_stat.statistic == pytest.approx(1.0, abs=1e-6)
-    assert not drift.effective_rank(None, a).fired
+    assert not effective_rank(None, a).fired
     # ideal case: isotropic data in k dims has effective rank ~k
     iso = rng.normal(size=(20_000, 10))
-    assert drift._erank(iso) == pytest.approx(10.0, abs=0.05)
+    assert _erank(iso) == pytest.approx(10.0, abs=0.05)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -222,23 +233,23 @@ def _hashes(texts: list[str]) -> list[str]:
 def test_duplicate_vectors(halves: tuple[np.ndarray, np.ndarray]) -> None:
     a = halves[0].copy()
     hashes = _hashes([f"text {i}" for i in range(len(a))])
-    clean = drift.duplicate_vectors(a, hashes)
+    clean = duplicate_vectors(a, hashes)
     assert clean.statistic == 0.0 and not clean.fired
     # identical texts sharing a vector are fine
     same_text = list(hashes)
     a[1:30] = a[0]
     for i in range(1, 30):
         same_text[i] = same_text[0]
-    assert drift.duplicate_vectors(a, same_text).statistic == 0.0
+    assert duplicate_vectors(a, same_text).statistic == 0.0
     # different texts, same vector: collapsed embeddings
-    s = drift.duplicate_vectors(a, hashes)
+    s = duplicate_vectors(a, hashes)
     assert s.statistic == pytest.approx(30 / 1000) and s.fired
     # one exact byte of difference is a different vector
     b = halves[0].copy()
     b[1] = np.nextafter(b[0], np.float32(2))
-    assert drift.duplicate_vectors(b, hashes).statistic == 0.0
+    assert duplicate_vectors(b, hashes).statistic == 0.0
     with pytest.raises(ValueError, match="text hashes"):
-        drift.duplicate_vectors(a, hashes[:-1])
+        duplicate_vectors(a, hashes[:-1])
 
 
 def _token_lengths(n: int, seed: int, limit: int = 256, shift: float = 0.0) -> np.ndarray:
@@ -250,26 +261,26 @@ def _token_lengths(n: int, seed: int, limit: int = 256, shift: float = 0.0) -> n
 def test_token_length_psi() -> None:
     ref = _token_lengths(2000, 0)
     assert (ref == 256).mean() > 0.1  # heavy ties at the limit
-    quiet = drift.token_length_psi(ref, _token_lengths(2000, 1))
+    quiet = token_length_psi(ref, _token_lengths(2000, 1))
     assert quiet.statistic < 0.05 and not quiet.fired
-    shifted = drift.token_length_psi(ref, _token_lengths(2000, 2, shift=-25.0))
+    shifted = token_length_psi(ref, _token_lengths(2000, 2, shift=-25.0))
     assert shifted.fired and shifted.statistic > 0.25 and shifted.p_value is not None
-    longer = drift.token_length_psi(ref, _token_lengths(2000, 2, limit=512, shift=30.0))
+    longer = token_length_psi(ref, _token_lengths(2000, 2, limit=512, shift=30.0))
     assert longer.fired
     # constant reference lengths: one edge, two bins, no crash
-    same = drift.token_length_psi(np.full(100, 256), np.full(100, 256))
+    same = token_length_psi(np.full(100, 256), np.full(100, 256))
     assert same.statistic == 0.0 and not same.fired
     # a handful of new chunks cannot fire on noise (significance gate)
-    small = drift.token_length_psi(ref, _token_lengths(8, 3))
+    small = token_length_psi(ref, _token_lengths(8, 3))
     assert not small.fired
 
 
 def test_truncation_rate() -> None:
     tokens = np.array([100] * 95 + [300] * 5)
-    s = drift.truncation_rate(tokens, limit=256)
+    s = truncation_rate(tokens, limit=256)
     assert s.statistic == pytest.approx(0.05) and s.fired
-    assert not drift.truncation_rate(tokens, limit=300).fired
-    assert not drift.truncation_rate(tokens[:3], limit=10).fired
+    assert not truncation_rate(tokens, limit=300).fired
+    assert not truncation_rate(tokens[:3], limit=10).fired
 
 
 @pytest.mark.parametrize(
@@ -292,7 +303,7 @@ def test_truncation_rate() -> None:
     ],
 )
 def test_script_of(text: str, script: str) -> None:
-    assert drift.script_of(text) == script
+    assert script_of(text) == script
 
 
 def _texts(n: int, share_chinese: float, seed: int) -> list[str]:
@@ -310,13 +321,13 @@ def _texts(n: int, share_chinese: float, seed: int) -> list[str]:
 
 def test_language_mix() -> None:
     english = _texts(500, 0.05, 0)
-    quiet = drift.language_mix(english, _texts(500, 0.05, 1))
+    quiet = language_mix(english, _texts(500, 0.05, 1))
     assert not quiet.fired and quiet.statistic < 0.05
     chinese = _texts(500, 0.9, 2)
-    s = drift.language_mix(english, chinese)
+    s = language_mix(english, chinese)
     assert s.fired and s.statistic > 0.7 and s.p_value is not None and s.p_value < 1e-10
     assert s.detail.startswith("latin 0.9") and "han 0.0" in s.detail and "->0.9" in s.detail
-    assert not drift.language_mix(english[:50], english[50:100]).fired
+    assert not language_mix(english[:50], english[50:100]).fired
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -356,16 +367,16 @@ def test_one_dimension(name: str) -> None:
 
 def test_other_degenerate_inputs() -> None:
     few = np.zeros((3, 8), dtype=np.float32)
-    assert not drift.duplicate_vectors(few, ["a", "b", "c"]).fired
-    assert math.isnan(drift.token_length_psi([1, 2], [1, 2, 3, 4, 5, 6]).statistic)
-    assert not drift.language_mix(["a"] * 3, ["b"] * 10).fired
+    assert not duplicate_vectors(few, ["a", "b", "c"]).fired
+    assert math.isnan(token_length_psi([1, 2], [1, 2, 3, 4, 5, 6]).statistic)
+    assert not language_mix(["a"] * 3, ["b"] * 10).fired
     zeros = np.zeros((20, 8), dtype=np.float32)
-    assert not drift.anisotropy(zeros, zeros).fired
-    assert not drift.effective_rank(zeros, zeros).fired
+    assert not anisotropy(zeros, zeros).fired
+    assert not effective_rank(zeros, zeros).fired
     with pytest.raises(ValueError, match="dimensions"):
-        drift.centroid_shift(np.ones((10, 3)), np.ones((10, 4)))
+        centroid_shift(np.ones((10, 3)), np.ones((10, 4)))
     nan = np.full((10, 4), np.nan, dtype=np.float32)
-    assert not drift.mmd(nan, nan).fired
+    assert not mmd(nan, nan).fired
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -381,7 +392,7 @@ def test_calibration_over_100_seeds(space: dict[str, Any]) -> None:
     vectors = sample(space, n, seed=21)
     tokens = _token_lengths(n, 22)
     texts = _texts(n, 0.3, 23)
-    rates = drift.calibrate(
+    rates = calibrate(
         vectors,
         tokens,
         texts,
@@ -390,16 +401,16 @@ def test_calibration_over_100_seeds(space: dict[str, Any]) -> None:
         mmd={"permutations": 200, "alpha": 0.005, "max_per_side": 300},
         domain_auc={"max_per_side": 250},
     )
-    assert set(rates) == set(drift.DRIFT_CHECKS)
+    assert set(rates) == set(DRIFT_CHECKS)
     assert all(rate <= 0.01 for rate in rates.values()), rates
     with pytest.raises(ValueError, match="unknown"):
-        drift.calibrate(vectors, None, None, None, seeds=1, nope={})
+        calibrate(vectors, None, None, None, seeds=1, nope={})
 
 
 def test_calibrate_counts_firings(space: dict[str, Any]) -> None:
     # a check that fires on anything must show a false-alarm rate of 1
     vectors = sample(space, 200, seed=31)
-    rates = drift.calibrate(
+    rates = calibrate(
         vectors,
         None,
         None,
@@ -409,5 +420,5 @@ def test_calibrate_counts_firings(space: dict[str, Any]) -> None:
         anisotropy={"max_delta": -1.0},
         mmd={"permutations": 20},
     )
-    assert set(rates) == set(drift.DRIFT_CHECKS) - {"duplicate_vectors", "token_length_psi", "language_mix"}
+    assert set(rates) == set(DRIFT_CHECKS) - {"duplicate_vectors", "token_length_psi", "language_mix"}
     assert rates["anisotropy"] == 1.0 and rates["centroid_shift"] == 1.0 and rates["mmd"] == 0.0

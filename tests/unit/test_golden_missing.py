@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from embedpipe.checks import quality
-from embedpipe.checks.suite import load_context, run_family
+from embedpipe.checks.suite.context import load_context
+from embedpipe.checks.suite.run import run_family
 from embedpipe.chunking import chunk_documents
 from embedpipe.readers import discover, read_documents
 from embedpipe.resources.embedder import get_embedder

@@ -1,8 +1,8 @@
 """The one registry of checks: each check's name, family, default gate, and where its function lives.
 
 Settings read the default gates and the set of known names from here (to validate
-``checks.gates``), the suite reads the families and their measuring functions, ``drift`` reads which
-of its statistics compare two versions, and the dashboard reads the order in which checks are shown.
+``checks.gates``), the suite reads the families and their measuring functions, ``drift.calibration``
+reads which statistics compare two versions, and the dashboard reads the order in which checks are shown.
 
 This module imports nothing but the standard library, so settings stay light: functions are named
 as ``"module:attribute"`` and imported only when :meth:`Family.measure` or :meth:`Check.statistic_fn`
@@ -93,26 +93,28 @@ class Family:
 
 
 def _single(name: str, function: str, severity: Severity, threshold: float, **kw: Any) -> Family:
-    return Family(name, (Check(name, name, severity, threshold, **kw),), f"{_SUITE}:{function}")
+    """A family of one check; ``function`` is ``"module:function"`` in the ``suite`` package."""
+    return Family(name, (Check(name, name, severity, threshold, **kw),), f"{_SUITE}.{function}")
 
 
-def _drift(name: str, function: str, severity: Severity, threshold: float) -> Family:
-    return _single(name, function, severity, threshold, statistic=f"{_DRIFT}:{name}")
+def _drift(name: str, function: str, module: str, severity: Severity, threshold: float) -> Family:
+    """A family of one comparison check whose statistic is ``name`` in ``module`` of ``drift``."""
+    return _single(name, function, severity, threshold, statistic=f"{_DRIFT}.{module}:{name}")
 
 
 FAMILIES: tuple[Family, ...] = (
-    _single("integrity", "_integrity", "fail", 0.0),
-    _single("canary", "_canary", "fail", 0.9999),
-    _drift("centroid_shift", "_drift", "warn", 1.5),
-    _drift("domain_auc", "_drift", "warn", 0.6),
-    _drift("mmd", "_drift", "warn", 0.001),
-    _drift("drifted_components", "_drift", "warn", 0.25),
-    _drift("anisotropy", "_geometry", "warn", 0.1),
-    _drift("effective_rank", "_geometry", "fail", 0.5),
-    _drift("duplicate_vectors", "_geometry", "fail", 0.01),
-    _single("truncation_rate", "_text", "warn", 0.01),  # absolute: no reference, no comparison
-    _drift("token_length_psi", "_text", "warn", 0.25),
-    _drift("language_mix", "_text", "warn", 0.1),
+    _single("integrity", "table:_integrity", "fail", 0.0),
+    _single("canary", "probes:_canary", "fail", 0.9999),
+    _drift("centroid_shift", "samples:_drift", "distribution", "warn", 1.5),
+    _drift("domain_auc", "samples:_drift", "classifier", "warn", 0.6),
+    _drift("mmd", "samples:_drift", "kernel", "warn", 0.001),
+    _drift("drifted_components", "samples:_drift", "distribution", "warn", 0.25),
+    _drift("anisotropy", "samples:_geometry", "geometry", "warn", 0.1),
+    _drift("effective_rank", "samples:_geometry", "geometry", "fail", 0.5),
+    _drift("duplicate_vectors", "samples:_geometry", "geometry", "fail", 0.01),
+    _single("truncation_rate", "samples:_text", "warn", 0.01),  # absolute: no reference, no comparison
+    _drift("token_length_psi", "samples:_text", "text", "warn", 0.25),
+    _drift("language_mix", "samples:_text", "text", "warn", 0.1),
     Family(
         "golden",
         (
@@ -120,12 +122,20 @@ FAMILIES: tuple[Family, ...] = (
             Check("golden_mrr", "golden", "fail", 0.0, max_drop=0.05),
             Check("golden_ndcg", "golden", "fail", 0.0, max_drop=0.05),
         ),
-        f"{_SUITE}:_golden",
+        f"{_SUITE}.probes:_golden",
     ),
-    Family("triplets", (Check("triplets", "triplets", "fail", 0.9, max_drop=0.02),), f"{_SUITE}:_triplets"),
-    Family("pairs", (Check("pairs_spearman", "pairs", "fail", 0.7, max_drop=0.02),), f"{_SUITE}:_pairs"),
-    Family("neighbours", (Check("neighbour_stability", "neighbours", "fail", 0.9),), f"{_SUITE}:_neighbours"),
-    Family("index", (Check("index_recall", "index", "warn", 0.9),), f"{_SUITE}:_index_recall"),
+    Family(
+        "triplets", (Check("triplets", "triplets", "fail", 0.9, max_drop=0.02),), f"{_SUITE}.probes:_triplets"
+    ),
+    Family(
+        "pairs", (Check("pairs_spearman", "pairs", "fail", 0.7, max_drop=0.02),), f"{_SUITE}.probes:_pairs"
+    ),
+    Family(
+        "neighbours",
+        (Check("neighbour_stability", "neighbours", "fail", 0.9),),
+        f"{_SUITE}.table:_neighbours",
+    ),
+    Family("index", (Check("index_recall", "index", "warn", 0.9),), f"{_SUITE}.table:_index_recall"),
 )
 """Every family in the order the suite runs them (and reports their results)."""
 
@@ -136,4 +146,4 @@ FAMILY: dict[str, Family] = {f.name: f for f in FAMILIES}
 """Every family by name."""
 
 COMPARISONS: tuple[Check, ...] = tuple(c for c in CHECKS.values() if c.statistic is not None)
-"""The checks that compare two sets of vectors with a pure statistic of ``drift``."""
+"""The checks that compare two sets of vectors with a pure statistic of the ``drift`` package."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from embedpipe.checks.suite import families_to_run, verdict
+from embedpipe.checks.suite.run import families_to_run, verdict
 from embedpipe.config import Settings
 from embedpipe.errors import GateFailed
 from embedpipe.flows._pipeline import opaque

@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from embedpipe.checks.suite import AuditContext, load_context, run_family
+from embedpipe.checks.suite.context import AuditContext, load_context
+from embedpipe.checks.suite.run import run_family
 from embedpipe.config import Settings
 from embedpipe.resources.store import Store
 from embedpipe.schemas import CheckResult
@@ -31,7 +32,7 @@ def sample_task(settings: Settings, run_id: str, version: int, baseline: str | N
 
 @task(name="check", task_run_name="check-{family}", **TASK_DEFAULTS)
 def check_task(family: str, ctx: AuditContext, settings: Settings) -> list[CheckResult]:
-    """Measure one family of checks on the sampled version (see :mod:`embedpipe.checks.suite`)."""
+    """Measure one family of checks on the sampled version (see :mod:`embedpipe.checks.suite.run`)."""
     results = run_family(family, ctx, settings.checks, Store(settings.store))
     logger = get_run_logger()
     for r in results:

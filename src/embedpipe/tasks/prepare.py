@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from prefect import get_run_logger, task
 
-from embedpipe.checks.suite import validate_setup
+from embedpipe.checks.suite.context import validate_setup
 from embedpipe.config import Settings
 from embedpipe.resources.embedder import get_embedder
 from embedpipe.resources.store import Store
