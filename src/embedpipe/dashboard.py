@@ -6,15 +6,17 @@ thresholds, the chunk token-length histogram with the model's limit, a 2-D map (
 of the embedding space coloured by source folder with the chunk text on hover, versions and tags,
 and the latest rejects.
 
-Everything taken from documents is escaped: data goes into the page as JSON with ``<``, ``>`` and
-``&`` escaped (so no ``</script>`` can end the data block), tables are built with
-:func:`html.escape`, and settings are never rendered (so no secret can leak).
+The page is the Jinja2 template ``templates/dashboard.html`` with autoescape on, so everything
+taken from documents is escaped by construction: tables and headings are escaped HTML, the figures
+go in as JSON through ``tojson`` (``<``, ``>``, ``&`` and ``'`` escaped, so no ``</script>`` can end
+the data block), hover texts are escaped once more for plotly, and settings are never rendered (so
+no secret can leak).
 """
 
 from __future__ import annotations
 
+import functools
 import html
-import json
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -22,15 +24,16 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import jinja2
 import numpy as np
 import pyarrow as pa
 
-from embedpipe.resources.store import REJECTS_TABLE, RUNS_TABLE, Store
-from embedpipe.schemas import C, ChunkingIdentity
+from embedpipe.checks.registry import CHECKS
+from embedpipe.resources.store import Store
+from embedpipe.schemas import CHECKS_TABLE, REJECTS_TABLE, RUNS_TABLE, C, ChunkingIdentity
 
 log = logging.getLogger(__name__)
 
-CHECKS_TABLE = "checks"
 _HOVER_CHARS = 300
 
 
@@ -182,7 +185,10 @@ def _figures(d: DashboardData) -> dict[str, dict[str, Any]]:
         for c in sorted(d.checks, key=lambda c: str(c.get(C.AT))):
             if c.get("table_version") is not None:
                 latest[(str(c["check"]), int(c["table_version"]))] = c
-        names = sorted({k[0] for k in latest})
+        # Rows in the check registry's order (families together; a name it no longer knows after
+        # them), reversed because plotly draws the first row at the bottom.
+        order = {name: i for i, name in enumerate(CHECKS)}
+        names = sorted({k[0] for k in latest}, key=lambda n: (order.get(n, len(order)), n))[::-1]
         versions = sorted({k[1] for k in latest})
         z: list[list[int | None]] = []
         hover: list[list[str]] = []
@@ -304,98 +310,48 @@ def _fmt(x: Any) -> str:
     return "n/a" if x is None else f"{float(x):.4g}"
 
 
-def _safe_json(obj: Any) -> str:
-    """JSON that cannot break out of a <script> element."""
-    return (
-        json.dumps(obj, ensure_ascii=False, default=str)
-        .replace("&", "\\u0026")
-        .replace("<", "\\u003c")
-        .replace(">", "\\u003e")
-        .replace("\u2028", "\\u2028")
-        .replace("\u2029", "\\u2029")
+@functools.cache
+def _template() -> jinja2.Template:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("embedpipe", "templates"),
+        autoescape=True,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
     )
-
-
-def _table(headers: list[str], rows: list[list[Any]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;background:#f6f7f9;color:#1d2330}
-header{background:#1d2330;color:#fff;padding:14px 24px}header h1{margin:0;font-size:20px}
-header p{margin:4px 0 0;color:#b8c0d0;font-size:13px}
-main{display:grid;grid-template-columns:repeat(auto-fit,minmax(560px,1fr));gap:16px;padding:16px}
-section{background:#fff;border-radius:8px;box-shadow:0 1px 3px rgba(0,0,0,.08);padding:12px;min-height:120px}
-section h2{font-size:15px;margin:4px 4px 8px}.chart{height:380px}#chart-checks{height:460px}
-table{border-collapse:collapse;width:100%;font-size:12px}th,td{text-align:left;padding:4px 6px;
-border-bottom:1px solid #eee;vertical-align:top;word-break:break-word}th{background:#fafafa}
-.empty{color:#777;font-style:italic;padding:8px}.served{font-weight:bold;color:#2e7d32}
-"""
+    # ``tojson`` sorts keys by default; keep the figures in the order they were built. Non-ASCII
+    # text is written as \u escapes, so U+2028/U+2029 cannot end a line of the data block either.
+    env.policies["json.dumps_kwargs"] = {"sort_keys": False, "default": str}
+    return env.get_template("dashboard.html")
 
 
 def render(d: DashboardData, refresh_s: int | None = None) -> str:
-    """The self-contained HTML page."""
+    """The self-contained HTML page, from the package's ``templates/dashboard.html``.
+
+    The template autoescapes every value (document text, paths, reasons, the table name); the
+    figures go into a ``<script type="application/json">`` block through ``tojson``, which escapes
+    ``<``, ``>``, ``&`` and ``'``. Only plotly.js itself, from the plotly package, is inserted as is.
+    """
     from plotly.offline import get_plotlyjs
 
-    figs = _figures(d)
-
-    def chart(cid: str, title: str, empty: str) -> str:
-        inner = (
-            f'<div class="chart" id="chart-{cid}"></div>' if cid in figs else f'<p class="empty">{empty}</p>'
-        )
-        return f"<section><h2>{html.escape(title)}</h2>{inner}</section>"
-
-    versions = (
-        _table(
-            ["version", "created", "tags", "run", "served"],
-            [
-                [
-                    v["version"],
-                    v["timestamp"],
-                    ", ".join(v["tags"]),
-                    v["run_id"] or "",
-                    "serving" if v["version"] == d.served_version else "",
-                ]
-                for v in d.versions
-            ],
-        )
-        if d.versions
-        else '<p class="empty">No table yet.</p>'
+    versions = [
+        [
+            v["version"],
+            v["timestamp"],
+            ", ".join(v["tags"]),
+            v["run_id"] or "",
+            "serving" if v["version"] == d.served_version else "",
+        ]
+        for v in d.versions
+    ]
+    rejects = [[r[C.AT], r[C.PATH], r[C.REASON]] for r in d.rejects]
+    return _template().render(
+        d=d,
+        figs=_figures(d),
+        versions=versions,
+        rejects=rejects,
+        refresh_s=int(refresh_s) if refresh_s else None,
+        plotlyjs=get_plotlyjs(),
     )
-    rejects = (
-        _table(["when", "path", "reason"], [[r[C.AT], r[C.PATH], r[C.REASON]] for r in d.rejects])
-        if d.rejects
-        else '<p class="empty">No rejects.</p>'
-    )
-    refresh = f'<meta http-equiv="refresh" content="{int(refresh_s)}">' if refresh_s else ""
-    sub = (
-        f"table {d.table} · serving version {d.served_version} · model {d.model} · "
-        f"{len(d.runs)} runs · generated {d.generated_at}"
-    )
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">{refresh}
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>embedpipe dashboard: {html.escape(d.table)}</title><style>{_CSS}</style>
-<script>{get_plotlyjs()}</script></head>
-<body><header><h1>embedpipe · {html.escape(d.table)}</h1><p>{html.escape(sub)}</p></header><main>
-{chart("runs", "Runs", "No runs recorded yet.")}
-{chart("checks", "Drift and quality", "No checks recorded yet (the checks table is empty).")}
-{chart("lengths", "Chunk token lengths", "No chunks yet.")}
-{chart("map", "Embedding map", "No chunks yet.")}
-<section><h2>Versions and tags</h2>{versions}</section>
-<section><h2>Latest rejects</h2>{rejects}</section>
-</main>
-<script id="embedpipe-figures" type="application/json">{_safe_json(figs)}</script>
-<script>
-const figs = JSON.parse(document.getElementById("embedpipe-figures").textContent);
-for (const [id, fig] of Object.entries(figs)) {{
-  const layout = Object.assign({{margin: {{t: 40, l: 50, r: 50, b: 40}}}}, fig.layout);
-  Plotly.newPlot("chart-" + id, fig.data, layout, {{responsive: true, displayModeBar: false}});
-}}
-</script></body></html>
-"""
 
 
 def build(store: Store, sample: int = 2000, refresh_s: int | None = None) -> str:

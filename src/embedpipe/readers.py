@@ -1,8 +1,9 @@
 """Discovery and parsing of source files into documents (plain Python, no Prefect).
 
-Discovery walks each source root (a folder, a file, or an ``s3://bucket/prefix`` read through the
-pyarrow S3 filesystem configured by the ``s3`` settings) and returns small :class:`FileRef` records;
-large JSONL and Parquet files are split into parts so that no shard has to hold a whole big file.
+Discovery walks each source root (a folder, a file, or an ``s3://bucket/prefix``) through
+:class:`~embedpipe.sources.files.SourceFS`, the one place where local and object-storage files
+differ, and returns small :class:`FileRef` records; large JSONL and Parquet files are split into
+parts so that no shard has to hold a whole big file.
 Reading turns a shard of refs into an Arrow table of documents. Anything that cannot be used becomes a
 :class:`~embedpipe.schemas.Reject` with a reason; nothing raises out of a read for bad input.
 """
@@ -11,189 +12,52 @@ from __future__ import annotations
 
 import codecs
 import csv
-import hashlib
-import io
 import json
 import logging
-import os
 import re
-import stat
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from html.parser import HTMLParser
-from pathlib import Path
 from typing import IO, Any
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from embedpipe import sources_guard
 from embedpipe.config import SourceSettings
 from embedpipe.docids import make_doc_id
-from embedpipe.errors import RejectedInput, SourceError
-from embedpipe.resources import objectstore
+from embedpipe.errors import RejectedInput
+from embedpipe.hashing import sha256_text
 from embedpipe.schemas import C, Reject, docs_schema
+from embedpipe.sources.files import FileRef, SourceFS, normalize_source, source_scope
+from embedpipe.sources.globs import PathFilter
+from embedpipe.sources.kinds import KINDS, SPLITTABLE
 
 log = logging.getLogger(__name__)
 
-KINDS = {
-    ".txt": "text",
-    ".md": "text",
-    ".markdown": "text",
-    ".html": "html",
-    ".htm": "html",
-    ".json": "json",
-    ".jsonl": "jsonl",
-    ".ndjson": "jsonl",
-    ".csv": "csv",
-    ".parquet": "parquet",
-}
-SPLITTABLE = {"jsonl", "parquet"}
+__all__ = [
+    "KINDS",
+    "SPLITTABLE",
+    "FileRef",
+    "PathFilter",
+    "SourceFS",
+    "clean_text",
+    "decode_text",
+    "discover",
+    "html_to_text",
+    "iter_records",
+    "normalize_source",
+    "open_binary",
+    "plan_shards",
+    "read_documents",
+    "sha256_text",
+    "source_scope",
+]
+
 _BINARY_SNIFF = 8192
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
-@dataclass(frozen=True)
-class FileRef:
-    """One file (or one part of a large record file) to read."""
-
-    source: str
-    path: str
-    size: int
-    mtime_ns: int
-    kind: str
-    part: tuple[int, int, int] | None = None
-    """For split files: (start, stop, first_row): byte range (JSONL) or row-group range (Parquet),
-    and the 1-based row number of the part's first record."""
-    part_bytes: int = 0
-    """For split files: the bytes this part covers (uncompressed size for Parquet)."""
-
-    @property
-    def abspath(self) -> str:
-        """The file's local path, or its ``s3://`` URI."""
-        if objectstore.is_s3(self.source):
-            return f"{self.source}/{self.path}"
-        return os.path.join(self.source, *self.path.split("/"))
-
-    @property
-    def weight(self) -> int:
-        """Bytes this ref contributes to a shard."""
-        return self.size if self.part is None else max(1, self.part_bytes)
-
-
 # --------------------------------------------------------------------------- discovery
-
-
-def glob_to_regex(pattern: str) -> re.Pattern[str]:
-    """Translate a glob with ``**`` (any depth), ``*``, ``?`` and ``[...]`` to a regex on '/' paths."""
-    i, out = 0, []
-    while i < len(pattern):
-        c = pattern[i]
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif c == "*":
-            out.append("[^/]*")
-            i += 1
-        elif c == "?":
-            out.append("[^/]")
-            i += 1
-        elif c == "[":
-            j = pattern.find("]", i + 1)
-            if j == -1:
-                out.append(re.escape(c))
-                i += 1
-            else:
-                body = pattern[i + 1 : j].replace("\\", "\\\\")
-                if body.startswith("!"):
-                    body = "^" + body[1:]
-                out.append(f"[{body}]")
-                i = j + 1
-        else:
-            out.append(re.escape(c))
-            i += 1
-    return re.compile("".join(out) + r"\Z", re.IGNORECASE)
-
-
-class PathFilter:
-    """Include/exclude globs matched against paths relative to a source root."""
-
-    def __init__(self, include: Sequence[str], exclude: Sequence[str]) -> None:
-        self.include = [glob_to_regex(p) for p in include]
-        self.exclude = [glob_to_regex(p) for p in exclude]
-
-    def __call__(self, rel: str) -> bool:
-        if any(r.match(rel) for r in self.exclude):
-            return False
-        return any(r.match(rel) for r in self.include)
-
-    def excludes_folder(self, rel: str) -> bool:
-        """Whether the exclude globs skip everything under the folder ``rel``."""
-        return any(r.match(rel) or r.match(f"{rel}/_") for r in self.exclude)
-
-
-def normalize_source(source: str) -> str:
-    """Absolute, symlink-free form of a source root, so the same folder is always the same source;
-    ``s3://bucket/prefix`` without trailing or duplicate slashes for object storage."""
-    if objectstore.is_s3(source):
-        try:
-            return objectstore.normalize_s3_uri(source)
-        except ValueError as e:
-            raise SourceError(f"bad source={source}: {e}") from None
-    if "://" in source:
-        raise SourceError(
-            f"unsupported source={source}: only local folders and files and s3://bucket/prefix are supported"
-        )
-    return str(Path(source).expanduser().resolve())
-
-
-def source_scope(raw: str, settings: SourceSettings) -> tuple[str, list[str] | None]:
-    """The root of a source and, for a single file given as the source, its name.
-
-    Raises:
-        SourceError: The source does not exist (or an object store cannot be listed).
-    """
-    if objectstore.is_s3(raw):
-        return _s3_scope(normalize_source(raw), settings)
-    root_path = Path(raw).expanduser()
-    if not root_path.exists() and not root_path.is_symlink():
-        raise SourceError(f"source not found: path={raw}; pass an existing folder or file")
-    if root_path.is_file():
-        return str(root_path.resolve().parent), [root_path.resolve().name]
-    return normalize_source(raw), None
-
-
-def _source_error(uri: str, e: BaseException, settings: SourceSettings) -> SourceError:
-    reason, _ = objectstore.explain(e)
-    return SourceError(
-        objectstore.redact(f"cannot read source={uri}: {reason}", objectstore.secrets_of(settings.s3))
-    )
-
-
-def _s3_scope(uri: str, settings: SourceSettings) -> tuple[str, list[str] | None]:
-    fs, path = objectstore.filesystem(uri, settings.s3)
-    try:
-        info = fs.get_file_info(path)
-        bucket = info if "/" not in path else None
-        if info.type == pafs.FileType.NotFound and bucket is None:
-            bucket = fs.get_file_info(path.split("/", 1)[0])
-    except OSError as e:
-        raise _source_error(uri, e, settings) from None
-    if info.type == pafs.FileType.File:
-        parent, _, name = uri.rpartition("/")
-        return parent, [name]
-    if bucket is not None and bucket.type == pafs.FileType.NotFound:
-        raise SourceError(f"cannot read source={uri}: the bucket does not exist")
-    if info.type == pafs.FileType.NotFound:
-        raise SourceError(
-            f"source not found: {uri} holds no objects; check the bucket and prefix (and s3.endpoint)"
-        )
-    return uri, None
 
 
 def discover(
@@ -224,15 +88,7 @@ def discover(
         if key in seen_roots:  # the same source given twice is read once
             continue
         seen_roots.add(key)
-        found: Iterator[tuple[str, FileRef | Reject | None]]
-        if objectstore.is_s3(root):
-            listed = _list_objects(root, names, settings)
-            found = ((rel, r) for rel, r in listed.items() if names is not None or keep(rel))
-        elif names is not None:  # a file named explicitly is read even when it is a symlink
-            found = ((rel, _stat(root, rel, settings, walked=False)) for rel in names)
-        else:  # lazily: excluded files are never stat'ed
-            found = ((rel, _stat(root, rel, settings)) for rel in _walk(root, rejects, keep) if keep(rel))
-        for rel, ref_or_reject in found:
+        for rel, ref_or_reject in SourceFS(root, settings).files(names, keep, rejects):
             if ref_or_reject is None or (root, rel) in seen_files:
                 continue
             seen_files.add((root, rel))
@@ -244,98 +100,6 @@ def discover(
             else:
                 refs.append(ref_or_reject)
     return refs, rejects
-
-
-def _walk(root: str, rejects: list[Reject], keep: PathFilter) -> Iterator[str]:
-    def onerror(e: OSError) -> None:
-        rel = os.path.relpath(e.filename or root, root).replace(os.sep, "/")
-        rejects.append(Reject(path=rel, reason=f"unreadable folder: {e.strerror or e}", source=root))
-
-    for dirpath, dirnames, filenames in os.walk(root, onerror=onerror, followlinks=False):
-        dirnames.sort()
-        for name in dirnames:  # folder symlinks are never followed; one leading out is reported
-            full = os.path.join(dirpath, name)
-            if os.path.islink(full):
-                rel = os.path.relpath(full, root).replace(os.sep, "/")
-                where, _ = sources_guard.link_target(root, full)
-                if where == "outside" and not keep.excludes_folder(rel):
-                    reason = sources_guard.outside_reason("folder")
-                    rejects.append(Reject(path=rel, reason=reason, source=root))
-        for name in sorted(filenames):
-            full = os.path.join(dirpath, name)
-            yield os.path.relpath(full, root).replace(os.sep, "/")
-
-
-def _list_objects(
-    root: str, names: list[str] | None, settings: SourceSettings
-) -> dict[str, FileRef | Reject]:
-    """Objects under an ``s3://`` root (recursively), or the one object given, with size and mtime."""
-    fs, base = objectstore.filesystem(root, settings.s3)
-    try:
-        if names is not None:
-            infos = fs.get_file_info([f"{base}/{n}" for n in names])
-        else:
-            infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
-    except OSError as e:
-        raise _source_error(root, e, settings) from None
-    found: dict[str, FileRef | Reject] = {}
-    for info in sorted(infos, key=lambda i: i.path):
-        if info.type != pafs.FileType.File:  # "folders" are prefixes or zero-byte marker objects
-            continue
-        if not info.path.startswith(base + "/"):  # never anything beside the prefix
-            continue
-        rel = info.path[len(base) + 1 :]
-        bad = sources_guard.bad_object_key(rel)
-        if bad is not None:
-            found[rel] = Reject(path=rel, reason=bad, source=root)
-            continue
-        mtime_ns = info.mtime_ns if info.mtime_ns is not None else 0
-        found[rel] = _ref_or_reject(root, rel, int(info.size or 0), int(mtime_ns), settings)
-    return found
-
-
-def _ref_or_reject(
-    root: str, rel: str, size: int, mtime_ns: int, settings: SourceSettings
-) -> FileRef | Reject:
-    limit = int(settings.max_file_mb * 1024 * 1024)
-    kind = KINDS.get(Path(rel).suffix.lower())
-    if kind is None:
-        return Reject(
-            path=rel,
-            reason=f"unsupported file type {Path(rel).suffix or '(none)'!r}; "
-            f"supported: {', '.join(sorted(set(KINDS)))}",
-            source=root,
-        )
-    if size > limit:
-        return Reject(
-            path=rel,
-            reason=f"file too large: {size / 1048576:.1f} MiB > source.max_file_mb={limit / 1048576:g}",
-            source=root,
-        )
-    return FileRef(source=root, path=rel, size=size, mtime_ns=mtime_ns, kind=kind)
-
-
-def _stat(root: str, rel: str, settings: SourceSettings, walked: bool = True) -> FileRef | Reject | None:
-    """A ref for a file found under ``root``, a reject, or ``None`` for a symlink whose target
-    inside the root is read under its own path (see :mod:`embedpipe.sources_guard`)."""
-    full = os.path.join(root, *rel.split("/"))
-    try:
-        st = os.lstat(full) if walked else os.stat(full)
-    except OSError as e:
-        return Reject(path=rel, reason=f"unreadable file: {e.strerror or e}", source=root)
-    if stat.S_ISLNK(st.st_mode):
-        where, target = sources_guard.link_target(root, full)
-        if where == "outside":
-            return Reject(path=rel, reason=sources_guard.outside_reason("file"), source=root)
-        try:
-            os.stat(full)
-        except OSError:
-            return Reject(path=rel, reason="unreadable file: broken symlink", source=root)
-        log.debug("symlink path=%s: its target %s inside the source folder is read there", rel, target)
-        return None
-    if not stat.S_ISREG(st.st_mode):
-        return Reject(path=rel, reason="not a regular file (device, pipe or socket)", source=root)
-    return _ref_or_reject(root, rel, st.st_size, st.st_mtime_ns, settings)
 
 
 def _split(ref: FileRef, split_bytes: int, settings: SourceSettings) -> list[FileRef]:
@@ -362,7 +126,7 @@ def _split(ref: FileRef, split_bytes: int, settings: SourceSettings) -> list[Fil
                     line_no += lines
                     start = stop
         else:
-            md = pq.ParquetFile(_parquet_source(ref, settings)).metadata
+            md = pq.ParquetFile(SourceFS(ref.source, settings).open_random(ref.path)).metadata
             row, acc, first_rg, first_row = 1, 0, 0, 1
             for rg in range(md.num_row_groups):
                 acc += md.row_group(rg).total_byte_size
@@ -377,40 +141,12 @@ def _split(ref: FileRef, split_bytes: int, settings: SourceSettings) -> list[Fil
 
 
 def open_binary(ref: FileRef, settings: SourceSettings) -> IO[bytes]:
-    """Open a source file for reading bytes: a local file, or a seekable buffered reader over an
-    object (ranged GETs, so a part of a big object is read without downloading the rest).
+    """Open a source file (or object) for reading bytes; see :meth:`SourceFS.open`.
 
     Raises:
-        RejectedInput: The file cannot be opened (for an object: deleted since it was listed, or
-            access denied).
+        RejectedInput: The file cannot be opened.
     """
-    if not objectstore.is_s3(ref.source):
-        try:  # a file swapped for a symlink since discovery is refused, not followed
-            return open(ref.abspath, "rb", opener=lambda p, _flags: sources_guard.open_nofollow(p))
-        except OSError as e:
-            raise RejectedInput(f"unreadable file: {e.strerror or e}") from None
-    fs, path = objectstore.filesystem(ref.abspath, settings.s3)
-    try:
-        return io.BufferedReader(fs.open_input_file(path), buffer_size=1 << 20)  # type: ignore[arg-type]
-    except OSError as e:
-        raise RejectedInput(_object_reason(e, settings)) from None
-
-
-def _object_reason(e: OSError, settings: SourceSettings) -> str:
-    if isinstance(e, FileNotFoundError):
-        return "unreadable file: the object no longer exists (deleted after it was listed?)"
-    reason = objectstore.redact(objectstore.explain(e)[0], objectstore.secrets_of(settings.s3))
-    return f"unreadable file: {reason}"
-
-
-def _parquet_source(ref: FileRef, settings: SourceSettings) -> Any:
-    if not objectstore.is_s3(ref.source):
-        return ref.abspath
-    fs, path = objectstore.filesystem(ref.abspath, settings.s3)
-    try:
-        return fs.open_input_file(path)
-    except OSError as e:
-        raise RejectedInput(_object_reason(e, settings)) from None
+    return SourceFS(ref.source, settings).open(ref.path)
 
 
 def _part(ref: FileRef, start: int, stop: int, first_row: int, nbytes: int) -> FileRef:
@@ -763,7 +499,7 @@ def _csv_records(ref: FileRef, text: str, settings: SourceSettings) -> Iterator[
 
 
 def _parquet_records(ref: FileRef, settings: SourceSettings) -> Iterator[Record | Reject]:
-    source = _parquet_source(ref, settings)
+    source = SourceFS(ref.source, settings).open_random(ref.path)
     try:
         pf = pq.ParquetFile(source)
         names = pf.schema_arrow.names
@@ -790,20 +526,6 @@ def _parquet_records(ref: FileRef, settings: SourceSettings) -> Iterator[Record 
 
 
 # --------------------------------------------------------------------------- documents
-
-
-_HASH_PIECE = 1 << 20
-
-
-def sha256_text(text: str) -> str:
-    """sha256 of the UTF-8 bytes of ``text``; a long text is encoded a piece at a time (the same
-    digest, without a second full copy of a big document in memory)."""
-    if len(text) <= _HASH_PIECE:
-        return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-    h = hashlib.sha256()
-    for i in range(0, len(text), _HASH_PIECE):  # no surrogate pair is split: str is code points
-        h.update(text[i : i + _HASH_PIECE].encode("utf-8", "surrogatepass"))
-    return h.hexdigest()
 
 
 def read_documents(refs: Sequence[FileRef], settings: SourceSettings) -> tuple[pa.Table, list[Reject], int]:

@@ -24,10 +24,8 @@ from embedpipe.config import SourceSettings
 from embedpipe.errors import RejectedInput, SourceError
 from embedpipe.readers import (
     FileRef,
-    PathFilter,
     decode_text,
     discover,
-    glob_to_regex,
     html_to_text,
     normalize_source,
     plan_shards,
@@ -384,46 +382,6 @@ def test_url_source_is_refused() -> None:
     assert normalize_source("s3://bucket//x/y/") == normalize_source("S3://bucket/x/y") == "s3://bucket/x/y"
     with pytest.raises(SourceError, match="no bucket"):
         normalize_source("s3://")
-
-
-@pytest.mark.parametrize(
-    ("pattern", "path", "matches"),
-    [
-        ("**/*.md", "a.md", True),
-        ("**/*.md", "x/y/a.md", True),
-        ("**/*.md", "x/y/a.mdx", False),
-        ("*.md", "a.md", True),
-        ("*.md", "x/a.md", False),
-        ("docs/**", "docs/a/b.txt", True),
-        ("docs/**", "other/docs/a.txt", False),
-        ("**/drafts/**", "a/drafts/b.md", True),
-        ("**/drafts/**", "drafts/b.md", True),
-        ("**/drafts/**", "a/drafts.md", False),
-        ("file?.txt", "file1.txt", True),
-        ("file?.txt", "file10.txt", False),
-        ("file?.txt", "file/.txt", False),
-        ("[ab].txt", "b.txt", True),
-        ("[!ab].txt", "b.txt", False),
-        ("[!ab].txt", "c.txt", True),
-        ("a+b(1).txt", "a+b(1).txt", True),
-        ("[unclosed.txt", "[unclosed.txt", True),
-        ("**/*.TXT", "dir/Note.txt", True),
-        ("**/.*", "dir/.hidden", True),
-        ("**/.*", "dir/visible", False),
-    ],
-)
-def test_glob_to_regex(pattern: str, path: str, matches: bool) -> None:
-    assert bool(glob_to_regex(pattern).match(path)) is matches
-
-
-def test_path_filter_exclude_wins_over_include() -> None:
-    keep = PathFilter(["**/*.md", "**/*.txt"], ["private/**", "**/*.tmp.md"])
-    assert keep("a/b.md")
-    assert keep("b.txt")
-    assert not keep("private/b.md")
-    assert not keep("a/x.tmp.md")
-    assert not keep("a/b.html")
-    assert not PathFilter([], [])("a.md")
 
 
 def _ref(name: str, size: int) -> FileRef:

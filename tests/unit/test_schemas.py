@@ -95,3 +95,18 @@ def test_model_identity_round_trips_through_metadata() -> None:
     assert back == ident
     assert ident.model_id == "m@" + "ab" * 6
     assert ModelIdentity.from_table_metadata({}) is None
+
+
+def test_ledger_table_names_are_pinned() -> None:
+    """Stored databases hold tables by these names: renaming one would orphan what is stored."""
+    from embedpipe.schemas import tables
+
+    assert tables.LEDGER_TABLES == ("runs", "rejects", "checks", "canary", "vector_cache")
+    for make, name in (
+        (runs_schema, tables.RUNS_TABLE),
+        (rejects_schema, tables.REJECTS_TABLE),
+        (checks_schema, tables.CHECKS_TABLE),
+        (canary_schema, tables.CANARY_TABLE),
+        (vector_cache_schema, tables.VECTOR_CACHE_TABLE),
+    ):
+        assert make().metadata[b"embedpipe.schema"] == name.encode()

@@ -33,6 +33,7 @@ from typing import Any, cast
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from embedpipe.checks.registry import COMPARISONS
 from embedpipe.checks.stats import Stat
 
 __all__ = [
@@ -983,17 +984,9 @@ def language_mix(
 # --------------------------------------------------------------------------------------------------
 
 DRIFT_CHECKS: dict[str, Callable[..., Stat]] = {
-    "centroid_shift": centroid_shift,
-    "domain_auc": domain_auc,
-    "mmd": mmd,
-    "drifted_components": drifted_components,
-    "anisotropy": anisotropy,
-    "effective_rank": effective_rank,
-    "duplicate_vectors": duplicate_vectors,
-    "token_length_psi": token_length_psi,
-    "language_mix": language_mix,
+    c.name: globals()[c.statistic.rpartition(":")[2]] for c in COMPARISONS if c.statistic
 }
-"""The comparison checks by name (``truncation_rate`` is absolute and not listed)."""
+"""The comparison checks by name, as the check registry lists them (``truncation_rate`` is absolute)."""
 
 _SEEDED = frozenset({"domain_auc", "mmd", "drifted_components", "effective_rank"})
 

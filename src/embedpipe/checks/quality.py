@@ -6,7 +6,6 @@ raises :class:`~embedpipe.errors.ConfigError` naming the file, the line and what
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -180,10 +179,6 @@ def validate_sets(golden: Sequence[str], triplets: Sequence[str], pairs: Sequenc
     if pairs:
         load_pairs(pairs)
     load_canary(canary)
-
-
-def text_hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 # ---------------------------------------------------------------------------------- measures

@@ -12,7 +12,6 @@ version is served only when no check of severity ``fail`` has status ``fail`` or
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import threading
@@ -24,11 +23,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from embedpipe.checks import drift, quality
+from embedpipe.checks import drift, quality, registry
 from embedpipe.checks.integrity import scan_vectors
 from embedpipe.checks.stats import Stat
 from embedpipe.config import ChecksSettings, ModelSettings
 from embedpipe.errors import CheckError, ConfigError, EmbedpipeError
+from embedpipe.hashing import sha256_text
 from embedpipe.resources.embedder import get_embedder, settings_for_table
 from embedpipe.resources.store import SERVING_TAG, Store, sql_quote
 from embedpipe.schemas import C, CheckResult, ModelIdentity, vector_matrix
@@ -250,10 +250,10 @@ def load_context(
 
 # ------------------------------------------------------------------------------------ families
 
-Family = Callable[[AuditContext, ChecksSettings, Store], dict[str, Stat]]
+# Each family's function is named in the check registry and called as fn(family, ctx, checks, store).
 
 
-def _integrity(ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str, Stat]:
+def _integrity(family: str, ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str, Stat]:
     _, threshold, _ = checks.gate("integrity")
     table = store.open_version(ctx.version)
     q = table.search().select([C.VECTOR]).limit(None)
@@ -278,10 +278,10 @@ def _integrity(ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[
     }
 
 
-def _canary(ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str, Stat]:
+def _canary(family: str, ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str, Stat]:
     _, threshold, _ = checks.gate("canary")
     texts = quality.load_canary(checks.canary)
-    hashes = [quality.text_hash(t) for t in texts]
+    hashes = [sha256_text(t) for t in texts]
     embedder = get_embedder(ctx.model)
     vectors = np.asarray(embedder.encode(texts, batch_size=len(texts)), dtype=np.float64)
     # Keyed by precision too: fp32, fp16 and bf16 runs of one model differ by more than the
@@ -312,68 +312,55 @@ def _canary(ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str
     }
 
 
-def _drift(name: str) -> Family:
-    def family(ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str, Stat]:
-        ref = ctx.require_ref()
-        _, threshold, _ = checks.gate(name)
-        a, b = ref.vectors, ctx.require_new().vectors
-        if name == "centroid_shift":
-            stat = drift.centroid_shift(a, b, alpha=checks.alpha, min_ratio=threshold)
-        elif name == "domain_auc":
-            stat = drift.domain_auc(a, b, alpha=checks.alpha, min_auc=threshold, seed=checks.seed)
-        elif name == "mmd":
-            # enough permutations that p can get below alpha at all
-            perms = max(1000, math.ceil(2 / checks.alpha))
-            stat = drift.mmd(
-                a, b, alpha=checks.alpha, min_effect=threshold, seed=checks.seed, permutations=perms
-            )
-        else:
-            stat = drift.drifted_components(a, b, max_share=threshold, seed=checks.seed)
-        return {name: stat}
-
-    return family
+def _drift(name: str, ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str, Stat]:
+    ref = ctx.require_ref()
+    _, threshold, _ = checks.gate(name)
+    a, b = ref.vectors, ctx.require_new().vectors
+    if name == "centroid_shift":
+        stat = drift.centroid_shift(a, b, alpha=checks.alpha, min_ratio=threshold)
+    elif name == "domain_auc":
+        stat = drift.domain_auc(a, b, alpha=checks.alpha, min_auc=threshold, seed=checks.seed)
+    elif name == "mmd":
+        # enough permutations that p can get below alpha at all
+        perms = max(1000, math.ceil(2 / checks.alpha))
+        stat = drift.mmd(a, b, alpha=checks.alpha, min_effect=threshold, seed=checks.seed, permutations=perms)
+    else:
+        stat = drift.drifted_components(a, b, max_share=threshold, seed=checks.seed)
+    return {name: stat}
 
 
-def _geometry(name: str) -> Family:
-    def family(ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str, Stat]:
-        new = ctx.require_new().vectors
-        _, threshold, _ = checks.gate(name)
-        if name == "duplicate_vectors":
-            return {name: drift.duplicate_vectors(new, ctx.new.text_hashes, max_rate=threshold)}
-        ref = ctx.ref.vectors if ctx.comparable and ctx.ref is not None else None
-        if ref is None and len(new) < MIN_ABSOLUTE:
-            # Without a reference only an absolute collapse test is left, and a handful of
-            # similar chunks (a tiny first corpus) would look collapsed.
-            raise Skip(f"no reference and only {len(new)} vectors: need {MIN_ABSOLUTE} for an absolute test")
-        if name == "anisotropy":
-            return {name: drift.anisotropy(ref, new, max_delta=threshold)}
-        return {name: drift.effective_rank(ref, new, min_ratio=threshold, seed=checks.seed)}
-
-    return family
+def _geometry(name: str, ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str, Stat]:
+    new = ctx.require_new().vectors
+    _, threshold, _ = checks.gate(name)
+    if name == "duplicate_vectors":
+        return {name: drift.duplicate_vectors(new, ctx.new.text_hashes, max_rate=threshold)}
+    ref = ctx.ref.vectors if ctx.comparable and ctx.ref is not None else None
+    if ref is None and len(new) < MIN_ABSOLUTE:
+        # Without a reference only an absolute collapse test is left, and a handful of
+        # similar chunks (a tiny first corpus) would look collapsed.
+        raise Skip(f"no reference and only {len(new)} vectors: need {MIN_ABSOLUTE} for an absolute test")
+    if name == "anisotropy":
+        return {name: drift.anisotropy(ref, new, max_delta=threshold)}
+    return {name: drift.effective_rank(ref, new, min_ratio=threshold, seed=checks.seed)}
 
 
-def _text(name: str) -> Family:
-    def family(ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str, Stat]:
-        _, threshold, _ = checks.gate(name)
-        if name == "truncation_rate":
-            # chunks longer than what the model reads (special tokens take the rest of its window)
-            chunking = store.table_chunking(store.open_version(ctx.version))
-            special = 2
-            if chunking is not None and chunking.tokens >= ctx.identity.max_seq_length:
-                special = ctx.identity.max_seq_length - chunking.budget
-            limit = max(1, ctx.identity.max_seq_length - special)
-            if len(ctx.new.tokens) == 0:
-                raise Skip("no rows are new since the reference")
-            return {name: drift.truncation_rate(ctx.new.tokens, limit=limit, max_rate=threshold)}
-        ref = ctx.require_ref(same_space=False)
-        new = ctx.require_new()
-        if name == "token_length_psi":
-            return {
-                name: drift.token_length_psi(ref.tokens, new.tokens, max_psi=threshold, alpha=checks.alpha)
-            }
-        return {name: drift.language_mix(ref.texts, new.texts, alpha=checks.alpha, max_tvd=threshold)}
-
-    return family
+def _text(name: str, ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str, Stat]:
+    _, threshold, _ = checks.gate(name)
+    if name == "truncation_rate":
+        # chunks longer than what the model reads (special tokens take the rest of its window)
+        chunking = store.table_chunking(store.open_version(ctx.version))
+        special = 2
+        if chunking is not None and chunking.tokens >= ctx.identity.max_seq_length:
+            special = ctx.identity.max_seq_length - chunking.budget
+        limit = max(1, ctx.identity.max_seq_length - special)
+        if len(ctx.new.tokens) == 0:
+            raise Skip("no rows are new since the reference")
+        return {name: drift.truncation_rate(ctx.new.tokens, limit=limit, max_rate=threshold)}
+    ref = ctx.require_ref(same_space=False)
+    new = ctx.require_new()
+    if name == "token_length_psi":
+        return {name: drift.token_length_psi(ref.tokens, new.tokens, max_psi=threshold, alpha=checks.alpha)}
+    return {name: drift.language_mix(ref.texts, new.texts, alpha=checks.alpha, max_tvd=threshold)}
 
 
 def _against_reference(
@@ -403,7 +390,7 @@ def search_docs(store: Store, table: Any, vector: np.ndarray, k: int) -> list[st
     return list(seen)[:k]
 
 
-def _golden(ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str, Stat]:
+def _golden(family: str, ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str, Stat]:
     if not checks.golden:
         raise Skip("no golden set configured (checks.golden, or --golden FILE)")
     golden = quality.load_golden(checks.golden)
@@ -464,7 +451,7 @@ def _encoder(ctx: AuditContext) -> Callable[[Sequence[str]], np.ndarray]:
     embedder = get_embedder(ctx.model)
 
     def encode(texts: Sequence[str]) -> np.ndarray:
-        key = hashlib.sha256("\x00".join(texts).encode("utf-8", "surrogatepass")).hexdigest()
+        key = sha256_text("\x00".join(texts))
         with _SET_VECTORS_LOCK:
             try:
                 known = _SET_VECTORS.setdefault(embedder, {})
@@ -481,7 +468,7 @@ def _encoder(ctx: AuditContext) -> Callable[[Sequence[str]], np.ndarray]:
     return encode
 
 
-def _triplets(ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str, Stat]:
+def _triplets(family: str, ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str, Stat]:
     if not checks.triplets:
         raise Skip("no triplet files configured (checks.triplets)")
     triplets = quality.load_triplets(checks.triplets)
@@ -490,7 +477,7 @@ def _triplets(ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[s
     return {"triplets": _against_reference("triplets", acc, ctx, checks, detail)}
 
 
-def _pairs(ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str, Stat]:
+def _pairs(family: str, ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str, Stat]:
     if not checks.pairs:
         raise Skip("no scored pair files configured (checks.pairs)")
     pairs = quality.load_pairs(checks.pairs)
@@ -499,7 +486,7 @@ def _pairs(ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str,
     return {"pairs_spearman": _against_reference("pairs_spearman", rho, ctx, checks, detail)}
 
 
-def _neighbours(ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str, Stat]:
+def _neighbours(family: str, ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str, Stat]:
     ref = ctx.require_ref()
     assert ctx.reference_version is not None
     ids = ref.chunk_ids[:NEIGHBOUR_SAMPLE]
@@ -534,7 +521,7 @@ def _neighbours(ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict
     }
 
 
-def _index_recall(ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str, Stat]:
+def _index_recall(family: str, ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str, Stat]:
     table = store.open_version(ctx.version)
     indices = [i for i in table.list_indices() if C.VECTOR in list(getattr(i, "columns", []) or [])]
     if not indices:
@@ -576,35 +563,13 @@ def _index_recall(ctx: AuditContext, checks: ChecksSettings, store: Store) -> di
     }
 
 
-FAMILIES: dict[str, tuple[tuple[str, ...], Family]] = {
-    "integrity": (("integrity",), _integrity),
-    "canary": (("canary",), _canary),
-    "centroid_shift": (("centroid_shift",), _drift("centroid_shift")),
-    "domain_auc": (("domain_auc",), _drift("domain_auc")),
-    "mmd": (("mmd",), _drift("mmd")),
-    "drifted_components": (("drifted_components",), _drift("drifted_components")),
-    "anisotropy": (("anisotropy",), _geometry("anisotropy")),
-    "effective_rank": (("effective_rank",), _geometry("effective_rank")),
-    "duplicate_vectors": (("duplicate_vectors",), _geometry("duplicate_vectors")),
-    "truncation_rate": (("truncation_rate",), _text("truncation_rate")),
-    "token_length_psi": (("token_length_psi",), _text("token_length_psi")),
-    "language_mix": (("language_mix",), _text("language_mix")),
-    "golden": (("golden_recall", "golden_mrr", "golden_ndcg"), _golden),
-    "triplets": (("triplets",), _triplets),
-    "pairs": (("pairs_spearman",), _pairs),
-    "neighbours": (("neighbour_stability",), _neighbours),
-    "index": (("index_recall",), _index_recall),
-}
-"""Check families: the checks each measures, and the function that measures them."""
-
-
 def _num(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
 def run_family(family: str, ctx: AuditContext, checks: ChecksSettings, store: Store) -> list[CheckResult]:
     """Measure one family of checks and apply their gates. Never raises for a check's own failure."""
-    names, fn = FAMILIES[family]
+    names, fn = registry.FAMILY[family].names, registry.FAMILY[family].measure()
     gates = {n: checks.gate(n) for n in names}
     common = {"table_version": ctx.version, "reference_version": ctx.reference_version}
     active = [n for n in names if gates[n][0] != "off"]
@@ -616,7 +581,7 @@ def run_family(family: str, ctx: AuditContext, checks: ChecksSettings, store: St
     if not active:
         return off
     try:
-        stats = fn(ctx, checks, store)
+        stats = fn(family, ctx, checks, store)
     except Skip as e:
         return off + [
             CheckResult(check=n, status="skipped", severity=gates[n][0], detail=str(e), **common)
@@ -658,7 +623,7 @@ def run_family(family: str, ctx: AuditContext, checks: ChecksSettings, store: St
 
 def families_to_run(checks: ChecksSettings) -> list[str]:
     """Families with at least one check not turned off."""
-    return [f for f, (names, _) in FAMILIES.items() if any(checks.gate(n)[0] != "off" for n in names)]
+    return [f.name for f in registry.FAMILIES if any(checks.gate(n)[0] != "off" for n in f.names)]
 
 
 def verdict(results: Sequence[CheckResult]) -> tuple[bool, list[str]]:

@@ -5,7 +5,6 @@ Precedence, highest first: CLI flags, ``EMBEDPIPE_*`` environment variables (nes
 """
 
 from embedpipe.config.settings import (
-    CHECK_GATES,
     ChecksSettings,
     ChunkSettings,
     GateSettings,
@@ -21,7 +20,6 @@ from embedpipe.config.settings import (
 )
 
 __all__ = [
-    "CHECK_GATES",
     "ChecksSettings",
     "ChunkSettings",
     "GateSettings",

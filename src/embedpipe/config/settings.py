@@ -33,22 +33,12 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from embedpipe.checks.registry import CHECKS, Severity
 from embedpipe.config.origins import SECRET_FIELDS, Origins, read_toml
 from embedpipe.errors import ConfigError
+from embedpipe.sources.kinds import SUPPORTED_EXTENSIONS
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-SUPPORTED_EXTENSIONS = (
-    ".txt",
-    ".md",
-    ".markdown",
-    ".html",
-    ".htm",
-    ".json",
-    ".jsonl",
-    ".ndjson",
-    ".csv",
-    ".parquet",
-)
 CONFIG_ENV = "EMBEDPIPE_CONFIG"
 DEFAULT_CONFIG_FILE = "embedpipe.toml"
 
@@ -407,35 +397,10 @@ class RetentionSettings(_Group):
     )
 
 
-CHECK_GATES: dict[str, tuple[str, float, float | None]] = {
-    # name: (default severity, default threshold, default max_drop vs the reference or None)
-    "integrity": ("fail", 0.0, None),
-    "canary": ("fail", 0.9999, None),
-    "centroid_shift": ("warn", 1.5, None),
-    "domain_auc": ("warn", 0.6, None),
-    "mmd": ("warn", 0.001, None),
-    "drifted_components": ("warn", 0.25, None),
-    "anisotropy": ("warn", 0.1, None),
-    "effective_rank": ("fail", 0.5, None),
-    "duplicate_vectors": ("fail", 0.01, None),
-    "token_length_psi": ("warn", 0.25, None),
-    "truncation_rate": ("warn", 0.01, None),
-    "language_mix": ("warn", 0.1, None),
-    "golden_recall": ("fail", 0.0, 0.05),
-    "golden_mrr": ("fail", 0.0, 0.05),
-    "golden_ndcg": ("fail", 0.0, 0.05),
-    "triplets": ("fail", 0.9, 0.02),
-    "pairs_spearman": ("fail", 0.7, 0.02),
-    "neighbour_stability": ("fail", 0.9, None),
-    "index_recall": ("warn", 0.9, None),
-}
-"""Every check with its default gate. The meaning of each threshold is in the README's checks table."""
-
-
 class GateSettings(_Group):
     """How one check gates publication."""
 
-    severity: Literal["fail", "warn", "off"] | None = Field(
+    severity: Severity | None = Field(
         None, description="fail blocks serving, warn only reports, off skips the check; None: default."
     )
     threshold: float | None = Field(None, description="The check's threshold; None: its default.")
@@ -485,14 +450,14 @@ class ChecksSettings(_Group):
     @field_validator("gates")
     @classmethod
     def _known_checks(cls, value: dict[str, GateSettings]) -> dict[str, GateSettings]:
-        unknown = sorted(set(value) - set(CHECK_GATES))
+        unknown = sorted(set(value) - set(CHECKS))
         if unknown:
-            raise ValueError(f"unknown check(s) {unknown}; known: {sorted(CHECK_GATES)}")
+            raise ValueError(f"unknown check(s) {unknown}; known: {sorted(CHECKS)}")
         return value
 
     def gate(self, name: str) -> tuple[str, float, float | None]:
-        """The effective (severity, threshold, max_drop) of check ``name``."""
-        severity, threshold, max_drop = CHECK_GATES[name]
+        """The effective (severity, threshold, max_drop) of check ``name`` (defaults: the check registry)."""
+        severity, threshold, max_drop = CHECKS[name].gate
         g = self.gates.get(name)
         if g is not None:
             severity = g.severity or severity

@@ -25,11 +25,9 @@ from embedpipe.errors import (
     TableNotFoundError,
     VersionNotFoundError,
 )
-from embedpipe.schemas import C, ModelIdentity
+from embedpipe.schemas import CHECKS_TABLE, RUNS_TABLE, C, ModelIdentity
 
 SERVING_TAG = "serving"
-CHECKS_TABLE = "checks"
-RUNS_TABLE = "runs"
 
 
 def sql_quote(value: str) -> str:

@@ -34,15 +34,19 @@ from embedpipe.errors import (
 )
 from embedpipe.resources import objectstore
 from embedpipe.resources.reader import (
-    CHECKS_TABLE,
     RUN_ID_TAG,
-    RUNS_TABLE,
     SERVING_TAG,
     resolve_target,
     sql_quote,
     version_rows,
 )
 from embedpipe.schemas import (
+    CANARY_TABLE,
+    CHECKS_TABLE,
+    LEDGER_TABLES,
+    REJECTS_TABLE,
+    RUNS_TABLE,
+    VECTOR_CACHE_TABLE,
     C,
     CheckResult,
     ChunkingIdentity,
@@ -62,9 +66,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STAGING_DIR = "_embedpipe_staging"
-REJECTS_TABLE = "rejects"
-CANARY_TABLE = "canary"
-VECTOR_CACHE_TABLE = "vector_cache"
 _UUID = RUN_ID_TAG  # run ids are UUIDs; a version made by a run carries its id as a tag
 
 
@@ -901,8 +902,7 @@ class Store:
         age = timedelta(hours=max_age_hours)
         cutoff = datetime.now(UTC) - age
         trimmed = self.cache.trim()
-        names = (RUNS_TABLE, REJECTS_TABLE, CHECKS_TABLE, CANARY_TABLE, VECTOR_CACHE_TABLE)
-        for name in (self.settings.table, *names):
+        for name in (self.settings.table, *LEDGER_TABLES):
             table = self.open_table(name)
             if table is None:
                 continue

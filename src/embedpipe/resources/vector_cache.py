@@ -28,8 +28,8 @@ import pyarrow.fs as pafs
 
 from embedpipe.errors import EmbedpipeError
 from embedpipe.resources import objectstore
-from embedpipe.resources.store import VECTOR_CACHE_TABLE, sql_quote
-from embedpipe.schemas import C, ModelIdentity, vector_cache_schema, vector_matrix
+from embedpipe.resources.store import sql_quote
+from embedpipe.schemas import VECTOR_CACHE_TABLE, C, ModelIdentity, vector_cache_schema, vector_matrix
 
 if TYPE_CHECKING:
     from embedpipe.resources.store import Store

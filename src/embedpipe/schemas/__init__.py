@@ -21,9 +21,23 @@ from embedpipe.schemas.records import (
     Reject,
     RunSummary,
 )
+from embedpipe.schemas.tables import (
+    CANARY_TABLE,
+    CHECKS_TABLE,
+    LEDGER_TABLES,
+    REJECTS_TABLE,
+    RUNS_TABLE,
+    VECTOR_CACHE_TABLE,
+)
 
 __all__ = [
+    "CANARY_TABLE",
+    "CHECKS_TABLE",
+    "LEDGER_TABLES",
+    "REJECTS_TABLE",
+    "RUNS_TABLE",
     "SCHEMA_VERSION",
+    "VECTOR_CACHE_TABLE",
     "C",
     "CheckReport",
     "CheckResult",

@@ -9,6 +9,14 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from embedpipe.schemas.tables import (
+    CANARY_TABLE,
+    CHECKS_TABLE,
+    REJECTS_TABLE,
+    RUNS_TABLE,
+    VECTOR_CACHE_TABLE,
+)
+
 SCHEMA_VERSION = "1"
 
 
@@ -126,7 +134,7 @@ def rejects_schema() -> pa.Schema:
             _f(C.REASON, pa.string(), False, "Why it was rejected."),
             _f(C.AT, TS, False, "When."),
         ],
-        metadata={"embedpipe.schema": "rejects", "embedpipe.schema_version": SCHEMA_VERSION},
+        metadata={"embedpipe.schema": REJECTS_TABLE, "embedpipe.schema_version": SCHEMA_VERSION},
     )
 
 
@@ -148,7 +156,7 @@ def checks_schema() -> pa.Schema:
             _f("effect", pa.float64(), True, "Effect size, on the scale named in detail."),
             _f("detail", pa.string(), True, "One line for people: what was measured and on how much."),
         ],
-        metadata={"embedpipe.schema": "checks", "embedpipe.schema_version": SCHEMA_VERSION},
+        metadata={"embedpipe.schema": CHECKS_TABLE, "embedpipe.schema_version": SCHEMA_VERSION},
     )
 
 
@@ -165,7 +173,7 @@ def canary_schema() -> pa.Schema:
             _f(C.VECTOR, pa.list_(pa.float32()), False, "The probe's vector (any dimension)."),
             _f(C.AT, TS, False, "When."),
         ],
-        metadata={"embedpipe.schema": "canary", "embedpipe.schema_version": SCHEMA_VERSION},
+        metadata={"embedpipe.schema": CANARY_TABLE, "embedpipe.schema_version": SCHEMA_VERSION},
     )
 
 
@@ -182,7 +190,7 @@ def vector_cache_schema() -> pa.Schema:
             _f(C.REASON, pa.string(), False, "failed-gate, rollback, reindex, publish or failed-run."),
             _f("cached_at", TS, False, "When it was stored (trimming removes the oldest first)."),
         ],
-        metadata={"embedpipe.schema": "vector_cache", "embedpipe.schema_version": SCHEMA_VERSION},
+        metadata={"embedpipe.schema": VECTOR_CACHE_TABLE, "embedpipe.schema_version": SCHEMA_VERSION},
     )
 
 
@@ -220,7 +228,7 @@ def runs_schema() -> pa.Schema:
             _f("dim", pa.int32(), False, "Embedding dimension."),
             _f("device", pa.string(), False, "Device the model ran on."),
         ],
-        metadata={"embedpipe.schema": "runs", "embedpipe.schema_version": SCHEMA_VERSION},
+        metadata={"embedpipe.schema": RUNS_TABLE, "embedpipe.schema_version": SCHEMA_VERSION},
     )
 
 
