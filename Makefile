@@ -9,7 +9,7 @@ PIP    := $(PY) -m pip
 TORCH_CPU   ?= torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: setup setup-dev browser demo test lint typecheck bench clean
+.PHONY: setup setup-dev browser demo test test-fast lint typecheck docs bench clean
 
 # The runtime and the one extra the demo needs: onnx, for search's fast query path (ONNX Runtime
 # instead of torch). Nothing for tests, linting, Dask, OpenVINO or object storage.
@@ -55,12 +55,20 @@ browser:
 test: setup-dev browser
 	$(PY) -m pytest -q
 
+# The inner loop: tests/unit only (no Prefect server, no whole runs, no browser install).
+test-fast: setup-dev
+	$(PY) -m pytest -q tests/unit
+
 lint: setup-dev
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
 typecheck: setup-dev
 	$(VENV)/bin/mypy
+
+# The docs/ pages as a site in site/ (tests/unit/test_docs.py builds the same with --strict).
+docs: setup-dev
+	$(VENV)/bin/mkdocs build --strict
 
 bench: setup-dev
 	$(PY) benchmarks/throughput.py
@@ -71,4 +79,4 @@ bench: setup-dev
 	$(PY) benchmarks/calibration.py
 
 clean:
-	rm -rf .embedpipe .pytest_cache test-artifacts
+	rm -rf .embedpipe .pytest_cache test-artifacts site

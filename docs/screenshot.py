@@ -1,4 +1,4 @@
-"""Render the dashboard of a database and screenshot it in headless Chromium (for the README).
+"""Render the dashboard of a database and screenshot it in headless Chromium (for docs/operations.md).
 
 python docs/screenshot.py --db .embedpipe/db --out docs/dashboard.png
 """

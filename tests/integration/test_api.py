@@ -15,7 +15,7 @@ import pytest
 import embedpipe
 from embedpipe.config import get_settings
 from embedpipe.errors import ConfigError, RunFailed, TableNotFoundError, VersionNotFoundError
-from tests.conftest import ROOT, write
+from tests.helpers import ROOT, write
 
 pytestmark = [pytest.mark.usefixtures("prefect_harness")]
 

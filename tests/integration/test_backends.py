@@ -34,7 +34,7 @@ from embedpipe.resources.embedder import (
 )
 from embedpipe.resources.store import Store
 from embedpipe.schemas import C
-from tests.conftest import SAMPLE_CORPUS, make_settings
+from tests.helpers import SAMPLE_CORPUS, make_settings
 
 pytestmark = pytest.mark.slow
 
@@ -411,7 +411,7 @@ def test_cli_exit_status_of_a_backend_mismatch(
     capsys: pytest.CaptureFixture[str],
     int8_embedder: Any,
 ) -> None:
-    """README: exit 5 on a model mismatch; the backend is part of the model."""
+    """docs/cli.md: exit 5 on a model mismatch; the backend is part of the model."""
     src = str(torch_table[0])
     code, out, err = cli(
         capsys, "run", src, "--db", str(db_copy), "--device", "cpu", "--backend", "onnx-int8"

@@ -18,8 +18,8 @@ from embedpipe.flows.reindex import reindex
 from embedpipe.flows.sync import sync
 from embedpipe.resources.store import CANARY_TABLE, CHECKS_TABLE, SERVING_TAG, Store
 from embedpipe.schemas import C
-from tests.conftest import make_settings, write
 from tests.fakes import NAN, SWAP_ENV, ZERO
+from tests.helpers import make_settings, write
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

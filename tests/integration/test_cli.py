@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SAMPLE_CORPUS, write
+from tests.helpers import SAMPLE_CORPUS, write
 
 pytestmark = pytest.mark.slow
 
@@ -161,6 +161,9 @@ def test_first_run_with_embedded_prefect_is_clean(tmp_path: Path) -> None:
     assert (tmp_path / ".embedpipe" / "db" / "chunks.lance").is_dir()
 
 
+# Measured at 75 to 120 s on the shared 2-core machine under load (several CLI runs with the real
+# model): 600 s is five times the slowest, where the suite's default of 300 s would be under three.
+@pytest.mark.timeout(600)
 def test_sigkill_mid_run_keeps_previous_version_and_next_run_recovers(
     tmp_path: Path, prefect_harness: str
 ) -> None:
@@ -219,6 +222,9 @@ def test_sigkill_mid_run_keeps_previous_version_and_next_run_recovers(
     assert len(set(rows.column("doc_id").to_pylist())) == 40
 
 
+# Measured at 75 to 120 s on the shared 2-core machine under load (several CLI runs with the real
+# model): 600 s is five times the slowest, where the suite's default of 300 s would be under three.
+@pytest.mark.timeout(600)
 def test_reindex_and_compact_commands(tmp_path: Path, prefect_harness: str) -> None:
     env = cli_env(prefect_harness)
     src = mini_corpus(tmp_path / "src")
@@ -286,6 +292,9 @@ def test_reindex_and_compact_commands(tmp_path: Path, prefect_harness: str) -> N
     assert hits and hits[0]["doc_id"] == "en/ann.md"
 
 
+# Measured at 75 to 120 s on the shared 2-core machine under load (several CLI runs with the real
+# model): 600 s is five times the slowest, where the suite's default of 300 s would be under three.
+@pytest.mark.timeout(600)
 def test_checks_gate_the_sample_corpus_with_the_real_model(tmp_path: Path, prefect_harness: str) -> None:
     """`run --json` reports checks and the served version; `check` re-runs them; a broken golden
     set makes `check` exit 7 with the reason and leaves the served version alone."""

@@ -17,7 +17,7 @@ import pytest
 
 from embedpipe.config import StoreSettings
 from embedpipe.resources.lock import FileTableLock, hold
-from tests.conftest import SAMPLE_CORPUS, write
+from tests.helpers import SAMPLE_CORPUS, write
 from tests.integration.test_cli import cli_env, embedpipe
 
 pytestmark = pytest.mark.slow

@@ -16,7 +16,7 @@ import pytest
 from embedpipe.config import get_settings
 from embedpipe.resources.store import Store
 from embedpipe.schemas import C
-from tests.conftest import write
+from tests.helpers import write
 from tests.integration.test_cli import SAMPLE_CORPUS, cli_env, embedpipe
 
 pytestmark = pytest.mark.slow

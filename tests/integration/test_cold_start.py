@@ -18,7 +18,7 @@ import pytest
 
 from embedpipe.errors import ModelError
 from embedpipe.resources.embedder import SentenceTransformerEmbedder, read_card, write_card
-from tests.conftest import SAMPLE_CORPUS, make_settings, write
+from tests.helpers import SAMPLE_CORPUS, make_settings, write
 from tests.integration.test_cli import cli_env
 
 pytestmark = pytest.mark.slow

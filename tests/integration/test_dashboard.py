@@ -1,4 +1,4 @@
-"""The dashboard page in a real headless Chromium, the query examples of the README, the artifacts.
+"""The dashboard page in a real headless Chromium, the query examples of docs/operations.md, the artifacts.
 
 Chromium and ChromeDriver come from Debian (``make browser`` installs them; ``.ci/run`` calls it).
 """
@@ -16,7 +16,7 @@ import pytest
 from embedpipe import dashboard
 from embedpipe.flows.sync import sync
 from embedpipe.resources.store import Store
-from tests.conftest import ROOT, make_settings, write
+from tests.helpers import ROOT, make_settings, write
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -132,8 +132,8 @@ def test_dashboard_server_binds_loopback_and_rebuilds(small_db) -> None:
         server.server_close()
 
 
-def test_readme_queries_with_duckdb_and_polars(small_db) -> None:
-    """The queries shown in the README return the expected counts."""
+def test_documented_queries_with_duckdb_and_polars(small_db) -> None:
+    """The queries shown in docs/operations.md return the expected counts."""
     import duckdb
     import lancedb
     import polars as pl

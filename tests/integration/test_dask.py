@@ -19,7 +19,7 @@ import lancedb
 import numpy as np
 import pytest
 
-from tests.conftest import SAMPLE_CORPUS
+from tests.helpers import SAMPLE_CORPUS
 
 pytestmark = pytest.mark.slow
 
@@ -63,6 +63,9 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+# Measured at 140 s on the shared 2-core machine under load (a local run, then a two-worker cluster
+# each loading the real model): 600 s is four times that, where the suite's 300 s would be two.
+@pytest.mark.timeout(600)
 def test_two_local_workers_match_a_single_process_run(
     tmp_path: Path, corpus: Path, prefect_harness: str
 ) -> None:

@@ -16,7 +16,7 @@ import pytest
 from embedpipe.flows.sync import sync
 from embedpipe.resources.store import Store
 from embedpipe.schemas import C
-from tests.conftest import make_settings, write
+from tests.helpers import make_settings, write
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

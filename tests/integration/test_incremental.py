@@ -17,7 +17,7 @@ from embedpipe.flows.reindex import reindex
 from embedpipe.flows.sync import sync
 from embedpipe.resources.store import RUNS_TABLE, Store
 from embedpipe.schemas import C
-from tests.conftest import make_settings, write
+from tests.helpers import make_settings, write
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

@@ -13,7 +13,7 @@ from embedpipe.flows.sync import sync
 from embedpipe.resources.embedder import get_embedder
 from embedpipe.resources.store import Store
 from embedpipe.schemas import C
-from tests.conftest import SAMPLE_CORPUS, make_settings
+from tests.helpers import SAMPLE_CORPUS, make_settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 

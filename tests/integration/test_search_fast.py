@@ -18,7 +18,7 @@ from embedpipe.resources.embedder import get_embedder
 from embedpipe.resources.reader import TableReader
 from embedpipe.resources.store import Store
 from embedpipe.search import Searcher
-from tests.conftest import ROOT, SAMPLE_CORPUS, make_settings, write
+from tests.helpers import ROOT, SAMPLE_CORPUS, make_settings, write
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import lancedb
 import pytest
 
-from tests.conftest import ROOT, SAMPLE_CORPUS, write
+from tests.helpers import ROOT, SAMPLE_CORPUS, write
 
 pytestmark = pytest.mark.slow
 

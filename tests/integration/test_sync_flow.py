@@ -10,8 +10,8 @@ import pytest
 from embedpipe.flows.sync import sync
 from embedpipe.resources.store import RUNS_TABLE, STAGING_DIR, Store
 from embedpipe.schemas import C
-from tests.conftest import make_settings, write
 from tests.fakes import EXPLODE
+from tests.helpers import make_settings, write
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

@@ -16,8 +16,8 @@ import pytest
 from embedpipe.flows.reindex import reindex
 from embedpipe.resources.store import VECTOR_CACHE_TABLE, Store
 from embedpipe.schemas import C, vector_matrix
-from tests.conftest import SAMPLE_CORPUS, make_settings, write
 from tests.fakes import ZERO
+from tests.helpers import SAMPLE_CORPUS, make_settings, write
 from tests.integration.test_checks_flow import make_corpus, run, settings_for
 from tests.integration.test_object_storage import BUCKET, S3Server, _prefix, s3, s3_settings  # noqa: F401
 

@@ -46,8 +46,8 @@ from embedpipe.resources.embedder import (
 )
 from embedpipe.resources.store import Store
 from embedpipe.schemas import ModelIdentity
-from tests.conftest import make_settings, write
 from tests.fakes import FakeEmbedder, RegexTokens
+from tests.helpers import make_settings, write
 
 # --------------------------------------------------------------------------- token_batches
 

@@ -19,8 +19,8 @@ from embedpipe.config import SourceSettings
 from embedpipe.errors import ConfigError
 from embedpipe.readers import discover, read_documents
 from embedpipe.schemas import C
-from tests.conftest import make_settings
 from tests.fakes import RegexTokens
+from tests.helpers import make_settings
 from tests.unit.test_chunking import docs
 
 BUDGET, OVERLAP = 254, 32

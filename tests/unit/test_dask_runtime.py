@@ -1,13 +1,13 @@
-"""The Dask runner's settings, flags, worker pinning and shard task, without starting a cluster,
-plus the flow on an in-process Dask cluster (fake model) and a worker that dies mid-run."""
+"""The Dask runner's settings, flags, worker pinning and shard task, without starting a cluster.
+
+The flow on a real Dask cluster is in ``tests/integration/test_dask_flow.py``.
+"""
 
 from __future__ import annotations
 
 import types
 from pathlib import Path
 
-import lancedb
-import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -19,8 +19,7 @@ from embedpipe.resources.store import Store
 from embedpipe.schemas import C
 from embedpipe.tasks.ingest import make_plan
 from embedpipe.tasks.shard import process_shard
-from tests.conftest import SAMPLE_CORPUS, make_settings, write
-from tests.fakes import KILL
+from tests.helpers import SAMPLE_CORPUS, make_settings, write
 
 RUN = "33333333-3333-3333-3333-333333333333"
 
@@ -94,58 +93,3 @@ def test_process_shard_stages_its_rows_and_returns_only_counts(tmp_path: Path) -
     assert staged.num_rows == out.staged.rows and set(staged.column(C.RUN_ID).to_pylist()) == {RUN}
     assert Store(settings.store).open_table() is None  # staged, not committed
     assert not any(isinstance(v, pa.Table) for v in vars(out).values())  # nothing bulky goes back
-
-
-@pytest.mark.slow
-def test_flow_on_dask_matches_local_and_a_dying_worker_commits_nothing(
-    tmp_path: Path, prefect_harness: str
-) -> None:
-    distributed = pytest.importorskip("distributed")
-    import dask
-    from prefect_dask import DaskTaskRunner
-
-    from embedpipe.flows.sync import sync
-
-    src = tmp_path / "src"
-    for p in sorted((SAMPLE_CORPUS / "basics").iterdir())[:4]:
-        write(src / p.name, p.read_text())
-    shards = {"shard_mb": 0.004, "ramp_shards": 0}
-    local = make_settings(tmp_path / "l", runtime=shards, checks={"enabled": False})
-    on_dask = make_settings(tmp_path / "d", runtime=shards | {"runner": "dask"}, checks={"enabled": False})
-    assert sync([str(src)], local).table_version == 1
-
-    class RegisterFake(distributed.WorkerPlugin):
-        def setup(self, worker: object) -> None:
-            from embedpipe.resources.embedder import register_embedder
-            from tests.fakes import FakeEmbedder
-
-            register_embedder("fake:", FakeEmbedder)
-
-    # One worker process; a task on a worker that died is not retried elsewhere (fails fast).
-    with (
-        dask.config.set({"distributed.scheduler.allowed-failures": 0}),
-        distributed.LocalCluster(
-            n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
-        ) as cluster,
-        distributed.Client(cluster) as client,
-    ):
-        client.register_plugin(RegisterFake())
-        flow = sync.with_options(task_runner=DaskTaskRunner(address=cluster.scheduler_address))
-        summary = flow([str(src)], on_dask)
-        assert summary.status == "completed" and summary.table_version == 1
-        a = lancedb.connect(str(tmp_path / "l" / "db")).open_table("chunks").to_arrow().sort_by(C.CHUNK_ID)
-        b = lancedb.connect(str(tmp_path / "d" / "db")).open_table("chunks").to_arrow().sort_by(C.CHUNK_ID)
-        assert a.column(C.CHUNK_ID).equals(b.column(C.CHUNK_ID)) and a.num_rows > 4
-        va = np.asarray(a.column(C.VECTOR).to_pylist())
-        vb = np.asarray(b.column(C.VECTOR).to_pylist())
-        assert np.allclose(va, vb, atol=1e-6)
-
-        write(src / "zz-dies.txt", f"this document kills the worker {KILL}")
-        write(src / "00-new.txt", "a new document in the first shard")
-        state = flow([str(src)], on_dask, return_state=True)
-    assert state.is_failed()
-    failed = state.result(raise_on_failure=False)
-    assert failed.exit_code == 1 and "Dask cluster lost a shard task" in failed.message, failed.message
-    table = lancedb.connect(str(tmp_path / "d" / "db")).open_table("chunks")
-    assert len(table.list_versions()) == 1 and table.count_rows() == a.num_rows  # nothing committed
-    assert not any((tmp_path / "d" / "db" / "_embedpipe_staging").rglob("*.arrow"))

@@ -19,7 +19,7 @@ from prefect.flows import load_flow_from_entrypoint
 from embedpipe import cli
 from embedpipe.errors import ConfigError
 from embedpipe.flows.serve import load_deployments
-from tests.conftest import ROOT, write
+from tests.helpers import ROOT, write
 
 DEPLOY = ROOT / "deploy"
 PREFECT_YAML = DEPLOY / "prefect.yaml"

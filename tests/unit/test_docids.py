@@ -16,7 +16,7 @@ from embedpipe.resources.store import DocState, StagedShard
 from embedpipe.schemas import C
 from embedpipe.tasks.ingest import ingest_shard
 from embedpipe.tasks.shard import ShardOutcome
-from tests.conftest import make_settings
+from tests.helpers import make_settings
 
 BIG = 1 << 40
 

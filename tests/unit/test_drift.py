@@ -373,6 +373,9 @@ def test_other_degenerate_inputs() -> None:
 # ---------------------------------------------------------------------------------------------------
 
 
+# Measured at 81 s on the shared 2-core machine (every check on 100 random splits): 600 s keeps the
+# margin of the suite's other slow tests, where its default of 300 s would be under four times that.
+@pytest.mark.timeout(600)
 def test_calibration_over_100_seeds(space: dict[str, Any]) -> None:
     n = 1000
     vectors = sample(space, n, seed=21)

@@ -18,7 +18,7 @@ from embedpipe.readers import discover, read_documents
 from embedpipe.resources.embedder import get_embedder
 from embedpipe.resources.store import Store
 from embedpipe.tasks.embed import embed_chunks, table_schema
-from tests.conftest import make_settings, write
+from tests.helpers import make_settings, write
 
 RUN = "33333333-3333-3333-3333-333333333333"
 DOCS = 20

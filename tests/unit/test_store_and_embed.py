@@ -18,8 +18,8 @@ from embedpipe.readers import discover, read_documents
 from embedpipe.resources.store import STAGING_DIR, Store
 from embedpipe.schemas import C
 from embedpipe.tasks.embed import embed_chunks, table_schema
-from tests.conftest import commit_at_once, make_settings, write
 from tests.fakes import FakeEmbedder
+from tests.helpers import commit_at_once, make_settings, write
 
 RUN_A = "11111111-1111-1111-1111-111111111111"
 RUN_B = "22222222-2222-2222-2222-222222222222"

@@ -16,7 +16,7 @@ import pytest
 
 from embedpipe.resources.store import VECTOR_CACHE_TABLE, Store
 from embedpipe.schemas import C, ModelIdentity
-from tests.conftest import make_settings
+from tests.helpers import make_settings
 
 IDENTITY = ModelIdentity(name="m", weights_hash="a" * 64, dim=4, max_seq_length=128, normalize=True)
 

@@ -1,0 +1,63 @@
+"""Helpers shared by the test modules: paths, settings on a temporary database, writing documents.
+
+Fixtures and hooks live in ``conftest.py``; plain functions and constants that modules import live here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from embedpipe.config import Settings, get_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_CORPUS = ROOT / "examples" / "corpus"
+
+
+def make_settings(tmp_path: Path, **groups: dict[str, Any]) -> Settings:
+    """Settings on a temporary database with the fake model unless ``model`` says otherwise."""
+    overrides: dict[str, Any] = {"store": {"uri": str(tmp_path / "db")}, "model": {"name": "fake:32"}}
+    if str(groups.get("model", {}).get("name", "fake:")).startswith("fake:"):
+        # The fake model is a bag of hashed words, not a semantic model: the bundled triplets and
+        # scored pairs measure semantic quality, so tests of the fake model bring their own sets.
+        overrides["checks"] = {"triplets": [], "pairs": []}
+    for group, values in groups.items():
+        overrides.setdefault(group, {}).update(values)
+    return get_settings(overrides)
+
+
+def write(path: Path, content: str | bytes) -> Path:
+    """Write a test document, creating folders."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+    return path
+
+
+def commit_at_once(settings: Settings, staged: dict[str, list[Any]], schema: Any) -> list[BaseException]:
+    """Commit each run's staged shards from its own thread, all released at the same moment.
+
+    Returns the errors the commits raised (for the caller to assert on).
+    """
+    import threading
+
+    from embedpipe.resources.store import Store
+
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(staged))
+
+    def commit(rid: str) -> None:
+        start.wait()
+        try:
+            Store(settings.store).commit(rid, staged[rid], schema)
+        except BaseException as e:  # collected and returned
+            errors.append(e)
+
+    threads = [threading.Thread(target=commit, args=(r,)) for r in staged]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
