@@ -11,11 +11,12 @@ TORCH_INDEX ?=
 
 .PHONY: setup setup-dev browser demo test test-fast lint typecheck docs bench clean
 
-# The runtime and the one extra the demo needs: onnx, for search's fast query path (ONNX Runtime
-# instead of torch). Nothing for tests, linting, Dask, OpenVINO or object storage.
+# The runtime and the one extra the demo needs: fast (ONNX Runtime and OpenVINO), the backends that
+# model.backend=auto measures, and search's fast query path. Nothing for tests, linting, Dask or
+# object storage.
 setup: $(VENV)/.installed
 
-# Everything else: the dev extras (test, lint and type-check tools, OpenVINO, Dask, S3 server).
+# Everything else: the dev extras (test, lint and type-check tools, Dask, S3 server, MkDocs).
 setup-dev: $(VENV)/.installed-dev
 
 $(VENV)/.installed: pyproject.toml
@@ -27,7 +28,7 @@ $(VENV)/.installed: pyproject.toml
 		echo "no NVIDIA GPU: installing the CPU build of torch first ($(TORCH_CPU))"; \
 		$(PIP) install --quiet "$(TORCH_CPU)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)); \
 	fi
-	$(PIP) install --quiet -e ".[onnx]"
+	$(PIP) install --quiet -e ".[fast]"
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed

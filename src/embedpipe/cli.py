@@ -114,8 +114,10 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, dest="batch_size", help="most chunks per forward pass")
     p.add_argument(
         "--backend",
-        choices=["torch", "onnx", "onnx-int8", "openvino"],
-        help="inference backend (default torch); part of the model identity: switching it is a reindex",
+        choices=["auto", "torch", "onnx", "onnx-int8", "openvino"],
+        help="inference backend (default auto: for a new table the fastest installed one that passes "
+        "the quality guard against torch; an existing table keeps its own); part of the model "
+        "identity: switching it is a reindex",
     )
     p.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], help="compute precision")
     p.add_argument("--batch-tokens", type=int, dest="batch_tokens", help="padded tokens per batch")

@@ -305,7 +305,7 @@ def torch_table(
     root = tmp_path_factory.mktemp("torch-table")
     src = root / "src"
     shutil.copytree(SAMPLE_CORPUS / "basics", src)
-    model = {"name": DEFAULT_MODEL, "device": "cpu", "export_dir": str(export_root)}
+    model = {"name": DEFAULT_MODEL, "device": "cpu", "backend": "torch", "export_dir": str(export_root)}
     state = sync([str(src)], make_settings(root, model=model), return_state=True)
     summary = state.result()
     assert state.is_completed(), state.message
@@ -348,7 +348,7 @@ def test_backend_is_part_of_the_table_identity(
 ) -> None:
     src, _, first = torch_table
     db = str(db_copy)
-    model = {"name": DEFAULT_MODEL, "device": "cpu", "export_dir": str(export_root)}
+    model = {"name": DEFAULT_MODEL, "device": "cpu", "backend": "torch", "export_dir": str(export_root)}
     store = Store(make_settings(tmp_path, model=model).store)
     assert store.table_identity().backend == "torch"  # type: ignore[union-attr]
 
@@ -387,8 +387,13 @@ def test_backend_is_part_of_the_table_identity(
     assert np.abs(stored - torch_embedder.encode(texts, 64)).max() > 1e-3
 
     # A torch run is now the mismatch, and says how to get back.
-    code, _, err = cli(capsys, "run", str(src), "--db", db, "--device", "cpu")
+    code, _, err = cli(capsys, "run", str(src), "--db", db, "--device", "cpu", "--backend", "torch")
     assert code != 0 and "Run with --backend onnx-int8" in err, (code, err)
+    # The default (auto) keeps the table's backend: nothing changed, nothing written.
+    code, out, err = cli(capsys, "run", str(src), "--db", db, "--device", "cpu", "--json")
+    kept = json.loads(out)
+    assert code == 0 and kept["backend"] == "onnx-int8" and kept["table_version"] is None, err
+    assert kept["backend_choice"]["reason"].startswith("kept")
 
     # search embeds the query with the table's backend (no --backend given).
     query = "how similar are two vectors"

@@ -24,7 +24,7 @@ from tests.integration.test_cli import cli_env
 pytestmark = pytest.mark.slow
 
 HEAVY = ("torch", "transformers", "sentence_transformers")
-MODEL = {"name": "sentence-transformers/all-MiniLM-L6-v2", "device": "cpu"}
+MODEL = {"name": "sentence-transformers/all-MiniLM-L6-v2", "device": "cpu", "backend": "torch"}
 
 _PROBE = f"""
 import json, sys

@@ -376,7 +376,7 @@ def test_resolve_devices() -> None:
 
 def test_backend_setting_validation(monkeypatch: pytest.MonkeyPatch) -> None:
     assert get_settings({"model": {"backend": "onnx-int8"}}).model.backend == "onnx-int8"
-    assert get_settings().model.backend == "torch" and get_settings().model.precision == "auto"
+    assert get_settings().model.backend == "auto" and get_settings().model.precision == "auto"
     with pytest.raises(ConfigError, match=r"model\.backend \(get_settings override\).*tensorrt"):
         get_settings({"model": {"backend": "tensorrt"}})
     monkeypatch.setenv("EMBEDPIPE_MODEL__BACKEND", "onnx_int8")
@@ -434,7 +434,7 @@ def test_settings_for_table_follow_the_tables_backend() -> None:
         resolve_precision(m, m.device)  # a valid combination: no ConfigError
     m = settings_for_table(configured, torch_table.model_copy(update={"backend": "openvino"}))
     assert (m.backend, m.device, m.devices) == ("openvino", "cpu", [])
-    assert configured.backend == "torch" and configured.name == "other/model"  # not modified in place
+    assert configured.backend == "auto" and configured.name == "other/model"  # not modified in place
 
 
 # --------------------------------------------------------------------------- identity

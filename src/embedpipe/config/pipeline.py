@@ -84,10 +84,12 @@ class ModelSettings(_Group):
     batch_size: int = Field(64, ge=1, le=65_536, description="Chunks per forward pass.")
     normalize: bool = Field(True, description="Store unit-length vectors (cosine = dot product).")
     offline: bool = Field(True, description="Never contact a model hub (HF_HUB_OFFLINE=1).")
-    backend: Literal["torch", "onnx", "onnx-int8", "openvino"] = Field(
-        "torch",
-        description="Inference backend: torch, onnx (ONNX Runtime, fp32), onnx-int8 (dynamic int8 "
-        "quantization) or openvino. Part of the model identity: switching it is a reindex.",
+    backend: Literal["auto", "torch", "onnx", "onnx-int8", "openvino"] = Field(
+        "auto",
+        description="Inference backend: auto (a new table gets the fastest installed backend that "
+        "passes the quality guard against torch, measured once per machine; an existing table keeps "
+        "its own), torch, onnx (ONNX Runtime, fp32), onnx-int8 (dynamic int8 quantization) or "
+        "openvino. Part of the model identity: switching it is a reindex.",
     )
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
         "auto",
@@ -154,7 +156,7 @@ class ModelSettings(_Group):
             raise ValueError(
                 f"model.backend={b} runs on the CPU; device={d} was asked for (use torch on GPUs)"
             )
-        if self.devices and b != "torch":
+        if self.devices and b not in {"torch", "auto"}:  # auto: torch, the one that runs replicas
             raise ValueError(
                 f"model.devices applies to model.backend=torch only (one replica per GPU); backend={b} "
                 "runs on one device: use model.device"

@@ -70,7 +70,7 @@ def _cores() -> int:
 
 def local_gpus(model: ModelSettings) -> list[int]:
     """CUDA device indices the local cluster's workers are pinned to (empty: CPU workers)."""
-    if model.backend != "torch" or model.device in {"cpu", "mps"}:
+    if model.backend not in {"torch", "auto"} or model.device in {"cpu", "mps"}:  # auto: torch on GPUs
         return []
     if model.devices:
         return [int(d[5:]) for d in model.devices if d.startswith("cuda:")]

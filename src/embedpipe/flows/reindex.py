@@ -30,12 +30,13 @@ from embedpipe.flows._pipeline import (
     run_id,
     run_shards,
 )
+from embedpipe.resources.backend_choice import with_backend
 from embedpipe.resources.embedder import get_embedder
 from embedpipe.resources.store import CommitResult, Store
 from embedpipe.schemas import C, RunSummary
-from embedpipe.tasks.embed import reembed_task, table_schema
+from embedpipe.tasks.embed import query_path_task, reembed_task, table_schema
 from embedpipe.tasks.ingest import discover_task
-from embedpipe.tasks.prepare import Prepared, prepare_task
+from embedpipe.tasks.prepare import Prepared, choose_backend_task, prepare_task
 from embedpipe.tasks.report import build_summary, summarize_task
 from embedpipe.tasks.stored import read_stored_task, stored_sources
 from embedpipe.tasks.write import retention_task, stage_task, switch_task
@@ -98,11 +99,14 @@ def reindex(
     reused_texts: bool | None = None
     store = Store(settings.store)
     audit = Audit()
+    choice = None
     # One writing run per table: the lock is held from reading the table's state to the publish.
     with (
         guarded_run("reindex", settings, rid, logger) as outcome,
         table_lock(settings.store, rid, "reindex", logger),
     ):
+        choice = choose_backend_task(settings)
+        settings = with_backend(settings, choice)
         prepared = prepare_task(settings, check=False)
         table = store.require_table()
         table.checkout(prepared.read_version)
@@ -134,10 +138,12 @@ def reindex(
             tally.rejects += plan.rejects
             run_shards(plan, settings, rid, {}, prepared.read_version if same_model else None, tally)
             check_reject_ratio(tally, settings, "the table was not switched")
-        schema = table_schema(get_embedder(settings.model), settings)
+        extra = choice.table_metadata() if choice is not None else None
+        schema = table_schema(get_embedder(settings.model), settings, extra)
         result = switch_task(opaque(tally.staged), settings, rid, schema, prepared.read_version)
         assert result.version is not None
         audit_and_publish(settings, rid, result.version, audit)
+        query_path_task(settings)
         if settings.retention.auto:
             retention_task(settings)
     summary = build_summary(
@@ -155,5 +161,6 @@ def reindex(
         docs_deleted=0,
         reused_chunk_texts=reused_texts,
         audit=audit,
+        backend_choice=choice,
     )
     return final_state(outcome, summarize_task(opaque(summary), settings), logger)

@@ -29,12 +29,13 @@ from embedpipe.flows._pipeline import (
 )
 from embedpipe.incremental import missing_documents, renamed_documents
 from embedpipe.readers import PathFilter
+from embedpipe.resources.backend_choice import with_backend
 from embedpipe.resources.embedder import get_embedder
 from embedpipe.resources.store import CommitResult, Store
 from embedpipe.schemas import RunSummary
-from embedpipe.tasks.embed import table_schema
+from embedpipe.tasks.embed import query_path_task, table_schema
 from embedpipe.tasks.ingest import discover_task
-from embedpipe.tasks.prepare import Prepared, prepare_task
+from embedpipe.tasks.prepare import Prepared, choose_backend_task, prepare_task
 from embedpipe.tasks.report import build_summary, summarize_task
 from embedpipe.tasks.state import load_state_task
 from embedpipe.tasks.write import retention_task, write_task
@@ -63,11 +64,14 @@ def sync(
     result = CommitResult(None, 0, 0)
     deleted_docs: list[tuple[str, str]] = []
     audit = Audit()
+    choice = None
     # One writing run per table: the lock is held from reading the table's state to the publish.
     with (
         guarded_run("sync", settings, rid, logger) as outcome,
         table_lock(settings.store, rid, "sync", logger),
     ):
+        choice = choose_backend_task(settings)
+        settings = with_backend(settings, choice)
         prepared = prepare_task(settings)
         plan = discover_task(sources, settings)
         tally.seen += len(plan.rejects)
@@ -90,7 +94,8 @@ def sync(
                     renamed,
                     renamed,
                 )
-        schema = table_schema(get_embedder(settings.model), settings)
+        extra = choice.table_metadata() if choice is not None else None
+        schema = table_schema(get_embedder(settings.model), settings, extra)
         replace = sorted(set(tally.changed_text) | set(deleted_docs))
         result = write_task(
             opaque(tally.staged),
@@ -103,6 +108,7 @@ def sync(
         )
         if result.version is not None:
             audit_and_publish(settings, rid, result.version, audit)
+            query_path_task(settings)
             if settings.retention.auto:
                 retention_task(settings)
     if audit.served_version is None and outcome.status == "completed":
@@ -121,5 +127,6 @@ def sync(
         tally=tally,
         docs_deleted=len(deleted_docs) if result.version is not None else 0,
         audit=audit,
+        backend_choice=choice,
     )
     return final_state(outcome, summarize_task(opaque(summary), settings), logger)

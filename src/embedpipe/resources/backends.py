@@ -493,6 +493,59 @@ class OpenVINORunner(_GraphRunner):
             return np.array(result[self.compiled.output(0)], dtype=np.float32, copy=True)
 
 
+def cpu_fingerprint() -> str:
+    """The CPU model, its feature flags and the cores this process may use (a short hash)."""
+    import platform
+
+    text = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith(("model name", "flags", "Features")):
+                    text += line
+                if not line.strip() and text:
+                    break
+    except OSError:
+        text = platform.processor() or platform.machine()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return hashlib.sha256(f"{text}|{cores}".encode()).hexdigest()[:16]
+
+
+def openvino_precision(root: Path) -> str:
+    """The precision OpenVINO compiles an ``auto`` model in on this CPU (``bf16`` or ``fp32``, ...).
+
+    Asked of OpenVINO once per CPU and OpenVINO version and remembered in ``root`` (the export
+    folder), so that a run which embeds nothing knows its identity without importing OpenVINO.
+    The runner reports the precision it really compiled in; the embedder corrects to that.
+    """
+    import importlib.metadata as md
+
+    key = f"{cpu_fingerprint()}|{md.version('openvino')}"
+    path = root / "openvino-precision.json"
+    try:
+        known = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(known, dict) and isinstance(known.get(key), str):
+            return str(known[key])
+    except (OSError, ValueError):
+        known = {}
+    sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
+    import openvino as ov
+
+    hinted = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT")
+    name = hinted.get_type_name() if hasattr(hinted, "get_type_name") else str(hinted)
+    precision = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(name, name)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".openvino-precision-", dir=root)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump({**(known if isinstance(known, dict) else {}), key: precision}, fh)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # asked again next time
+    return precision
+
+
 def have_module(name: str) -> bool:
     """Whether a package can be imported (without importing it)."""
     import importlib.util
@@ -506,6 +559,8 @@ def require_backend(backend: str) -> None:
     Raises:
         ConfigError: Unknown backend, or its runtime is not installed.
     """
+    if backend == "auto":  # resolved to an installed backend (:mod:`.backend_choice`)
+        return
     if backend not in BACKENDS:
         raise ConfigError(f"model.backend={backend!r} is unknown; expected one of {', '.join(BACKENDS)}")
     need = {
@@ -662,17 +717,44 @@ def export_onnx(st_model: Any, folder: Path, key: ExportKey, model_dir: Path) ->
             _quantize(optimized, tmp / "model.onnx")
         else:
             optimized.replace(tmp / "model.onnx")
-        for extra in tmp.iterdir():
-            if extra.name != "model.onnx":
-                extra.unlink()
-        manifest = key.manifest() | {"sha256": _sha256(tmp / "model.onnx"), "created": time.time()}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.replace(folder)
+        _publish(tmp, folder, key)
     except Exception:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _publish(tmp: Path, folder: Path, key: ExportKey) -> None:
+    """Keep only ``model.onnx`` in ``tmp``, write its manifest, and move it to ``folder``."""
+    for extra in tmp.iterdir():
+        if extra.name != "model.onnx":
+            extra.unlink()
+    manifest = key.manifest() | {"sha256": _sha256(tmp / "model.onnx"), "created": time.time()}
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.replace(folder)
+
+
+def quantize_fp32_export(folder: Path, key: ExportKey) -> bool:
+    """Make the ``onnx-int8`` export by quantizing a valid cached fp32 export of the same model.
+
+    The fp32 export *is* the optimized graph that :func:`export_onnx` quantizes, so the result is
+    the same as tracing again, without loading torch's exporter. Returns False when there is no
+    valid fp32 export to start from.
+    """
+    fp32_key = ExportKey(key.name, key.weights_hash, "onnx")
+    fp32 = folder.parent / fp32_key.folder(Path()).name
+    if key.kind != "onnx-int8" or cached_export_problem(fp32, fp32_key) is not None:
+        return False
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    tmp.chmod(0o755)
+    try:
+        _quantize(fp32 / "model.onnx", tmp / "model.onnx")
+        _publish(tmp, folder, key)
+    except Exception:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return True
 
 
 def _eager_copy(model_dir: Path, st_model: Any) -> Any:
@@ -829,7 +911,8 @@ def _ensure_locked(
         log.warning("rebuilding the %s export in %s: %s", key.kind, folder, problem)
     t0 = time.perf_counter()
     try:
-        export_onnx(st_model, folder, key, model_dir)
+        if not quantize_fp32_export(folder, key):
+            export_onnx(st_model, folder, key, model_dir)
     except ModelError:
         raise
     except Exception as e:

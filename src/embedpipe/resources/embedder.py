@@ -362,7 +362,7 @@ class SentenceTransformerEmbedder:
     """
 
     def __init__(self, settings: ModelSettings) -> None:
-        self.settings = settings
+        self.settings = settings = resolve_auto(settings)
         self._model: Any = None
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
@@ -403,8 +403,10 @@ class SentenceTransformerEmbedder:
         self.batch_tokens = s.batch_tokens or backends.default_batch_tokens(s.backend, self.device)
         root = Path(s.export_dir).expanduser() if s.export_dir else backends.default_export_dir()
         self._card_path = card_path(root, s.name, folder, self._whash)
-        # OpenVINO settles the precision of an "auto" model only when it compiles it.
-        card = None if s.backend == "openvino" else read_card(self._card_path)
+        if s.backend == "openvino" and self._precision == "auto":
+            # what OpenVINO will compile in on this CPU (asked once, remembered beside the exports)
+            self._precision = backends.openvino_precision(root)
+        card = read_card(self._card_path)
         self._card = card
         if card is None:
             self.load()
@@ -473,8 +475,8 @@ class SentenceTransformerEmbedder:
         if self._card is None:
             write_card(self._card_path, card)
         runner, precision = self._runner(model, folder, self._whash, self.devices, self._precision, max_seq)
-        if self._card is None:
-            self._set_facts(card, precision)
+        if self._card is None or precision != self.identity.precision:
+            self._set_facts(card, precision)  # OpenVINO reports what it really compiled in
         self._model = model
         self.runner = runner
         log.info(
@@ -610,11 +612,38 @@ def register_embedder(prefix: str, factory: EmbedderFactory) -> None:
     _factories[prefix] = factory
 
 
-def get_embedder(settings: ModelSettings) -> Embedder:
-    """The embedder for these settings, loaded once per process and reused."""
-    key = tuple(
+def resolve_auto(settings: ModelSettings) -> ModelSettings:
+    """``model.backend = "auto"`` made concrete as for a new table (other settings unchanged).
+
+    The flows resolve it themselves first, knowing the target table
+    (:func:`embedpipe.resources.backend_choice.choose_backend`); this serves direct use.
+    """
+    if settings.backend != "auto":
+        return settings
+    from embedpipe.resources.backend_choice import choose_backend
+
+    return settings.model_copy(update={"backend": choose_backend(settings).backend})
+
+
+def _key(settings: ModelSettings) -> tuple[Any, ...]:
+    return tuple(
         tuple(v) if isinstance(v, list) else v for v in settings.model_dump(exclude={"batch_size"}).values()
     )
+
+
+def forget_embedder(settings: ModelSettings) -> None:
+    """Drop the process's embedder for these settings (its model is freed once unused)."""
+    with _cache_lock:
+        _cache.pop(_key(settings), None)
+
+
+def get_embedder(settings: ModelSettings) -> Embedder:
+    """The embedder for these settings, loaded once per process and reused.
+
+    ``model.backend = "auto"`` is resolved first, as for a new table (:func:`resolve_auto`).
+    """
+    settings = resolve_auto(settings)
+    key = _key(settings)
     with _cache_lock:
         if key not in _cache:
             factory: EmbedderFactory = SentenceTransformerEmbedder  # type: ignore[assignment]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -187,6 +188,12 @@ class RunSummary(BaseModel):
     reused_chunk_texts: bool | None = Field(
         None,
         description="reindex only: chunk texts were reused from the table instead of re-reading sources.",
+    )
+    backend_choice: dict[str, Any] | None = Field(
+        None,
+        description="How model.backend=auto was resolved: backend, reason, and per candidate its "
+        "precision, texts_per_s, speedup over torch, mean_cosine and min_cosine to torch, and whether "
+        "it passed the quality guard; null when the backend was set explicitly.",
     )
 
 

@@ -84,10 +84,14 @@ def quarantine_nonfinite(
     return table.filter(pa.array(keep)), rejects, sorted(bad), files
 
 
-def table_schema(embedder: Embedder, settings: Settings) -> pa.Schema:
-    """The chunks schema for this model, carrying its identity and the chunking identity."""
+def table_schema(embedder: Embedder, settings: Settings, extra: dict[str, str] | None = None) -> pa.Schema:
+    """The chunks schema for this model, carrying its identity and the chunking identity.
+
+    ``extra``: more schema metadata for a new table (the ``model.backend = "auto"`` decision).
+    """
     md = embedder.identity.table_metadata()
     md.update(chunking_identity(embedder, settings).table_metadata())
+    md.update(extra or {})
     return chunks_schema(embedder.identity.dim, md)
 
 
@@ -263,3 +267,22 @@ def reembed_task(
 ) -> Embedded:
     """Embed stored chunk texts with the new model."""
     return reembed_rows(stored, settings, run_id, shard, reuse_version)
+
+
+@task(name="query-path", **TASK_DEFAULTS)
+def query_path_task(settings: Settings) -> None:
+    """Make and check the table's fast query path while the run has the model loaded.
+
+    A no-op unless this run loaded the model, its export exists, and no check is recorded yet
+    (see :func:`embedpipe.resources.query.record_after_run`); never fails the run.
+    """
+    from embedpipe.resources.query import record_after_run
+
+    record = record_after_run(get_embedder(settings.model), settings.model)
+    if record is not None:
+        get_run_logger().info(
+            "stage=serve query path checked passed=%s max_abs_diff=%.1e min_cosine=%.6f",
+            record["passed"],
+            record["max_abs_diff"],
+            record["min_cosine"],
+        )

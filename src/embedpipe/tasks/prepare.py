@@ -8,6 +8,7 @@ from prefect import get_run_logger, task
 
 from embedpipe.checks.suite.context import validate_setup
 from embedpipe.config import Settings
+from embedpipe.resources.backend_choice import AUTO, BackendChoice, choose_backend
 from embedpipe.resources.embedder import get_embedder
 from embedpipe.resources.store import Store
 from embedpipe.schemas import ChunkingIdentity, ModelIdentity
@@ -24,6 +25,31 @@ class Prepared:
     device: str
     read_version: int | None
     """The table version the run compares the sources with (``None``: no table yet)."""
+
+
+def resolve_backend(settings: Settings) -> BackendChoice | None:
+    """What ``model.backend = "auto"`` means for this run's table; ``None`` for an explicit backend.
+
+    An existing table keeps its backend; a new one gets the fastest installed backend that passes
+    the quality guard against torch (:mod:`embedpipe.resources.backend_choice`).
+    """
+    if settings.model.backend != AUTO:
+        return None
+    identity = Store(settings.store).table_identity()
+    return choose_backend(
+        settings.model,
+        existing_backend=identity.backend if identity else None,
+        existing_model=identity.name if identity else None,
+    )
+
+
+@task(name="choose-backend", **TASK_DEFAULTS)
+def choose_backend_task(settings: Settings) -> BackendChoice | None:
+    """Resolve ``model.backend = "auto"`` (see :func:`resolve_backend`)."""
+    choice = resolve_backend(settings)
+    if choice is not None:
+        get_run_logger().info("stage=prepare backend=%s auto: %s", choice.backend, choice.reason)
+    return choice
 
 
 def prepare(settings: Settings, check: bool = True) -> Prepared:

@@ -30,6 +30,7 @@ def build_summary(
     reused_chunk_texts: bool | None = None,
     audit: Any = None,
     exit_code: int = 0,
+    backend_choice: Any = None,
 ) -> RunSummary:
     """Assemble the typed summary of a run from what its stages reported."""
     finished = datetime.now(UTC)
@@ -72,6 +73,7 @@ def build_summary(
         checks=list(audit.results) if audit is not None else [],
         gate=audit.gate if audit is not None else None,
         served_version=audit.served_version if audit is not None else None,
+        backend_choice=backend_choice.as_dict() if backend_choice is not None else None,
     )
 
 
