@@ -266,7 +266,7 @@ class Table:
     """
 
     def __init__(self, settings: Settings) -> None:
-        from embedpipe.resources.reader import TableReader
+        from embedpipe.store.reader import TableReader
 
         self.settings = settings
         self._reader = TableReader(settings.store)

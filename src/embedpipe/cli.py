@@ -547,8 +547,8 @@ def _announce(rt: Any) -> None:
 def _require_store(settings: Any) -> None:
     """An object store that refuses the credentials, lacks the bucket or cannot be reached is a plain
     error before the flow starts (a local folder is created on first write)."""
-    from embedpipe.resources import objectstore
     from embedpipe.resources.store import Store
+    from embedpipe.store import objectstore
 
     if objectstore.is_s3(settings.store.uri):
         _ = Store(settings.store).db

@@ -32,14 +32,6 @@ from embedpipe.errors import (
     TableNotFoundError,
     VersionNotFoundError,
 )
-from embedpipe.resources import objectstore
-from embedpipe.resources.reader import (
-    RUN_ID_TAG,
-    SERVING_TAG,
-    resolve_target,
-    sql_quote,
-    version_rows,
-)
 from embedpipe.schemas import (
     CANARY_TABLE,
     CHECKS_TABLE,
@@ -59,9 +51,17 @@ from embedpipe.schemas import (
     runs_schema,
     vector_matrix,
 )
+from embedpipe.store import objectstore
+from embedpipe.store.reader import (
+    RUN_ID_TAG,
+    SERVING_TAG,
+    resolve_target,
+    sql_quote,
+    version_rows,
+)
 
 if TYPE_CHECKING:
-    from embedpipe.resources.vector_cache import VectorCache
+    from embedpipe.store.vector_cache import VectorCache
 
 log = logging.getLogger(__name__)
 
@@ -202,8 +202,8 @@ class Store:
 
     @property
     def cache(self) -> VectorCache:
-        """The database's vector cache (:class:`~embedpipe.resources.vector_cache.VectorCache`)."""
-        from embedpipe.resources.vector_cache import VectorCache
+        """The database's vector cache (:class:`~embedpipe.store.vector_cache.VectorCache`)."""
+        from embedpipe.store.vector_cache import VectorCache
 
         return VectorCache(self)
 

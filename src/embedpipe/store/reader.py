@@ -147,7 +147,7 @@ class TableReader:
         """
         import lance
 
-        from embedpipe.resources import objectstore
+        from embedpipe.store import objectstore
 
         name = name or self.table
         if not self._store.exists():

@@ -1,0 +1,1 @@
+"""The store stage: the LanceDB table, its storage, its readers, its lock and its vector cache."""
