@@ -200,7 +200,7 @@ def as_a_run(d: dict[str, Any], dim: int) -> None:
     from embedpipe.checks.registry import FAMILIES
     from embedpipe.checks.suite import load_context, run_family
     from embedpipe.config import get_settings
-    from embedpipe.resources.store import Store
+    from embedpipe.store import Store
 
     model_based = {"canary", "golden", "triplets", "pairs"}
     with tempfile.TemporaryDirectory() as tmp:

@@ -71,7 +71,7 @@ class Searcher:
 
     def _full_embedder(self, model: Any, identity: ModelIdentity) -> Any:
         from embedpipe.resources.embedder import get_embedder
-        from embedpipe.resources.store import model_mismatch
+        from embedpipe.store import model_mismatch
 
         emb = get_embedder(model)
         model_mismatch(identity, emb.identity, self.settings.store.table)

@@ -15,8 +15,8 @@ from embedpipe.errors import NothingServedError, VersionNotFoundError
 from embedpipe.flows.sync import sync
 from embedpipe.resources import query
 from embedpipe.resources.embedder import get_embedder
-from embedpipe.resources.store import Store
 from embedpipe.search import Searcher
+from embedpipe.store import Store
 from embedpipe.store.reader import TableReader
 from tests.helpers import ROOT, SAMPLE_CORPUS, make_settings, write
 

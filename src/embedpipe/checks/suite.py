@@ -30,8 +30,8 @@ from embedpipe.config import ChecksSettings, ModelSettings
 from embedpipe.errors import CheckError, ConfigError, EmbedpipeError
 from embedpipe.hashing import sha256_text
 from embedpipe.resources.embedder import get_embedder, settings_for_table
-from embedpipe.resources.store import SERVING_TAG, Store, sql_quote
 from embedpipe.schemas import C, CheckResult, ModelIdentity, vector_matrix
+from embedpipe.store import SERVING_TAG, Store, sql_quote, vector_query
 
 log = logging.getLogger(__name__)
 
@@ -541,13 +541,8 @@ def _index_recall(family: str, ctx: AuditContext, checks: ChecksSettings, store:
     queries = (pool[pairs[:, 0]] + pool[pairs[:, 1]]) / 2
     recalls = []
     for v in queries:
-        ann = table.search(v, vector_column_name=C.VECTOR).distance_type("cosine").limit(k)
-        exact = (
-            table.search(v, vector_column_name=C.VECTOR)
-            .distance_type("cosine")
-            .limit(k)
-            .bypass_vector_index()
-        )
+        ann = vector_query(table, v).limit(k)
+        exact = vector_query(table, v).limit(k).bypass_vector_index()
         got = {r[C.CHUNK_ID] for r in ann.select([C.CHUNK_ID]).to_list()}
         want = {r[C.CHUNK_ID] for r in exact.select([C.CHUNK_ID]).to_list()}
         recalls.append(len(got & want) / max(1, len(want)))

@@ -158,7 +158,7 @@ def _drop_staging_of(settings: StoreSettings) -> Any:
     """Remove the staged files of a run that died holding the lock (not kept until the TTL sweep),
     keeping the vectors it had embedded in the vector cache first, so the next run does not pay
     for them again."""
-    from embedpipe.resources.store import Store
+    from embedpipe.store import Store
 
     def drop(dead: LockHolder) -> None:
         store = Store(settings)

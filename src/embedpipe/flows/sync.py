@@ -30,8 +30,8 @@ from embedpipe.flows._pipeline import (
 from embedpipe.incremental import missing_documents, renamed_documents
 from embedpipe.readers import PathFilter
 from embedpipe.resources.embedder import get_embedder
-from embedpipe.resources.store import CommitResult, Store
 from embedpipe.schemas import RunSummary
+from embedpipe.store import CommitResult, Store
 from embedpipe.tasks.embed import table_schema
 from embedpipe.tasks.ingest import discover_task
 from embedpipe.tasks.prepare import Prepared, prepare_task

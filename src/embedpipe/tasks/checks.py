@@ -9,8 +9,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from embedpipe.checks.suite import AuditContext, load_context, run_family
 from embedpipe.config import Settings
-from embedpipe.resources.store import Store
 from embedpipe.schemas import CheckResult
+from embedpipe.store import Store
 from embedpipe.tasks._common import RETRYING, TASK_DEFAULTS
 
 

@@ -9,8 +9,8 @@ from prefect import get_run_logger, task
 from embedpipe.checks.suite import validate_setup
 from embedpipe.config import Settings
 from embedpipe.resources.embedder import get_embedder
-from embedpipe.resources.store import Store
 from embedpipe.schemas import ChunkingIdentity, ModelIdentity
+from embedpipe.store import Store
 from embedpipe.tasks._common import TASK_DEFAULTS
 from embedpipe.tasks.chunk import chunking_identity
 
