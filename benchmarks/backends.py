@@ -176,7 +176,7 @@ def _dtype_name(st_model: Any) -> str:
 
 
 def _read_table(settings: Any) -> tuple[list[str], np.ndarray]:
-    from embedpipe.resources.store import Store
+    from embedpipe.store import Store
 
     table = Store(settings.store).open_table().to_arrow()
     texts = table.column("text").to_pylist()

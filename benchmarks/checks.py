@@ -206,7 +206,7 @@ def as_a_run(d: dict[str, Any], dim: int) -> None:
     from embedpipe.checks.suite.context import load_context
     from embedpipe.checks.suite.run import run_family
     from embedpipe.config import get_settings
-    from embedpipe.resources.store import Store
+    from embedpipe.store import Store
 
     model_based = {"canary", "golden", "triplets", "pairs"}
     with tempfile.TemporaryDirectory() as tmp:

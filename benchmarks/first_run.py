@@ -96,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from embedpipe.config import get_settings
     from embedpipe.resources.embedder import resolve_model_path
-    from embedpipe.resources.store import Store
     from embedpipe.schemas import C
+    from embedpipe.store import Store
 
     print_machine()
     work = Path(tempfile.mkdtemp(prefix="embedpipe-first-run-"))

@@ -56,7 +56,7 @@ def main() -> int:
     from embedpipe.config import get_settings
     from embedpipe.flows.sync import sync
     from embedpipe.resources.embedder import get_embedder
-    from embedpipe.resources.store import Store
+    from embedpipe.store import Store
 
     work = Path(tempfile.mkdtemp(prefix="embedpipe-bench-"))
     corpus = make_corpus(work / "corpus", args.copies)

@@ -15,7 +15,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from embedpipe import dashboard
 from embedpipe.config import get_settings
-from embedpipe.resources.store import Store
+from embedpipe.store import Store
 
 
 def main() -> None:

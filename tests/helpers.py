@@ -43,7 +43,7 @@ def commit_at_once(settings: Settings, staged: dict[str, list[Any]], schema: Any
     """
     import threading
 
-    from embedpipe.resources.store import Store
+    from embedpipe.store import Store
 
     errors: list[BaseException] = []
     start = threading.Barrier(len(staged))

@@ -247,7 +247,7 @@ def check(
     """
     from embedpipe.checks.suite.context import validate_setup
     from embedpipe.flows.check import check as check_flow
-    from embedpipe.resources.store import Store
+    from embedpipe.store import Store
 
     model = groups.pop("model", None)
     s = make_settings(settings, db=db, table=table, model=model, config=config, **groups)
@@ -266,7 +266,7 @@ class Table:
     """
 
     def __init__(self, settings: Settings) -> None:
-        from embedpipe.resources.reader import TableReader
+        from embedpipe.store.reader import TableReader
 
         self.settings = settings
         self._reader = TableReader(settings.store)

@@ -470,7 +470,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     settings = get_settings(_overrides(args), args.config, FLAG_OF)
     from embedpipe.checks.suite.context import validate_setup
-    from embedpipe.resources.store import Store
+    from embedpipe.store import Store
 
     # Usage errors (exit 2 or 4) are said plainly before the flow starts.
     store = Store(settings.store)
@@ -549,8 +549,7 @@ def _announce(rt: Any) -> None:
 def _require_store(settings: Any) -> None:
     """An object store that refuses the credentials, lacks the bucket or cannot be reached is a plain
     error before the flow starts (a local folder is created on first write)."""
-    from embedpipe.resources import objectstore
-    from embedpipe.resources.store import Store
+    from embedpipe.store import Store, objectstore
 
     if objectstore.is_s3(settings.store.uri):
         _ = Store(settings.store).db
@@ -599,7 +598,7 @@ def cmd_reindex(args: argparse.Namespace) -> int:
 
 def cmd_compact(args: argparse.Namespace) -> int:
     from embedpipe.config import get_settings
-    from embedpipe.resources.store import Store
+    from embedpipe.store import Store
 
     settings = get_settings(_overrides(args), args.config, FLAG_OF)
     store = Store(settings.store)
@@ -622,7 +621,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
     from embedpipe import dashboard
     from embedpipe.config import get_settings
-    from embedpipe.resources.store import Store
+    from embedpipe.store import Store
 
     settings = get_settings(_overrides(args), args.config, FLAG_OF)
     store = Store(settings.store)
@@ -693,7 +692,7 @@ def _table_lock(settings: Any, what: str) -> Any:
 
 def cmd_versions(args: argparse.Namespace) -> int:
     from embedpipe.config import get_settings
-    from embedpipe.resources.store import Store
+    from embedpipe.store import Store
 
     settings = get_settings(_overrides(args), args.config, FLAG_OF)
     rows = Store(settings.store).versions()
@@ -704,7 +703,7 @@ def cmd_versions(args: argparse.Namespace) -> int:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     from embedpipe.config import get_settings
-    from embedpipe.resources.store import Store
+    from embedpipe.store import Store
 
     settings = get_settings(_overrides(args), args.config, FLAG_OF)
     Store(settings.store).require_table()  # before the lock, whose file would create the folder

@@ -29,8 +29,8 @@ import numpy as np
 import pyarrow as pa
 
 from embedpipe.checks.registry import CHECKS
-from embedpipe.resources.store import Store
 from embedpipe.schemas import CHECKS_TABLE, REJECTS_TABLE, RUNS_TABLE, C, ChunkingIdentity
+from embedpipe.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from embedpipe.docids import is_legacy_id
-from embedpipe.resources.store import DocState
 from embedpipe.schemas import C
 from embedpipe.sources.globs import PathFilter
+from embedpipe.store import DocState
 
 Known = Mapping[tuple[str, str], Mapping[str, DocState]]
 """Per (source, path): the documents the table holds for that file and their state."""

@@ -1,7 +1,7 @@
 """Search a table: pin the requested version, embed the query the lightest way, find neighbours.
 
 Used by ``embedpipe search`` and :meth:`embedpipe.api.Table.search`. Nothing here imports
-Prefect or LanceDB: the table is read through Lance (:mod:`embedpipe.resources.reader`), and the
+Prefect or LanceDB: the table is read through Lance (:mod:`embedpipe.store.reader`), and the
 query is embedded by ONNX Runtime where an export of the table's model passed its query check
 (:mod:`embedpipe.resources.query`), else by the table's own embedder (torch for a torch table).
 """
@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from embedpipe.config import Settings
-from embedpipe.resources.reader import TableReader
 from embedpipe.schemas import ModelIdentity
+from embedpipe.store.reader import TableReader
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class Searcher:
 
     def _full_embedder(self, model: Any, identity: ModelIdentity) -> Any:
         from embedpipe.resources.embedder import get_embedder
-        from embedpipe.resources.store import model_mismatch
+        from embedpipe.store import model_mismatch
 
         emb = get_embedder(model)
         model_mismatch(identity, emb.identity, self.settings.store.table)

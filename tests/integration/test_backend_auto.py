@@ -14,8 +14,8 @@ from embedpipe.flows.reindex import reindex
 from embedpipe.flows.sync import sync
 from embedpipe.resources import backend_choice as bc
 from embedpipe.resources import query
-from embedpipe.resources.store import Store
 from embedpipe.search import Searcher
+from embedpipe.store import Store
 from tests.helpers import SAMPLE_CORPUS, make_settings, write
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]

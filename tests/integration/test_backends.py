@@ -32,8 +32,8 @@ from embedpipe.resources.embedder import (
     resolve_model_path,
     weights_hash,
 )
-from embedpipe.resources.store import Store
 from embedpipe.schemas import C
+from embedpipe.store import Store
 from tests.helpers import SAMPLE_CORPUS, make_settings
 
 pytestmark = pytest.mark.slow

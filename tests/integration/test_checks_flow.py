@@ -16,8 +16,8 @@ from embedpipe.errors import GateFailed, NothingServedError
 from embedpipe.flows.check import check
 from embedpipe.flows.reindex import reindex
 from embedpipe.flows.sync import sync
-from embedpipe.resources.store import CANARY_TABLE, CHECKS_TABLE, SERVING_TAG, Store
 from embedpipe.schemas import C
+from embedpipe.store import CANARY_TABLE, CHECKS_TABLE, SERVING_TAG, Store
 from tests.fakes import NAN, SWAP_ENV, ZERO
 from tests.helpers import make_settings, write
 

@@ -14,8 +14,8 @@ import pyarrow.compute as pc
 import pytest
 
 from embedpipe.config import get_settings
-from embedpipe.resources.store import Store
 from embedpipe.schemas import C
+from embedpipe.store import Store
 from tests.helpers import write
 from tests.integration.test_cli import SAMPLE_CORPUS, cli_env, embedpipe
 

@@ -17,7 +17,7 @@ import lancedb
 import pytest
 
 from embedpipe.config import StoreSettings
-from embedpipe.resources.lock import FileTableLock, hold
+from embedpipe.store.lock import FileTableLock, hold
 from tests.helpers import SAMPLE_CORPUS, write
 from tests.integration.test_cli import cli_env, embedpipe
 

@@ -15,7 +15,7 @@ import pytest
 
 from embedpipe import dashboard
 from embedpipe.flows.sync import sync
-from embedpipe.resources.store import Store
+from embedpipe.store import Store
 from tests.helpers import ROOT, make_settings, write
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from embedpipe.flows.sync import sync
-from embedpipe.resources.store import Store
 from embedpipe.schemas import C
+from embedpipe.store import Store
 from tests.helpers import make_settings, write
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

@@ -15,8 +15,8 @@ import pytest
 
 from embedpipe.flows.reindex import reindex
 from embedpipe.flows.sync import sync
-from embedpipe.resources.store import RUNS_TABLE, Store
 from embedpipe.schemas import C
+from embedpipe.store import RUNS_TABLE, Store
 from tests.helpers import make_settings, write
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

@@ -11,8 +11,8 @@ import pytest
 
 from embedpipe.flows.sync import sync
 from embedpipe.resources.embedder import get_embedder
-from embedpipe.resources.store import Store
 from embedpipe.schemas import C
+from embedpipe.store import Store
 from tests.helpers import SAMPLE_CORPUS, make_settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]

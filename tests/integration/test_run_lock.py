@@ -17,9 +17,9 @@ from embedpipe.errors import TableBusyError
 from embedpipe.flows._lock import table_lock
 from embedpipe.flows.sync import sync
 from embedpipe.resources.embedder import register_embedder
-from embedpipe.resources.lock import limit_name
-from embedpipe.resources.store import Store
 from embedpipe.schemas import C
+from embedpipe.store import Store
+from embedpipe.store.lock import limit_name
 from tests.fakes import FakeEmbedder
 from tests.helpers import make_settings, write
 

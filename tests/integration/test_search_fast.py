@@ -15,9 +15,9 @@ from embedpipe.errors import NothingServedError, VersionNotFoundError
 from embedpipe.flows.sync import sync
 from embedpipe.resources import query
 from embedpipe.resources.embedder import get_embedder
-from embedpipe.resources.reader import TableReader
-from embedpipe.resources.store import Store
 from embedpipe.search import Searcher
+from embedpipe.store import Store
+from embedpipe.store.reader import TableReader
 from tests.helpers import ROOT, SAMPLE_CORPUS, make_settings, write
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]

@@ -8,8 +8,8 @@ import pyarrow.compute as pc
 import pytest
 
 from embedpipe.flows.sync import sync
-from embedpipe.resources.store import RUNS_TABLE, STAGING_DIR, Store
 from embedpipe.schemas import C
+from embedpipe.store import RUNS_TABLE, STAGING_DIR, Store
 from tests.fakes import EXPLODE
 from tests.helpers import make_settings, write
 

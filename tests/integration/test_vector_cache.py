@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from embedpipe.flows.reindex import reindex
-from embedpipe.resources.store import VECTOR_CACHE_TABLE, Store
 from embedpipe.schemas import C, vector_matrix
+from embedpipe.store import VECTOR_CACHE_TABLE, Store
 from tests.fakes import ZERO
 from tests.helpers import SAMPLE_CORPUS, make_settings, write
 from tests.integration.test_checks_flow import make_corpus, run, settings_for

@@ -44,8 +44,8 @@ from embedpipe.resources.embedder import (
     resolve_precision,
     settings_for_table,
 )
-from embedpipe.resources.store import Store
 from embedpipe.schemas import ModelIdentity
+from embedpipe.store import Store
 from tests.fakes import FakeEmbedder, RegexTokens
 from tests.helpers import make_settings, write
 

@@ -15,8 +15,8 @@ from embedpipe import cli
 from embedpipe.config import get_settings
 from embedpipe.errors import ConfigError
 from embedpipe.flows._dask import local_gpus
-from embedpipe.resources.store import Store
 from embedpipe.schemas import C
+from embedpipe.store import Store
 from embedpipe.tasks.ingest import make_plan
 from embedpipe.tasks.shard import process_shard
 from tests.helpers import SAMPLE_CORPUS, make_settings, write

@@ -12,8 +12,8 @@ from embedpipe.docids import escape_path, file_of, is_legacy_id, make_doc_id, sp
 from embedpipe.flows._pipeline import Tally, add_outcome
 from embedpipe.incremental import renamed_documents
 from embedpipe.readers import discover, read_documents
-from embedpipe.resources.store import DocState, StagedShard
 from embedpipe.schemas import C
+from embedpipe.store import DocState, StagedShard
 from embedpipe.tasks.ingest import ingest_shard
 from embedpipe.tasks.shard import ShardOutcome
 from tests.helpers import make_settings

@@ -9,9 +9,9 @@ import pyarrow as pa
 
 from embedpipe.hashing import sha256_text
 from embedpipe.incremental import classify, missing_documents, refresh_rows
-from embedpipe.resources.store import DocState
 from embedpipe.schemas import C, docs_schema
 from embedpipe.sources.globs import PathFilter
+from embedpipe.store import DocState
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 T1 = datetime(2026, 1, 2, tzinfo=UTC)

@@ -16,9 +16,9 @@ import pytest
 from embedpipe.config import StoreSettings
 from embedpipe.errors import StaleReadError, TableBusyError
 from embedpipe.flows._lock import table_lock
-from embedpipe.resources.lock import FileTableLock, HolderRecord, hold, limit_name, lock_kind
-from embedpipe.resources.store import Store
 from embedpipe.schemas import C
+from embedpipe.store import Store
+from embedpipe.store.lock import FileTableLock, HolderRecord, hold, limit_name, lock_kind
 from tests.helpers import make_settings, write
 
 RUN_A = "aaaaaaaa-0000-0000-0000-000000000001"

@@ -8,8 +8,7 @@ import pytest
 
 from embedpipe.config import get_settings
 from embedpipe.errors import ConfigError
-from embedpipe.resources import objectstore
-from embedpipe.resources.store import Store
+from embedpipe.store import Store, objectstore
 
 SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
 

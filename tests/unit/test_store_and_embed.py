@@ -15,8 +15,8 @@ from embedpipe.chunking import chunk_documents
 from embedpipe.config import ModelSettings
 from embedpipe.errors import ModelMismatchError, TableNotFoundError, VersionNotFoundError
 from embedpipe.readers import discover, read_documents
-from embedpipe.resources.store import STAGING_DIR, Store
 from embedpipe.schemas import C
+from embedpipe.store import STAGING_DIR, Store
 from embedpipe.tasks.embed import embed_chunks, table_schema
 from tests.fakes import FakeEmbedder
 from tests.helpers import commit_at_once, make_settings, write

@@ -14,8 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from embedpipe.resources.store import VECTOR_CACHE_TABLE, Store
 from embedpipe.schemas import C, ModelIdentity
+from embedpipe.store import VECTOR_CACHE_TABLE, Store
 from tests.helpers import make_settings
 
 IDENTITY = ModelIdentity(name="m", weights_hash="a" * 64, dim=4, max_seq_length=128, normalize=True)

@@ -15,8 +15,8 @@ from embedpipe.checks.suite.run import families_to_run, verdict
 from embedpipe.config import Settings
 from embedpipe.errors import GateFailed
 from embedpipe.flows._pipeline import opaque
-from embedpipe.resources.store import Store
 from embedpipe.schemas import CheckResult
+from embedpipe.store import Store
 from embedpipe.tasks.checks import check_task, fall_back_task, publish_task, record_task, sample_task
 
 

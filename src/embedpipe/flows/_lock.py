@@ -2,7 +2,7 @@
 
 ``store.lock`` picks the backend (``auto``: a lock file for a local database folder, a Prefect
 global concurrency limit named after the table for an object-store URI). The waiting, the holder
-record and the timeout error are in :mod:`embedpipe.resources.lock`; this module adds the backend
+record and the timeout error are in :mod:`embedpipe.store.lock`; this module adds the backend
 that talks to the Prefect API, which only flows may import.
 """
 
@@ -16,7 +16,7 @@ from uuid import UUID
 
 from embedpipe.config import StoreSettings
 from embedpipe.errors import StoreError
-from embedpipe.resources.lock import FileTableLock, LockHolder, hold, limit_name, lock_kind
+from embedpipe.store.lock import FileTableLock, LockHolder, hold, limit_name, lock_kind
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ def _drop_staging_of(settings: StoreSettings) -> Any:
     """Remove the staged files of a run that died holding the lock (not kept until the TTL sweep),
     keeping the vectors it had embedded in the vector cache first, so the next run does not pay
     for them again."""
-    from embedpipe.resources.store import Store
+    from embedpipe.store import Store
 
     def drop(dead: LockHolder) -> None:
         store = Store(settings)

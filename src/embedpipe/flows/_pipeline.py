@@ -25,8 +25,8 @@ from embedpipe.errors import EmbedpipeError, RejectRatioExceeded
 from embedpipe.flows._dask import cancel_all, worker_result
 from embedpipe.incremental import Known
 from embedpipe.progress import chunks_progress
-from embedpipe.resources.store import StagedShard, Store
 from embedpipe.schemas import Reject, RunSummary
+from embedpipe.store import StagedShard, Store
 from embedpipe.tasks.chunk import chunk_task
 from embedpipe.tasks.embed import embed_task
 from embedpipe.tasks.ingest import Plan, ingest_task

@@ -17,8 +17,8 @@ from embedpipe.errors import GateFailed
 from embedpipe.flows._audit import Audit, audit_and_publish
 from embedpipe.flows._lock import table_lock
 from embedpipe.flows._pipeline import run_id
-from embedpipe.resources.store import Store
 from embedpipe.schemas import CheckReport
+from embedpipe.store import Store
 
 
 @flow(name="check", persist_result=False, log_prints=False, validate_parameters=True)

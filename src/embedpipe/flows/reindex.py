@@ -32,8 +32,8 @@ from embedpipe.flows._pipeline import (
 )
 from embedpipe.resources.backend_choice import with_backend
 from embedpipe.resources.embedder import get_embedder
-from embedpipe.resources.store import CommitResult, Store
 from embedpipe.schemas import C, RunSummary
+from embedpipe.store import CommitResult, Store
 from embedpipe.tasks.embed import query_path_task, reembed_task, table_schema
 from embedpipe.tasks.ingest import discover_task
 from embedpipe.tasks.prepare import Prepared, choose_backend_task, prepare_task
@@ -109,6 +109,7 @@ def reindex(
         settings = with_backend(settings, choice)
         prepared = prepare_task(settings, check=False)
         table = store.require_table()
+        assert prepared.read_version is not None  # the table exists: it was read at a version
         table.checkout(prepared.read_version)
         old_identity = store.table_identity(table=table)
         old_chunking = store.table_chunking(table)

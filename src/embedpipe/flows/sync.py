@@ -31,8 +31,8 @@ from embedpipe.incremental import missing_documents, renamed_documents
 from embedpipe.readers import PathFilter
 from embedpipe.resources.backend_choice import with_backend
 from embedpipe.resources.embedder import get_embedder
-from embedpipe.resources.store import CommitResult, Store
 from embedpipe.schemas import RunSummary
+from embedpipe.store import CommitResult, Store
 from embedpipe.tasks.embed import query_path_task, table_schema
 from embedpipe.tasks.ingest import discover_task
 from embedpipe.tasks.prepare import Prepared, choose_backend_task, prepare_task

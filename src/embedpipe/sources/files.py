@@ -32,10 +32,10 @@ import pyarrow.fs as pafs
 from embedpipe import sources_guard
 from embedpipe.config import SourceSettings
 from embedpipe.errors import RejectedInput, SourceError
-from embedpipe.resources import objectstore
 from embedpipe.schemas import Reject
 from embedpipe.sources.globs import PathFilter
 from embedpipe.sources.kinds import KINDS, kind_of
+from embedpipe.store import objectstore
 
 log = logging.getLogger(__name__)
 

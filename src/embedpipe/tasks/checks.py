@@ -10,8 +10,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from embedpipe.checks.suite.context import AuditContext, load_context
 from embedpipe.checks.suite.run import run_family
 from embedpipe.config import Settings
-from embedpipe.resources.store import Store
 from embedpipe.schemas import CheckResult
+from embedpipe.store import Store
 from embedpipe.tasks._common import RETRYING, TASK_DEFAULTS
 
 

@@ -17,8 +17,8 @@ from embedpipe.errors import ModelError
 from embedpipe.incremental import chunk_hashes, refresh_rows
 from embedpipe.progress import NullProgress, Progress, chunks_progress
 from embedpipe.resources.embedder import Embedder, get_embedder
-from embedpipe.resources.store import Store
 from embedpipe.schemas import C, Reject, chunks_schema, vector_matrix
+from embedpipe.store import Store
 from embedpipe.tasks._common import TASK_DEFAULTS
 from embedpipe.tasks.chunk import Chunks, chunking_identity
 from embedpipe.tasks.ingest import Documents

@@ -13,8 +13,8 @@ from embedpipe.config import Settings
 from embedpipe.docids import file_of, make_doc_id
 from embedpipe.incremental import Delta, Known, classify
 from embedpipe.readers import FileRef, discover, plan_shards, read_documents, source_scope
-from embedpipe.resources.store import Scope
 from embedpipe.schemas import C, Reject
+from embedpipe.store import Scope
 from embedpipe.tasks._common import RETRYING, TASK_DEFAULTS
 
 

@@ -10,8 +10,8 @@ from embedpipe.checks.suite.context import validate_setup
 from embedpipe.config import Settings
 from embedpipe.resources.backend_choice import AUTO, BackendChoice, choose_backend
 from embedpipe.resources.embedder import get_embedder
-from embedpipe.resources.store import Store
 from embedpipe.schemas import ChunkingIdentity, ModelIdentity
+from embedpipe.store import Store
 from embedpipe.tasks._common import TASK_DEFAULTS
 from embedpipe.tasks.chunk import chunking_identity
 

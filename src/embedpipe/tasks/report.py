@@ -9,8 +9,8 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from embedpipe.config import Settings
-from embedpipe.resources.store import CommitResult, Store
 from embedpipe.schemas import RunSummary
+from embedpipe.store import CommitResult, Store
 from embedpipe.tasks._common import RETRYING
 
 

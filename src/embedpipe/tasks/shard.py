@@ -16,8 +16,8 @@ from embedpipe.config import Settings
 from embedpipe.docids import file_of
 from embedpipe.incremental import Known
 from embedpipe.readers import FileRef
-from embedpipe.resources.store import StagedShard
 from embedpipe.schemas import Reject
+from embedpipe.store import StagedShard
 from embedpipe.tasks._common import RETRYING
 from embedpipe.tasks.chunk import Chunks, chunk_table
 from embedpipe.tasks.embed import Embedded, embed_shard

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 
 from embedpipe.config import Settings
-from embedpipe.resources.store import DocState, Scope, Store
+from embedpipe.store import DocState, Scope, Store
 from embedpipe.tasks._common import RETRYING
 
 

@@ -6,8 +6,8 @@ import pyarrow as pa
 from prefect import task
 
 from embedpipe.config import Settings
-from embedpipe.resources.store import Store
 from embedpipe.schemas import segments_schema
+from embedpipe.store import Store
 from embedpipe.tasks._common import RETRYING
 
 

@@ -8,7 +8,7 @@ import pyarrow as pa
 from prefect import get_run_logger, task
 
 from embedpipe.config import Settings
-from embedpipe.resources.store import CommitResult, StagedShard, Store
+from embedpipe.store import CommitResult, StagedShard, Store
 from embedpipe.tasks._common import RETRYING
 from embedpipe.tasks.embed import Embedded
 

@@ -12,8 +12,8 @@ from embedpipe.checks import quality
 from embedpipe.config import ChecksSettings, ModelSettings
 from embedpipe.errors import ConfigError, EmbedpipeError
 from embedpipe.resources.embedder import settings_for_table
-from embedpipe.resources.store import SERVING_TAG, Store, sql_quote
 from embedpipe.schemas import C, ModelIdentity, vector_matrix
+from embedpipe.store import SERVING_TAG, Store, sql_quote
 
 SAMPLE_COLUMNS = [C.CHUNK_ID, C.CHUNK_HASH, C.TEXT, C.N_TOKENS, C.VECTOR]
 

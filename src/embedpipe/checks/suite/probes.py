@@ -22,8 +22,8 @@ from embedpipe.config import ChecksSettings
 from embedpipe.errors import CheckError
 from embedpipe.hashing import sha256_text
 from embedpipe.resources.embedder import get_embedder
-from embedpipe.resources.store import Store
 from embedpipe.schemas import C
+from embedpipe.store import Store
 
 
 def _canary(family: str, ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str, Stat]:

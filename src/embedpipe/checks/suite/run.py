@@ -11,8 +11,8 @@ from embedpipe.checks.stats import Stat
 from embedpipe.checks.suite.context import AuditContext, Skip
 from embedpipe.config import ChecksSettings
 from embedpipe.errors import EmbedpipeError
-from embedpipe.resources.store import Store
 from embedpipe.schemas import CheckResult
+from embedpipe.store import Store
 
 log = logging.getLogger(__name__)
 

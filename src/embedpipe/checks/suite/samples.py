@@ -16,7 +16,7 @@ from embedpipe.checks.drift.text import language_mix, token_length_psi, truncati
 from embedpipe.checks.stats import Stat
 from embedpipe.checks.suite.context import AuditContext, Skip
 from embedpipe.config import ChecksSettings
-from embedpipe.resources.store import Store
+from embedpipe.store import Store
 
 MIN_ABSOLUTE = 50
 

@@ -14,8 +14,8 @@ from embedpipe.checks.stats import Stat
 from embedpipe.checks.suite.context import AuditContext, Skip
 from embedpipe.checks.suite.run import at_least
 from embedpipe.config import ChecksSettings
-from embedpipe.resources.store import Store, sql_quote
 from embedpipe.schemas import C
+from embedpipe.store import Store, sql_quote, vector_query
 
 NEIGHBOUR_SAMPLE = 1000
 INDEX_QUERIES = 50
@@ -96,13 +96,8 @@ def _index_recall(family: str, ctx: AuditContext, checks: ChecksSettings, store:
     queries = (pool[pairs[:, 0]] + pool[pairs[:, 1]]) / 2
     recalls = []
     for v in queries:
-        ann = table.search(v, vector_column_name=C.VECTOR).distance_type("cosine").limit(k)
-        exact = (
-            table.search(v, vector_column_name=C.VECTOR)
-            .distance_type("cosine")
-            .limit(k)
-            .bypass_vector_index()
-        )
+        ann = vector_query(table, v).limit(k)
+        exact = vector_query(table, v).limit(k).bypass_vector_index()
         got = {r[C.CHUNK_ID] for r in ann.select([C.CHUNK_ID]).to_list()}
         want = {r[C.CHUNK_ID] for r in exact.select([C.CHUNK_ID]).to_list()}
         recalls.append(len(got & want) / max(1, len(want)))

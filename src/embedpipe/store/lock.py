@@ -29,7 +29,7 @@ import pyarrow.fs as pafs
 
 from embedpipe.config import StoreSettings
 from embedpipe.errors import TableBusyError
-from embedpipe.resources import objectstore
+from embedpipe.store import objectstore
 
 log = logging.getLogger(__name__)
 

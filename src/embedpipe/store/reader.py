@@ -5,7 +5,7 @@ datasets they read. LanceDB stores each table as the Lance dataset ``<db>/<name>
 it with ``lance`` directly gives the same rows, versions and tags as LanceDB's table does, and
 saves importing LanceDB (its import alone is most of a cold search's start-up).
 
-The served-version rules (:func:`resolve_target`) are shared with :class:`~embedpipe.resources.store.Store`,
+The served-version rules (:func:`resolve_target`) are shared with :class:`~embedpipe.store.Store`,
 so both read the same version for the same request.
 """
 
@@ -26,6 +26,7 @@ from embedpipe.errors import (
     VersionNotFoundError,
 )
 from embedpipe.schemas import CHECKS_TABLE, RUNS_TABLE, C, ModelIdentity
+from embedpipe.store.connection import StoreBase
 
 SERVING_TAG = "serving"
 
@@ -122,11 +123,9 @@ class TableReader:
     """
 
     def __init__(self, settings: StoreSettings) -> None:
-        from embedpipe.resources.store import Store
-
         self.settings = settings
         # The store knows the URI and storage options; it connects to LanceDB only when asked.
-        self._store = Store(settings)
+        self._store = StoreBase(settings)
         self.uri = self._store.uri
 
     @property
@@ -147,7 +146,7 @@ class TableReader:
         """
         import lance
 
-        from embedpipe.resources import objectstore
+        from embedpipe.store import objectstore
 
         name = name or self.table
         if not self._store.exists():
@@ -194,7 +193,7 @@ class TableReader:
         return int(info["version"]) if info else None
 
     def resolve_version(self, target: str | int | None, ds: Any = None) -> int:
-        """As :meth:`Store.resolve_version <embedpipe.resources.store.Store.resolve_version>`."""
+        """As :meth:`Store.resolve_version <embedpipe.store.Store.resolve_version>`."""
         ds = ds if ds is not None else self.require()
         return resolve_target(
             target,
@@ -261,7 +260,7 @@ class TableReader:
     def versions(self) -> list[dict[str, Any]]:
         """Versions of the chunks table with their tags and the run that created each.
 
-        The rows of :meth:`Store.versions <embedpipe.resources.store.Store.versions>`.
+        The rows of :meth:`Store.versions <embedpipe.store.Store.versions>`.
         """
         ds = self.require()
         return version_rows(ds.tags.list(), ds.versions())

@@ -27,12 +27,12 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from embedpipe.errors import EmbedpipeError
-from embedpipe.resources import objectstore
-from embedpipe.resources.store import sql_quote
 from embedpipe.schemas import VECTOR_CACHE_TABLE, C, ModelIdentity, vector_cache_schema, vector_matrix
+from embedpipe.store import objectstore
+from embedpipe.store.reader import sql_quote
 
 if TYPE_CHECKING:
-    from embedpipe.resources.store import Store
+    from embedpipe.store import Store
 
 log = logging.getLogger(__name__)
 
