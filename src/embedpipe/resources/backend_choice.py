@@ -27,11 +27,8 @@ measure again. The flows record it in the run summary and in the new table's sch
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import json
 import logging
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -190,12 +187,9 @@ def _allowed(model: ModelSettings, backend: str) -> bool:
 
 
 def _cache_key(model: ModelSettings, whash: str, installed: list[str]) -> dict[str, Any]:
-    versions = {}
-    for pkg in ("torch", "sentence-transformers", "transformers", "onnxruntime", "openvino"):
-        try:
-            versions[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            versions[pkg] = ""
+    versions = backends.package_versions(
+        "torch", "sentence-transformers", "transformers", "onnxruntime", "openvino"
+    )
     return {
         "recipe": CHOICE_RECIPE,
         "export_recipe": backends.EXPORT_RECIPE,
@@ -226,11 +220,7 @@ def _read_cache(path: Path, key: dict[str, Any]) -> BackendChoice | None:
 def _write_cache(path: Path, key: dict[str, Any], choice: BackendChoice) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".backend-choice-", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump({"key": key, "choice": choice.as_dict()}, fh, indent=2)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        backends.write_atomic(path, json.dumps({"key": key, "choice": choice.as_dict()}, indent=2))
     except OSError as e:  # the next new table measures again; nothing else depends on it
         log.warning("model.backend=auto: decision not cached in %s (%s)", path, e)
 

@@ -536,11 +536,7 @@ def openvino_precision(root: Path) -> str:
     precision = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(name, name)
     try:
         root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".openvino-precision-", dir=root)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump({**(known if isinstance(known, dict) else {}), key: precision}, fh)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps({**(known if isinstance(known, dict) else {}), key: precision}))
     except OSError:
         pass  # asked again next time
     return precision
@@ -603,16 +599,35 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _versions() -> dict[str, str]:
+def package_versions(*packages: str) -> dict[str, str]:
+    """The installed version of each package (``""`` where it is not installed)."""
     import importlib.metadata as md
 
     out = {}
-    for pkg in ("torch", "onnx", "onnxruntime", "sentence-transformers", "transformers"):
+    for pkg in packages:
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             out[pkg] = ""
     return out
+
+
+def _versions() -> dict[str, str]:
+    return package_versions("torch", "onnx", "onnxruntime", "sentence-transformers", "transformers")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename, readable by all users
+    (a shared cache): readers never see a half-written file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 @dataclass(frozen=True)

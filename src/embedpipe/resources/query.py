@@ -18,8 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -220,7 +218,7 @@ def record_query_check(
         tokenizer = model.tokenizer
         definition = tokenizer.backend_tokenizer.to_str()
         tok_file = f"query-tokenizer-{hashlib.sha256(definition.encode()).hexdigest()[:16]}.json"
-        _write_atomic(folder / tok_file, definition)
+        backends.write_atomic(folder / tok_file, definition)
         record: dict[str, Any] = {
             "recipe": QUERY_CHECK_RECIPE,
             "reference": identity.backend,
@@ -253,7 +251,7 @@ def record_query_check(
             "created": time.time(),
             "versions": backends._versions(),
         }
-        _write_atomic(folder / check_file(identity.backend), json.dumps(record, indent=2))
+        backends.write_atomic(folder / check_file(identity.backend), json.dumps(record, indent=2))
     except Exception as e:
         # Best effort, after the search has answered: an unwritable cache, a model that does not
         # export, a runtime that cannot load it. Searches keep using the table's backend.
@@ -307,15 +305,3 @@ def _ensure_fp32_export(embedder: Any, identity: ModelIdentity, settings: ModelS
         backends.verify_export(runner.run, model, "onnx")
 
     backends.ensure_export(model, model_dir, key, export_root(settings), check)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)  # a shared cache must be readable by other users
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

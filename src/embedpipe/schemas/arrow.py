@@ -6,6 +6,8 @@ Column names are the constants of :class:`C`; never repeat them as string litera
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pyarrow as pa
 
@@ -239,3 +241,16 @@ def vector_matrix(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     n = len(column)
     flat = column.flatten().to_numpy(zero_copy_only=False)
     return flat.reshape(n, flat.size // n if n else 0).astype(np.float32, copy=False)
+
+
+def search_hits(rows: Any) -> list[dict[str, Any]]:
+    """Search results as ``embedpipe search --json`` prints them: cosine similarity as ``score``."""
+    return [
+        {
+            C.DOC_ID: r[C.DOC_ID],
+            C.CHUNK_ID: r[C.CHUNK_ID],
+            C.TEXT: r[C.TEXT],
+            "score": round(1.0 - float(r["_distance"]), 6),
+        }
+        for r in rows
+    ]

@@ -25,7 +25,7 @@ from embedpipe.errors import (
     TableNotFoundError,
     VersionNotFoundError,
 )
-from embedpipe.schemas import CHECKS_TABLE, RUNS_TABLE, C, ModelIdentity
+from embedpipe.schemas import CHECKS_TABLE, RUNS_TABLE, C, ModelIdentity, search_hits
 from embedpipe.store.connection import StoreBase
 
 SERVING_TAG = "serving"
@@ -247,15 +247,7 @@ class TableReader:
                 "metric": "cosine",
             },
         ).to_pylist()
-        return [
-            {
-                C.DOC_ID: r[C.DOC_ID],
-                C.CHUNK_ID: r[C.CHUNK_ID],
-                C.TEXT: r[C.TEXT],
-                "score": round(1.0 - float(r["_distance"]), 6),
-            }
-            for r in rows
-        ]
+        return search_hits(rows)
 
     def versions(self) -> list[dict[str, Any]]:
         """Versions of the chunks table with their tags and the run that created each.

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, cast
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from embedpipe.schemas import C, vector_matrix
+from embedpipe.schemas import C, search_hits, vector_matrix
 from embedpipe.store.connection import StoreBase
 from embedpipe.store.reader import sql_quote
 
@@ -177,12 +177,4 @@ class StateMixin(StoreBase):
         """Nearest chunks by cosine similarity, best first (on ``table`` when given: a pinned snapshot)."""
         table = table if table is not None else self.require_table(name)
         rows = vector_query(table, vector).limit(k).select([C.DOC_ID, C.CHUNK_ID, C.TEXT]).to_list()
-        return [
-            {
-                C.DOC_ID: r[C.DOC_ID],
-                C.CHUNK_ID: r[C.CHUNK_ID],
-                C.TEXT: r[C.TEXT],
-                "score": round(1.0 - float(r["_distance"]), 6),
-            }
-            for r in rows
-        ]
+        return search_hits(rows)
