@@ -101,7 +101,7 @@ class Baseline:
 
 
 class _ExportLog(logging.Handler):
-    """Catches the export time that :func:`embedpipe.resources.backends.ensure_export` logs."""
+    """Catches the export time that :func:`embedpipe.embedding.backends.ensure_export` logs."""
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)
@@ -233,8 +233,8 @@ def run(
     """
     from embedpipe.config import get_settings
     from embedpipe.errors import ConfigError
-    from embedpipe.resources import backends as eb
-    from embedpipe.resources.embedder import get_embedder, resolve_model_path
+    from embedpipe.embedding import backends as eb
+    from embedpipe.embedding.embedder import get_embedder, resolve_model_path
 
     print_machine()
     work = Path(tempfile.mkdtemp(prefix="embedpipe-bench-backends-"))

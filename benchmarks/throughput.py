@@ -55,7 +55,7 @@ def main() -> int:
 
     from embedpipe.config import get_settings
     from embedpipe.flows.sync import sync
-    from embedpipe.resources.embedder import get_embedder
+    from embedpipe.embedding.embedder import get_embedder
     from embedpipe.store import Store
 
     work = Path(tempfile.mkdtemp(prefix="embedpipe-bench-"))

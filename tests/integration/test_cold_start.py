@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from embedpipe.errors import ModelError
-from embedpipe.resources.embedder import SentenceTransformerEmbedder, read_card, write_card
+from embedpipe.embedding.embedder import SentenceTransformerEmbedder, read_card, write_card
 from tests.helpers import SAMPLE_CORPUS, make_settings, write
 from tests.integration.test_cli import cli_env
 

@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 import pytest
 
 from embedpipe.flows.sync import sync
-from embedpipe.resources.embedder import get_embedder
+from embedpipe.embedding.embedder import get_embedder
 from embedpipe.schemas import C
 from embedpipe.store import Store
 from tests.helpers import SAMPLE_CORPUS, make_settings

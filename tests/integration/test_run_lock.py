@@ -16,7 +16,7 @@ from embedpipe.config import StoreSettings
 from embedpipe.errors import TableBusyError
 from embedpipe.flows._lock import table_lock
 from embedpipe.flows.sync import sync
-from embedpipe.resources.embedder import register_embedder
+from embedpipe.embedding.embedder import register_embedder
 from embedpipe.schemas import C
 from embedpipe.store import Store
 from embedpipe.store.lock import limit_name

@@ -24,8 +24,8 @@ import torch
 
 from embedpipe.config import ModelSettings, get_settings
 from embedpipe.errors import ConfigError, ModelError, ModelMismatchError
-from embedpipe.resources import backends
-from embedpipe.resources.backends import (
+from embedpipe.embedding import backends
+from embedpipe.embedding.backends import (
     EXPORT_RECIPE,
     ExportKey,
     TorchRunner,
@@ -37,7 +37,7 @@ from embedpipe.resources.backends import (
     token_batches,
     verify_export,
 )
-from embedpipe.resources.embedder import (
+from embedpipe.embedding.embedder import (
     SentenceTransformerEmbedder,
     get_embedder,
     resolve_devices,
@@ -158,7 +158,7 @@ def test_run_halving_splits_until_it_fits_and_keeps_order() -> None:
 
 
 def test_run_halving_warns_about_each_split(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="embedpipe.resources.backends")
+    caplog.set_level(logging.WARNING, logger="embedpipe.embedding.backends")
     run_halving(oom_forward(4), [f"t{i}" for i in range(8)])
     assert "CUDA out of memory on a batch of 8 chunks: retrying as 4 + 4" in caplog.text
 
@@ -579,7 +579,7 @@ class FakeExporter:
 def test_ensure_export_exports_once_then_reuses(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="embedpipe.resources.backends")
+    caplog.set_level(logging.INFO, logger="embedpipe.embedding.backends")
     exporter = FakeExporter()
     monkeypatch.setattr(backends, "export_onnx", exporter)
     checked: list[Path] = []
@@ -615,7 +615,7 @@ def test_ensure_export_rebuilds_a_broken_cache(
     folder = ensure_export(None, tmp_path, KEY, tmp_path / "root", lambda f: None)
     damage(folder)
     assert cached_export_problem(folder, KEY) is not None
-    caplog.set_level(logging.WARNING, logger="embedpipe.resources.backends")
+    caplog.set_level(logging.WARNING, logger="embedpipe.embedding.backends")
     ensure_export(None, tmp_path, KEY, tmp_path / "root", lambda f: None)
     assert exporter.calls == 2
     assert cached_export_problem(folder, KEY) is None
@@ -636,7 +636,7 @@ def test_ensure_export_rebuilds_an_export_the_runtime_rejects(
         if loads[-1] == b"export #1":
             raise RuntimeError("onnxruntime: protobuf parsing failed")
 
-    caplog.set_level(logging.WARNING, logger="embedpipe.resources.backends")
+    caplog.set_level(logging.WARNING, logger="embedpipe.embedding.backends")
     ensure_export(None, tmp_path, KEY, tmp_path / "root", check)
     assert loads == [b"export #1", b"export #2"] and exporter.calls == 2
     assert "cached export failed to load (RuntimeError: onnxruntime: protobuf" in caplog.text

@@ -12,7 +12,7 @@ import pytest
 
 from embedpipe.chunking import chunk_budget, chunk_documents, chunk_id, split_spans
 from embedpipe.errors import ConfigError
-from embedpipe.resources.embedder import HFTokenCounter, resolve_model_path
+from embedpipe.embedding.embedder import HFTokenCounter, resolve_model_path
 from embedpipe.schemas import C, docs_schema, segments_schema
 
 

@@ -30,8 +30,8 @@ from embedpipe.flows._pipeline import (
     run_id,
     run_shards,
 )
-from embedpipe.resources.backend_choice import with_backend
-from embedpipe.resources.embedder import get_embedder
+from embedpipe.embedding.auto import with_backend
+from embedpipe.embedding.embedder import get_embedder
 from embedpipe.schemas import C, RunSummary
 from embedpipe.store import CommitResult, Store
 from embedpipe.tasks.embed import query_path_task, reembed_task, table_schema

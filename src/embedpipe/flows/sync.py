@@ -29,8 +29,8 @@ from embedpipe.flows._pipeline import (
 )
 from embedpipe.incremental import missing_documents, renamed_documents
 from embedpipe.readers import PathFilter
-from embedpipe.resources.backend_choice import with_backend
-from embedpipe.resources.embedder import get_embedder
+from embedpipe.embedding.auto import with_backend
+from embedpipe.embedding.embedder import get_embedder
 from embedpipe.schemas import RunSummary
 from embedpipe.store import CommitResult, Store
 from embedpipe.tasks.embed import query_path_task, table_schema

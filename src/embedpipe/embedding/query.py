@@ -1,7 +1,7 @@
 """Query embedding for search: the lightest runtime that reproduces the table's vectors.
 
 A search embeds one short text. Loading torch, transformers and sentence-transformers for it
-costs seconds; the ONNX export the backends make (:mod:`embedpipe.resources.backends`) run by
+costs seconds; the ONNX export the backends make (:mod:`embedpipe.embedding.backends`) run by
 ONNX Runtime, with the model's tokenizer read by the ``tokenizers`` package directly, gives the
 same vectors in a fraction of that. "The same" is checked, not assumed: once per export, the
 query path is compared with the table's own embedder on a fixed probe set, and the result is
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from embedpipe.config import ModelSettings
-from embedpipe.resources import backends
+from embedpipe.embedding import backends
 from embedpipe.schemas import ModelIdentity
 
 log = logging.getLogger(__name__)
@@ -192,7 +192,7 @@ def record_query_check(
     """Make the fast query path for a table, check it, and record the result next to the export.
 
     ``embedder`` is the table's own embedder (a loaded
-    :class:`~embedpipe.resources.embedder.SentenceTransformerEmbedder` for ``identity``); for a
+    :class:`~embedpipe.embedding.embedder.SentenceTransformerEmbedder` for ``identity``); for a
     torch table the fp32 ONNX export is made first if it does not exist. The probes are embedded
     by both paths and compared: the record says ``passed`` when every component is within
     :data:`MAX_ABS_DIFF` and every cosine at least :data:`MIN_COSINE`.
@@ -291,7 +291,7 @@ def record_after_run(embedder: Any, settings: ModelSettings) -> dict[str, Any] |
 
 def _ensure_fp32_export(embedder: Any, identity: ModelIdentity, settings: ModelSettings) -> None:
     """The fp32 ONNX export of a torch table's model (made once, verified, cached)."""
-    from embedpipe.resources.embedder import resolve_model_path
+    from embedpipe.embedding.embedder import resolve_model_path
 
     model = embedder._model
     model_dir = resolve_model_path(identity.name, settings.offline)

@@ -38,7 +38,7 @@ import numpy as np
 
 from embedpipe.config import ModelSettings, Settings
 from embedpipe.errors import EmbedpipeError
-from embedpipe.resources import backends
+from embedpipe.embedding import backends
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def choose_backend(
             f"kept: the table was built with backend={existing_backend} (switch it with "
             "`embedpipe reindex --backend NAME`)",
         )
-    from embedpipe.resources import embedder as emb
+    from embedpipe.embedding import embedder as emb
 
     if any(model.name.startswith(p) for p in emb._factories):
         return BackendChoice("torch", "a registered embedder factory serves this model (its own runtime)")
@@ -247,7 +247,7 @@ def _unit(m: np.ndarray) -> np.ndarray:
 
 def _measure(model: ModelSettings, installed: list[str]) -> BackendChoice:
     """Load, guard and time torch and each installed candidate on the probe set."""
-    from embedpipe.resources.embedder import forget_embedder, get_embedder
+    from embedpipe.embedding.embedder import forget_embedder, get_embedder
 
     t_start = time.perf_counter()
     long_texts, short_texts = probe_texts()

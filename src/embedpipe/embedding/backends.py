@@ -1,6 +1,6 @@
 """Inference backends behind the embedder: torch, ONNX Runtime (fp32 or int8) and OpenVINO.
 
-Everything here works one *batch* at a time; :mod:`embedpipe.resources.embedder` cuts texts into
+Everything here works one *batch* at a time; :mod:`embedpipe.embedding.embedder` cuts texts into
 batches by a token budget (:func:`token_batches`) and hands them to a :class:`Runner`.
 
 - :class:`TorchRunner` runs the sentence-transformers model itself, in fp32, fp16 or bf16, on one
@@ -555,7 +555,7 @@ def require_backend(backend: str) -> None:
     Raises:
         ConfigError: Unknown backend, or its runtime is not installed.
     """
-    if backend == "auto":  # resolved to an installed backend (:mod:`.backend_choice`)
+    if backend == "auto":  # resolved to an installed backend (:mod:`.auto`)
         return
     if backend not in BACKENDS:
         raise ConfigError(f"model.backend={backend!r} is unknown; expected one of {', '.join(BACKENDS)}")

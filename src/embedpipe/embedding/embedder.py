@@ -30,7 +30,7 @@ import numpy as np
 
 from embedpipe.config import ModelSettings
 from embedpipe.errors import ConfigError, ModelError
-from embedpipe.resources import backends
+from embedpipe.embedding import backends
 from embedpipe.schemas import ModelIdentity
 
 log = logging.getLogger(__name__)
@@ -355,7 +355,7 @@ def write_card(path: Path, card: ModelCard) -> None:
 class SentenceTransformerEmbedder:
     """A sentence-transformers model behind the :class:`Embedder` protocol.
 
-    The model runs through the configured backend (:mod:`embedpipe.resources.backends`). Texts are
+    The model runs through the configured backend (:mod:`embedpipe.embedding.backends`). Texts are
     sorted by token count and cut into batches by a token budget, so short chunks go many to a
     batch and long ones few. Pickling drops the loaded model, so an instance can be shipped to
     another process and reloads there.
@@ -616,11 +616,11 @@ def resolve_auto(settings: ModelSettings) -> ModelSettings:
     """``model.backend = "auto"`` made concrete as for a new table (other settings unchanged).
 
     The flows resolve it themselves first, knowing the target table
-    (:func:`embedpipe.resources.backend_choice.choose_backend`); this serves direct use.
+    (:func:`embedpipe.embedding.auto.choose_backend`); this serves direct use.
     """
     if settings.backend != "auto":
         return settings
-    from embedpipe.resources.backend_choice import choose_backend
+    from embedpipe.embedding.auto import choose_backend
 
     return settings.model_copy(update={"backend": choose_backend(settings).backend})
 
