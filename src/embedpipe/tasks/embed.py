@@ -13,10 +13,10 @@ import pyarrow as pa
 from prefect import get_run_logger, task
 
 from embedpipe.config import Settings
+from embedpipe.embedding.embedder import Embedder, get_embedder
 from embedpipe.errors import ModelError
 from embedpipe.incremental import chunk_hashes, refresh_rows
 from embedpipe.progress import NullProgress, Progress, chunks_progress
-from embedpipe.embedding.embedder import Embedder, get_embedder
 from embedpipe.schemas import C, Reject, chunks_schema, vector_matrix
 from embedpipe.store import Store
 from embedpipe.tasks._common import TASK_DEFAULTS
