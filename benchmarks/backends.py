@@ -101,7 +101,7 @@ class Baseline:
 
 
 class _ExportLog(logging.Handler):
-    """Catches the export time that :func:`embedpipe.resources.backends.ensure_export` logs."""
+    """Catches the export time that :func:`embedpipe.embedding.exports.ensure_export` logs."""
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)
@@ -232,9 +232,11 @@ def run(
         0, or 1 when a run of an available backend failed.
     """
     from embedpipe.config import get_settings
+    from embedpipe.embedding import exports as eb
+    from embedpipe.embedding.card import resolve_model_path
+    from embedpipe.embedding.embedder import get_embedder
+    from embedpipe.embedding.runners import require_backend
     from embedpipe.errors import ConfigError
-    from embedpipe.resources import backends as eb
-    from embedpipe.resources.embedder import get_embedder, resolve_model_path
 
     print_machine()
     work = Path(tempfile.mkdtemp(prefix="embedpipe-bench-backends-"))
@@ -258,7 +260,7 @@ def run(
     print()
     for k, v in enumerate(variants):
         try:
-            eb.require_backend(v.model.get("backend", "torch"))
+            require_backend(v.model.get("backend", "torch"))
         except ConfigError as e:
             v.error = f"skipped: {e}"
             print(f"{v.label}: {v.error}")

@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     from sentence_transformers import SentenceTransformer
 
     from embedpipe.config import get_settings
-    from embedpipe.resources.embedder import resolve_model_path
+    from embedpipe.embedding.card import resolve_model_path
     from embedpipe.schemas import C
     from embedpipe.store import Store
 

@@ -54,8 +54,8 @@ def main() -> int:
     args = ap.parse_args()
 
     from embedpipe.config import get_settings
+    from embedpipe.embedding.embedder import get_embedder
     from embedpipe.flows.sync import sync
-    from embedpipe.resources.embedder import get_embedder
     from embedpipe.store import Store
 
     work = Path(tempfile.mkdtemp(prefix="embedpipe-bench-"))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from embedpipe.resources.embedder import register_embedder
+from embedpipe.embedding.embedder import register_embedder
 from tests.fakes import FakeEmbedder
 
 register_embedder("fake:", FakeEmbedder)

@@ -10,7 +10,7 @@ The public Python API is what ``__all__`` lists (see :mod:`embedpipe.api` and th
 Everything else in the package is private and may change. Names are imported on first use, so
 ``import embedpipe`` loads neither Prefect, LanceDB nor the model.
 
-The package is layered: ``config``, ``schemas``, ``resources``, ``store`` and the plain modules
+The package is layered: ``config``, ``schemas``, ``embedding``, ``store`` and the plain modules
 (``readers``, ``chunking``, ``progress``, ``search``) never import Prefect; only ``tasks`` and
 ``flows`` do.
 """

@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from embedpipe.embedding.embedder import TokenCounter
 from embedpipe.errors import ConfigError
 from embedpipe.hashing import sha256_text
-from embedpipe.resources.embedder import TokenCounter
 from embedpipe.schemas import C, Reject, segments_schema
 
 _PARAGRAPH = re.compile(r"\n[ \t\u3000]*\n\s*")

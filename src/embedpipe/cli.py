@@ -557,7 +557,7 @@ def _require_store(settings: Any) -> None:
 
 def _require_backend(settings: Any) -> None:
     """A backend whose runtime is not installed is a plain error before the flow starts."""
-    from embedpipe.resources.backends import require_backend
+    from embedpipe.embedding.runners import require_backend
 
     require_backend(settings.model.backend)
 

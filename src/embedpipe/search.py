@@ -3,7 +3,7 @@
 Used by ``embedpipe search`` and :meth:`embedpipe.api.Table.search`. Nothing here imports
 Prefect or LanceDB: the table is read through Lance (:mod:`embedpipe.store.reader`), and the
 query is embedded by ONNX Runtime where an export of the table's model passed its query check
-(:mod:`embedpipe.resources.query`), else by the table's own embedder (torch for a torch table).
+(:mod:`embedpipe.embedding.query`), else by the table's own embedder (torch for a torch table).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class Searcher:
 
     def embed(self, query: str, identity: ModelIdentity) -> np.ndarray:
         """The query's vector in the space of a table with ``identity``."""
-        from embedpipe.resources.query import OnnxQueryEmbedder
+        from embedpipe.embedding.query import OnnxQueryEmbedder
 
         emb = self._embedders.get(identity) or self._load(identity)
         if isinstance(emb, OnnxQueryEmbedder):
@@ -54,8 +54,8 @@ class Searcher:
         return np.asarray(emb.encode([query], batch_size=1)[0], dtype=np.float32)
 
     def _load(self, identity: ModelIdentity) -> Any:
-        from embedpipe.resources.embedder import settings_for_table
-        from embedpipe.resources.query import fast_embedder
+        from embedpipe.embedding.embedder import settings_for_table
+        from embedpipe.embedding.query import fast_embedder
 
         model = settings_for_table(self.settings.model, identity)
         found = fast_embedder(model, identity)
@@ -70,7 +70,7 @@ class Searcher:
         return emb
 
     def _full_embedder(self, model: Any, identity: ModelIdentity) -> Any:
-        from embedpipe.resources.embedder import get_embedder
+        from embedpipe.embedding.embedder import get_embedder
         from embedpipe.store import model_mismatch
 
         emb = get_embedder(model)
@@ -108,9 +108,9 @@ class Searcher:
         """Make and check the fast query path for the tables that lacked one (for later searches).
 
         The model is loaded already; this exports it to ONNX where no export exists, then runs the
-        query check (:func:`embedpipe.resources.query.record_query_check`).
+        query check (:func:`embedpipe.embedding.query.record_query_check`).
         """
-        from embedpipe.resources.query import record_query_check
+        from embedpipe.embedding.query import record_query_check
 
         for identity, (emb, model) in list(self._pending.items()):
             record_query_check(emb, identity, model)

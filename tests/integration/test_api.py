@@ -157,7 +157,7 @@ def test_the_handle_reads_without_starting_prefect(tmp_path: Path, fake_model: N
 import json, sys
 import embedpipe
 light = sorted(m for m in ("prefect", "lancedb", "torch", "pyarrow") if m in sys.modules)
-from embedpipe.resources.embedder import register_embedder
+from embedpipe.embedding.embedder import register_embedder
 from tests.fakes import FakeEmbedder
 register_embedder("fake:", FakeEmbedder)
 t = embedpipe.open({str(db)!r})

@@ -10,10 +10,10 @@ import lance
 import pytest
 
 from embedpipe.config import ModelSettings
+from embedpipe.embedding import auto as bc
+from embedpipe.embedding import query
 from embedpipe.flows.reindex import reindex
 from embedpipe.flows.sync import sync
-from embedpipe.resources import backend_choice as bc
-from embedpipe.resources import query
 from embedpipe.search import Searcher
 from embedpipe.store import Store
 from tests.helpers import SAMPLE_CORPUS, make_settings, write

@@ -24,14 +24,10 @@ from embedpipe.checks.quality import load_pairs
 from embedpipe.cli import _PREFECT_DEFAULTS, main
 from embedpipe.config import ModelSettings
 from embedpipe.config.pipeline import DEFAULT_MODEL
+from embedpipe.embedding.card import resolve_model_path, weights_hash
+from embedpipe.embedding.embedder import SentenceTransformerEmbedder, get_embedder
+from embedpipe.embedding.exports import EXPORT_RECIPE, ExportKey, cached_export_problem
 from embedpipe.flows.sync import sync
-from embedpipe.resources.backends import EXPORT_RECIPE, ExportKey, cached_export_problem
-from embedpipe.resources.embedder import (
-    SentenceTransformerEmbedder,
-    get_embedder,
-    resolve_model_path,
-    weights_hash,
-)
 from embedpipe.schemas import C
 from embedpipe.store import Store
 from tests.helpers import SAMPLE_CORPUS, make_settings
@@ -120,7 +116,7 @@ def test_onnx_export_is_made_once_then_reused(
     assert embedder.batch_tokens == 1024 and embedder.devices == ["cpu"]
 
     before = (folder / "model.onnx").stat()
-    caplog.set_level(logging.INFO, logger="embedpipe.resources.backends")
+    caplog.set_level(logging.INFO, logger="embedpipe.embedding.exports")
     second = SentenceTransformerEmbedder(model_settings(export_root, backend="onnx"))
     # the model (and its export) loads on the first encode, not when the embedder is made
     np.testing.assert_allclose(second.encode(SENTENCES, 8), embedder.encode(SENTENCES, 8), atol=1e-6)
@@ -177,7 +173,7 @@ def test_a_broken_or_stale_export_is_rebuilt(
     good_size = (folder / "model.onnx").stat().st_size
     reason = damage(folder)
     assert cached_export_problem(folder, key) is not None or reason.startswith("cached export failed")
-    caplog.set_level(logging.INFO, logger="embedpipe.resources.backends")
+    caplog.set_level(logging.INFO, logger="embedpipe.embedding.exports")
     rebuilt = SentenceTransformerEmbedder(model_settings(export_root, backend="onnx"))
     rebuilt.load()  # the model and its export load when first needed; here, now
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

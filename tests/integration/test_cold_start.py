@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from embedpipe.embedding.card import read_card, write_card
+from embedpipe.embedding.embedder import SentenceTransformerEmbedder
 from embedpipe.errors import ModelError
-from embedpipe.resources.embedder import SentenceTransformerEmbedder, read_card, write_card
 from tests.helpers import SAMPLE_CORPUS, make_settings, write
 from tests.integration.test_cli import cli_env
 

@@ -37,7 +37,7 @@ def test_flow_on_dask_matches_local_and_a_dying_worker_commits_nothing(
 
     class RegisterFake(distributed.WorkerPlugin):
         def setup(self, worker: object) -> None:
-            from embedpipe.resources.embedder import register_embedder
+            from embedpipe.embedding.embedder import register_embedder
             from tests.fakes import FakeEmbedder
 
             register_embedder("fake:", FakeEmbedder)

@@ -9,8 +9,8 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 
+from embedpipe.embedding.embedder import get_embedder
 from embedpipe.flows.sync import sync
-from embedpipe.resources.embedder import get_embedder
 from embedpipe.schemas import C
 from embedpipe.store import Store
 from tests.helpers import SAMPLE_CORPUS, make_settings

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from embedpipe.config import StoreSettings
+from embedpipe.embedding.embedder import register_embedder
 from embedpipe.errors import TableBusyError
 from embedpipe.flows._lock import table_lock
 from embedpipe.flows.sync import sync
-from embedpipe.resources.embedder import register_embedder
 from embedpipe.schemas import C
 from embedpipe.store import Store
 from embedpipe.store.lock import limit_name

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from embedpipe.embedding import query
+from embedpipe.embedding.embedder import get_embedder
 from embedpipe.errors import NothingServedError, VersionNotFoundError
 from embedpipe.flows.sync import sync
-from embedpipe.resources import query
-from embedpipe.resources.embedder import get_embedder
 from embedpipe.search import Searcher
 from embedpipe.store import Store
 from embedpipe.store.reader import TableReader

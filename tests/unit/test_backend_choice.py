@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from embedpipe.config import ModelSettings, get_settings
-from embedpipe.resources.backend_choice import (
+from embedpipe.embedding.auto import (
     MIN_SPEEDUP,
     BackendChoice,
     Candidate,

@@ -23,27 +23,19 @@ import pytest
 import torch
 
 from embedpipe.config import ModelSettings, get_settings
-from embedpipe.errors import ConfigError, ModelError, ModelMismatchError
-from embedpipe.resources import backends
-from embedpipe.resources.backends import (
+from embedpipe.embedding import exports, runners
+from embedpipe.embedding.batching import default_batch_tokens, token_batches
+from embedpipe.embedding.devices import resolve_devices, resolve_precision
+from embedpipe.embedding.embedder import SentenceTransformerEmbedder, get_embedder, settings_for_table
+from embedpipe.embedding.exports import (
     EXPORT_RECIPE,
     ExportKey,
-    TorchRunner,
     cached_export_problem,
-    default_batch_tokens,
     ensure_export,
-    is_cuda_oom,
-    run_halving,
-    token_batches,
     verify_export,
 )
-from embedpipe.resources.embedder import (
-    SentenceTransformerEmbedder,
-    get_embedder,
-    resolve_devices,
-    resolve_precision,
-    settings_for_table,
-)
+from embedpipe.embedding.runners import TorchRunner, is_cuda_oom, run_halving
+from embedpipe.errors import ConfigError, ModelError, ModelMismatchError
 from embedpipe.schemas import ModelIdentity
 from embedpipe.store import Store
 from tests.fakes import FakeEmbedder, RegexTokens
@@ -158,7 +150,7 @@ def test_run_halving_splits_until_it_fits_and_keeps_order() -> None:
 
 
 def test_run_halving_warns_about_each_split(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="embedpipe.resources.backends")
+    caplog.set_level(logging.WARNING, logger="embedpipe.embedding.runners")
     run_halving(oom_forward(4), [f"t{i}" for i in range(8)])
     assert "CUDA out of memory on a batch of 8 chunks: retrying as 4 + 4" in caplog.text
 
@@ -395,15 +387,15 @@ def test_backend_setting_validation(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_require_backend(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError, match=r"model\.backend='tensorrt' is unknown"):
-        backends.require_backend("tensorrt")
-    backends.require_backend("torch")
-    monkeypatch.setattr(backends, "have_module", lambda name: name != "openvino")
+        runners.require_backend("tensorrt")
+    runners.require_backend("torch")
+    monkeypatch.setattr(runners, "have_module", lambda name: name != "openvino")
     with pytest.raises(ConfigError, match=r"needs openvino.*pip install 'embedpipe\[openvino\]'"):
-        backends.require_backend("openvino")
-    backends.require_backend("onnx-int8")
-    monkeypatch.setattr(backends, "have_module", lambda name: name != "onnxruntime")
+        runners.require_backend("openvino")
+    runners.require_backend("onnx-int8")
+    monkeypatch.setattr(runners, "have_module", lambda name: name != "onnxruntime")
     with pytest.raises(ConfigError, match=r"needs onnxruntime.*pip install 'embedpipe\[onnx\]'"):
-        backends.require_backend("onnx-int8")
+        runners.require_backend("onnx-int8")
 
 
 def test_embedder_cache_keys_on_backend_not_on_batch_size() -> None:
@@ -579,9 +571,9 @@ class FakeExporter:
 def test_ensure_export_exports_once_then_reuses(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="embedpipe.resources.backends")
+    caplog.set_level(logging.INFO, logger="embedpipe.embedding.exports")
     exporter = FakeExporter()
-    monkeypatch.setattr(backends, "export_onnx", exporter)
+    monkeypatch.setattr(exports, "export_onnx", exporter)
     checked: list[Path] = []
     folder = ensure_export(None, tmp_path, KEY, tmp_path / "root", checked.append)
     assert folder == KEY.folder(tmp_path / "root") and exporter.calls == 1 and checked == [folder]
@@ -611,11 +603,11 @@ def test_ensure_export_rebuilds_a_broken_cache(
     reason: str,
 ) -> None:
     exporter = FakeExporter()
-    monkeypatch.setattr(backends, "export_onnx", exporter)
+    monkeypatch.setattr(exports, "export_onnx", exporter)
     folder = ensure_export(None, tmp_path, KEY, tmp_path / "root", lambda f: None)
     damage(folder)
     assert cached_export_problem(folder, KEY) is not None
-    caplog.set_level(logging.WARNING, logger="embedpipe.resources.backends")
+    caplog.set_level(logging.WARNING, logger="embedpipe.embedding.exports")
     ensure_export(None, tmp_path, KEY, tmp_path / "root", lambda f: None)
     assert exporter.calls == 2
     assert cached_export_problem(folder, KEY) is None
@@ -627,7 +619,7 @@ def test_ensure_export_rebuilds_an_export_the_runtime_rejects(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     exporter = FakeExporter()
-    monkeypatch.setattr(backends, "export_onnx", exporter)
+    monkeypatch.setattr(exports, "export_onnx", exporter)
     ensure_export(None, tmp_path, KEY, tmp_path / "root", lambda f: None)
     loads: list[bytes] = []
 
@@ -636,14 +628,14 @@ def test_ensure_export_rebuilds_an_export_the_runtime_rejects(
         if loads[-1] == b"export #1":
             raise RuntimeError("onnxruntime: protobuf parsing failed")
 
-    caplog.set_level(logging.WARNING, logger="embedpipe.resources.backends")
+    caplog.set_level(logging.WARNING, logger="embedpipe.embedding.exports")
     ensure_export(None, tmp_path, KEY, tmp_path / "root", check)
     assert loads == [b"export #1", b"export #2"] and exporter.calls == 2
     assert "cached export failed to load (RuntimeError: onnxruntime: protobuf" in caplog.text
 
 
 def test_ensure_export_failures_are_model_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(backends, "export_onnx", FakeExporter(fail=RuntimeError("unsupported op")))
+    monkeypatch.setattr(exports, "export_onnx", FakeExporter(fail=RuntimeError("unsupported op")))
     with pytest.raises(
         ModelError, match=r"cannot export model=.*RuntimeError: unsupported op.*backend=torch"
     ):
@@ -651,7 +643,7 @@ def test_ensure_export_failures_are_model_errors(tmp_path: Path, monkeypatch: py
     assert not KEY.folder(tmp_path / "root").exists()
     # a fresh export that does not verify is not retried in a loop: the error reaches the caller
     exporter = FakeExporter()
-    monkeypatch.setattr(backends, "export_onnx", exporter)
+    monkeypatch.setattr(exports, "export_onnx", exporter)
 
     def reject(folder: Path) -> None:
         raise ModelError("the onnx-int8 export does not reproduce the model")
@@ -672,7 +664,7 @@ class FixedModel:
 
 def test_verify_export_floor_per_backend() -> None:
     rng = np.random.default_rng(3)
-    n = len(backends._VERIFY_TEXTS)
+    n = len(exports.VERIFY_TEXTS)
     ref = rng.standard_normal((n, 16)).astype(np.float32)
     ref /= np.linalg.norm(ref, axis=1, keepdims=True)
     model = FixedModel(ref)
@@ -701,7 +693,7 @@ def test_ensure_export_does_not_rebuild_for_a_device_or_verification_error(
 ) -> None:
     """Exporting again by the same recipe cannot fix these: the error goes to the user at once."""
     exporter = FakeExporter()
-    monkeypatch.setattr(backends, "export_onnx", exporter)
+    monkeypatch.setattr(exports, "export_onnx", exporter)
     ensure_export(None, tmp_path, KEY, tmp_path / "root", lambda f: None)
 
     def check(folder: Path) -> None:
@@ -716,7 +708,7 @@ def test_ensure_export_does_not_rebuild_for_a_device_or_verification_error(
 def test_ensure_export_turns_a_fresh_export_that_does_not_load_into_a_model_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(backends, "export_onnx", FakeExporter())
+    monkeypatch.setattr(exports, "export_onnx", FakeExporter())
 
     def check(folder: Path) -> None:
         raise RuntimeError("onnxruntime: invalid graph")

@@ -11,8 +11,9 @@ import pyarrow as pa
 import pytest
 
 from embedpipe.chunking import chunk_budget, chunk_documents, chunk_id, split_spans
+from embedpipe.embedding.card import resolve_model_path
+from embedpipe.embedding.embedder import HFTokenCounter
 from embedpipe.errors import ConfigError
-from embedpipe.resources.embedder import HFTokenCounter, resolve_model_path
 from embedpipe.schemas import C, docs_schema, segments_schema
 
 

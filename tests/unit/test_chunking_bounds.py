@@ -161,7 +161,8 @@ def test_max_chunks_per_doc_setting_has_bounds_and_names_itself(tmp_path: Path) 
 def test_real_tokenizer_bounds_a_few_megabytes_of_one_line_and_one_token() -> None:
     from tokenizers import Tokenizer
 
-    from embedpipe.resources.embedder import HFTokenCounter, resolve_model_path
+    from embedpipe.embedding.card import resolve_model_path
+    from embedpipe.embedding.embedder import HFTokenCounter
 
     folder = resolve_model_path("sentence-transformers/all-MiniLM-L6-v2", offline=True)
     tok = HFTokenCounter(Tokenizer.from_file(str(folder / "tokenizer.json")))

@@ -37,7 +37,7 @@ class PinWorker(WorkerPlugin):
 
 def warm_model(model: ModelSettings) -> str:
     """Load the model in a worker (cached per process) while the flow prepares."""
-    from embedpipe.resources.embedder import get_embedder
+    from embedpipe.embedding.embedder import get_embedder
 
     embedder = get_embedder(model)
     load = getattr(embedder, "load", None)  # the real model knows its identity before it loads

@@ -19,6 +19,8 @@ from prefect import flow, get_run_logger
 from prefect.states import State
 
 from embedpipe.config import Settings, get_settings
+from embedpipe.embedding.auto import with_backend
+from embedpipe.embedding.embedder import get_embedder
 from embedpipe.flows._audit import Audit, audit_and_publish
 from embedpipe.flows._lock import table_lock
 from embedpipe.flows._pipeline import (
@@ -30,8 +32,6 @@ from embedpipe.flows._pipeline import (
     run_id,
     run_shards,
 )
-from embedpipe.resources.backend_choice import with_backend
-from embedpipe.resources.embedder import get_embedder
 from embedpipe.schemas import C, RunSummary
 from embedpipe.store import CommitResult, Store
 from embedpipe.tasks.embed import query_path_task, reembed_task, table_schema

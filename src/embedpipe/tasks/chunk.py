@@ -10,7 +10,7 @@ from prefect import get_run_logger, task
 
 from embedpipe.chunking import chunk_budget, chunk_documents
 from embedpipe.config import Settings
-from embedpipe.resources.embedder import Embedder, get_embedder
+from embedpipe.embedding.embedder import Embedder, get_embedder
 from embedpipe.schemas import ChunkingIdentity, Reject
 from embedpipe.tasks._common import TASK_DEFAULTS
 from embedpipe.tasks.ingest import Documents

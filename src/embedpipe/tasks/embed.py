@@ -13,10 +13,10 @@ import pyarrow as pa
 from prefect import get_run_logger, task
 
 from embedpipe.config import Settings
+from embedpipe.embedding.embedder import Embedder, get_embedder
 from embedpipe.errors import ModelError
 from embedpipe.incremental import chunk_hashes, refresh_rows
 from embedpipe.progress import NullProgress, Progress, chunks_progress
-from embedpipe.resources.embedder import Embedder, get_embedder
 from embedpipe.schemas import C, Reject, chunks_schema, vector_matrix
 from embedpipe.store import Store
 from embedpipe.tasks._common import TASK_DEFAULTS
@@ -274,9 +274,9 @@ def query_path_task(settings: Settings) -> None:
     """Make and check the table's fast query path while the run has the model loaded.
 
     A no-op unless this run loaded the model, its export exists, and no check is recorded yet
-    (see :func:`embedpipe.resources.query.record_after_run`); never fails the run.
+    (see :func:`embedpipe.embedding.query.record_after_run`); never fails the run.
     """
-    from embedpipe.resources.query import record_after_run
+    from embedpipe.embedding.query import record_after_run
 
     record = record_after_run(get_embedder(settings.model), settings.model)
     if record is not None:

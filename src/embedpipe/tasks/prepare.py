@@ -8,8 +8,8 @@ from prefect import get_run_logger, task
 
 from embedpipe.checks.suite.context import validate_setup
 from embedpipe.config import Settings
-from embedpipe.resources.backend_choice import AUTO, BackendChoice, choose_backend
-from embedpipe.resources.embedder import get_embedder
+from embedpipe.embedding.auto import AUTO, BackendChoice, choose_backend
+from embedpipe.embedding.embedder import get_embedder
 from embedpipe.schemas import ChunkingIdentity, ModelIdentity
 from embedpipe.store import Store
 from embedpipe.tasks._common import TASK_DEFAULTS
@@ -31,7 +31,7 @@ def resolve_backend(settings: Settings) -> BackendChoice | None:
     """What ``model.backend = "auto"`` means for this run's table; ``None`` for an explicit backend.
 
     An existing table keeps its backend; a new one gets the fastest installed backend that passes
-    the quality guard against torch (:mod:`embedpipe.resources.backend_choice`).
+    the quality guard against torch (:mod:`embedpipe.embedding.auto`).
     """
     if settings.model.backend != AUTO:
         return None

@@ -10,8 +10,8 @@ import pyarrow as pa
 
 from embedpipe.checks import quality
 from embedpipe.config import ChecksSettings, ModelSettings
+from embedpipe.embedding.embedder import settings_for_table
 from embedpipe.errors import ConfigError, EmbedpipeError
-from embedpipe.resources.embedder import settings_for_table
 from embedpipe.schemas import C, ModelIdentity, vector_matrix
 from embedpipe.store import SERVING_TAG, Store, sql_quote
 

