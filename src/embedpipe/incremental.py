@@ -15,8 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from embedpipe.docids import is_legacy_id
 from embedpipe.schemas import C
+from embedpipe.sources.docids import is_legacy_id
 from embedpipe.sources.globs import PathFilter
 from embedpipe.store import DocState
 
@@ -110,7 +110,7 @@ def missing_documents(
 def renamed_documents(known: Known, deleted: Iterable[tuple[str, str]]) -> int:
     """How many of ``deleted`` go only because their id changed form (a one-time migration).
 
-    Since paths in doc_ids are escaped (:mod:`embedpipe.docids`), a file whose name has ``#`` or
+    Since paths in doc_ids are escaped (:mod:`embedpipe.sources.docids`), a file whose name has ``#`` or
     ``%`` gets a new id: the run adds it under the new id and deletes the old one in the same
     version. This counts those, so the run can say so.
     """

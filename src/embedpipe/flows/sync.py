@@ -28,10 +28,10 @@ from embedpipe.flows._pipeline import (
     run_shards,
 )
 from embedpipe.incremental import missing_documents, renamed_documents
-from embedpipe.readers import PathFilter
 from embedpipe.resources.backend_choice import with_backend
 from embedpipe.resources.embedder import get_embedder
 from embedpipe.schemas import RunSummary
+from embedpipe.sources.globs import PathFilter
 from embedpipe.store import CommitResult, Store
 from embedpipe.tasks.embed import query_path_task, table_schema
 from embedpipe.tasks.ingest import discover_task
