@@ -4,6 +4,10 @@ The table is the only state: every chunk row carries its document's content hash
 and metadata, and its own text hash. A run reads that state at the version it started from and
 sorts each document it reads into new, text-changed, metadata-only or unchanged; documents the
 table holds under a fully scanned source that the run did not see are deleted.
+
+It joins two stages, the documents :mod:`embedpipe.sources` reads and the state :mod:`embedpipe.store`
+holds, and serves three callers (the ingest and embed tasks and the sync flow), so it sits beside
+both packages rather than inside either.
 """
 
 from __future__ import annotations
