@@ -47,9 +47,10 @@ CALIBRATION_OVERRIDES: dict[str, dict[str, Any]] = {}
 
 
 def sample_sentences() -> list[str]:
-    """Sentences of every document in the sample corpus (read with embedpipe's own readers)."""
+    """Sentences of every document in the sample corpus (read with embedpipe's own sources stage)."""
     from embedpipe.config import SourceSettings
-    from embedpipe.readers import discover, read_documents
+    from embedpipe.sources.discover import discover
+    from embedpipe.sources.parse import read_documents
 
     settings = SourceSettings()
     refs, _ = discover([str(SAMPLE)], settings, split_bytes=1 << 30)

@@ -11,7 +11,7 @@ Everything else in the package is private and may change. Names are imported on 
 ``import embedpipe`` loads neither Prefect, LanceDB nor the model.
 
 The package is layered: ``config``, ``schemas``, ``embedding``, ``store`` and the plain modules
-(``readers``, ``chunking``, ``progress``, ``search``) never import Prefect; only ``tasks`` and
+(``sources``, ``chunking``, ``progress``, ``search``) never import Prefect; only ``tasks`` and
 ``flows`` do.
 """
 

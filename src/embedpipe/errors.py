@@ -143,7 +143,8 @@ class RunFailed(EmbedpipeError):
 class RejectedInput(EmbedpipeError):
     """One file or record cannot be used; it is quarantined with this message as the reason.
 
-    Raised inside readers and caught by the ingestion loop, never by users.
+    Raised inside the parsers (:mod:`embedpipe.sources.parse`) and caught by the ingestion loop,
+    never by users.
     """
 
 

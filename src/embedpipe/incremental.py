@@ -4,6 +4,10 @@ The table is the only state: every chunk row carries its document's content hash
 and metadata, and its own text hash. A run reads that state at the version it started from and
 sorts each document it reads into new, text-changed, metadata-only or unchanged; documents the
 table holds under a fully scanned source that the run did not see are deleted.
+
+It joins two stages, the documents :mod:`embedpipe.sources` reads and the state :mod:`embedpipe.store`
+holds, and serves three callers (the ingest and embed tasks and the sync flow), so it sits beside
+both packages rather than inside either.
 """
 
 from __future__ import annotations
@@ -15,8 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from embedpipe.docids import is_legacy_id
 from embedpipe.schemas import C
+from embedpipe.sources.docids import is_legacy_id
 from embedpipe.sources.globs import PathFilter
 from embedpipe.store import DocState
 
@@ -110,7 +114,7 @@ def missing_documents(
 def renamed_documents(known: Known, deleted: Iterable[tuple[str, str]]) -> int:
     """How many of ``deleted`` go only because their id changed form (a one-time migration).
 
-    Since paths in doc_ids are escaped (:mod:`embedpipe.docids`), a file whose name has ``#`` or
+    Since paths in doc_ids are escaped (:mod:`embedpipe.sources.docids`), a file whose name has ``#`` or
     ``%`` gets a new id: the run adds it under the new id and deletes the old one in the same
     version. This counts those, so the run can say so.
     """

@@ -245,7 +245,8 @@ def test_onnx_fp32_matches_torch(
 def test_chunker_token_ids_feed_the_graph_exactly_as_tokenizing_the_text(int8_embedder: Any) -> None:
     """The chunker's token ids give the very inputs the runner's own tokenization gives."""
     from embedpipe.config import get_settings
-    from embedpipe.readers import discover, read_documents
+    from embedpipe.sources.discover import discover
+    from embedpipe.sources.parse import read_documents
     from embedpipe.tasks.chunk import chunk_table
 
     settings = get_settings({"model": int8_embedder.settings.model_dump()})

@@ -23,8 +23,9 @@ import pytest
 from embedpipe import cli
 from embedpipe.config import Settings
 from embedpipe.errors import SourceError, StoreAccessError, StoreError
-from embedpipe.readers import discover, read_documents
 from embedpipe.schemas import C
+from embedpipe.sources.discover import discover
+from embedpipe.sources.parse import read_documents
 from embedpipe.store import RUNS_TABLE, STAGING_DIR, Store
 from tests.helpers import SAMPLE_CORPUS, commit_at_once, make_settings, write
 from tests.integration.test_cli import cli_env, embedpipe

@@ -465,7 +465,8 @@ def test_identity_metadata_round_trip_keeps_backend_and_precision() -> None:
 def test_store_refuses_another_backend_but_not_another_precision(tmp_path: Path) -> None:
     """Real LanceDB: a table written by torch refuses onnx-int8 vectors, naming the reindex."""
     from embedpipe.chunking import chunk_documents
-    from embedpipe.readers import discover, read_documents
+    from embedpipe.sources.discover import discover
+    from embedpipe.sources.parse import read_documents
     from embedpipe.tasks.embed import embed_chunks, table_schema
 
     settings = make_settings(tmp_path, model={"name": "fake:16"})

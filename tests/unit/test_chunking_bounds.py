@@ -17,8 +17,9 @@ import pytest
 from embedpipe.chunking import SEGMENT_CHARS, _segments, chunk_documents
 from embedpipe.config import SourceSettings
 from embedpipe.errors import ConfigError
-from embedpipe.readers import discover, read_documents
 from embedpipe.schemas import C
+from embedpipe.sources.discover import discover
+from embedpipe.sources.parse import read_documents
 from tests.fakes import RegexTokens
 from tests.helpers import make_settings
 from tests.unit.test_chunking import docs

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 
 from embedpipe.config import SourceSettings
-from embedpipe.docids import escape_path, file_of, is_legacy_id, make_doc_id, split_doc_id
 from embedpipe.flows._pipeline import Tally, add_outcome
 from embedpipe.incremental import renamed_documents
-from embedpipe.readers import discover, read_documents
 from embedpipe.schemas import C
+from embedpipe.sources.discover import discover
+from embedpipe.sources.docids import escape_path, file_of, is_legacy_id, make_doc_id, split_doc_id
+from embedpipe.sources.parse import read_documents
 from embedpipe.store import DocState, StagedShard
 from embedpipe.tasks.ingest import ingest_shard
 from embedpipe.tasks.shard import ShardOutcome

@@ -16,7 +16,8 @@ from embedpipe.checks.suite.context import load_context
 from embedpipe.checks.suite.run import run_family
 from embedpipe.chunking import chunk_documents
 from embedpipe.embedding.embedder import get_embedder
-from embedpipe.readers import discover, read_documents
+from embedpipe.sources.discover import discover
+from embedpipe.sources.parse import read_documents
 from embedpipe.store import Store
 from embedpipe.tasks.embed import embed_chunks, table_schema
 from tests.helpers import make_settings, write

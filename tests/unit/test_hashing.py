@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 
-from embedpipe import chunking, hashing, readers
+from embedpipe import chunking, hashing
 from embedpipe.checks.suite import probes
+from embedpipe.sources import parse
 
 # Literal digests (from ``sha256sum`` of the UTF-8 bytes), not recomputed by the code under test.
 NORMAL = ("Embeddings, naïve café ✓", "b5ded0b89abc4236e6777b1fe5a3abbdf6212f4c098736ba36afd44701e300ad")
@@ -34,6 +35,6 @@ def test_long_text_is_hashed_in_pieces_with_the_same_digest() -> None:
 
 def test_every_stored_hash_uses_the_one_function() -> None:
     """Documents, chunks and the canary all hash with :func:`embedpipe.hashing.sha256_text`."""
-    assert readers.sha256_text is hashing.sha256_text
+    assert parse.sha256_text is hashing.sha256_text
     assert chunking.sha256_text is hashing.sha256_text
     assert probes.sha256_text is hashing.sha256_text

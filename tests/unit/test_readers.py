@@ -1,4 +1,5 @@
-"""Readers: discovery (globs, hidden files, splitting), parsing of every format, and bad input as rejects.
+"""Sources (discover, parse, text): discovery (globs, hidden files, splitting), parsing of every
+format, and bad input as rejects.
 
 Every test works on real files under ``tmp_path`` and checks that nothing is lost silently: each
 document or record met ends up either in the documents table or in the rejects.
@@ -22,16 +23,11 @@ import pytest
 
 from embedpipe.config import SourceSettings
 from embedpipe.errors import RejectedInput, SourceError
-from embedpipe.readers import (
-    FileRef,
-    decode_text,
-    discover,
-    html_to_text,
-    normalize_source,
-    plan_shards,
-    read_documents,
-)
 from embedpipe.schemas import C, Reject, docs_schema
+from embedpipe.sources.discover import discover, plan_shards
+from embedpipe.sources.files import FileRef, normalize_source
+from embedpipe.sources.parse import read_documents
+from embedpipe.sources.text import decode_text, html_to_text
 
 BIG = 1 << 40  # a split_bytes no test file reaches
 

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from embedpipe.config import SourceSettings
-from embedpipe.readers import discover, read_documents
 from embedpipe.schemas import C
-from embedpipe.sources_guard import OUTSIDE, bad_object_key, is_inside, link_target
+from embedpipe.sources.discover import discover
+from embedpipe.sources.guard import OUTSIDE, bad_object_key, is_inside, link_target
+from embedpipe.sources.parse import read_documents
 
 BIG = 1 << 40
 

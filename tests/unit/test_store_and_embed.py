@@ -14,8 +14,9 @@ import pytest
 from embedpipe.chunking import chunk_documents
 from embedpipe.config import ModelSettings
 from embedpipe.errors import ModelMismatchError, TableNotFoundError, VersionNotFoundError
-from embedpipe.readers import discover, read_documents
 from embedpipe.schemas import C
+from embedpipe.sources.discover import discover
+from embedpipe.sources.parse import read_documents
 from embedpipe.store import STAGING_DIR, Store
 from embedpipe.tasks.embed import embed_chunks, table_schema
 from tests.fakes import FakeEmbedder

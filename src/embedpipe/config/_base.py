@@ -1,4 +1,4 @@
-"""The base of every settings group, and the object-storage group the store and the readers share."""
+"""The base of every settings group, and the object-storage group the store and the sources share."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ class S3Settings(_Group):
 
 class _UsesS3(_Group):
     """A group whose client may reach object storage: it carries the root ``s3`` group (set by
-    :class:`Settings`), so ``Store(settings.store)`` and the readers need no second argument."""
+    :class:`Settings`), so ``Store(settings.store)`` and the sources need no second argument."""
 
     _s3: S3Settings | None = PrivateAttr(None)
 

@@ -57,7 +57,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _share_s3(self) -> Settings:
-        # One S3 group serves both clients that may touch object storage (the store and the readers).
+        # One S3 group serves both clients that may touch object storage (the store and the sources).
         self.store._s3 = self.s3
         self.source._s3 = self.s3
         return self

@@ -201,7 +201,7 @@ def _reject_duplicates(tally: Tally, out: ShardOutcome) -> set[tuple[str, str]]:
     replace the first one's rows, so two inputs that map to one id can never delete each other's
     rows. Parts of one big record file are read in different shards, where this is the
     duplicate-id check across parts; elsewhere doc_ids are unique by construction
-    (:mod:`embedpipe.docids`) and this is the guard that keeps it so.
+    (:mod:`embedpipe.sources.docids`) and this is the guard that keeps it so.
 
     Returns:
         The duplicates' (source, doc_id).

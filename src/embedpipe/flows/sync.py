@@ -30,8 +30,8 @@ from embedpipe.flows._pipeline import (
     run_shards,
 )
 from embedpipe.incremental import missing_documents, renamed_documents
-from embedpipe.readers import PathFilter
 from embedpipe.schemas import RunSummary
+from embedpipe.sources.globs import PathFilter
 from embedpipe.store import CommitResult, Store
 from embedpipe.tasks.embed import query_path_task, table_schema
 from embedpipe.tasks.ingest import discover_task

@@ -3,7 +3,7 @@
 A source root is a folder or an ``s3://bucket/prefix``; :class:`SourceFS` lists, stats and opens
 its files, and is the one place where the two kinds of root differ. Both are a ``pyarrow.fs``
 filesystem (``LocalFileSystem``, or the ``S3FileSystem`` configured by the ``s3`` settings). Where a
-folder is not read through it, the reason is a guard of :mod:`embedpipe.sources_guard`:
+folder is not read through it, the reason is a guard of :mod:`embedpipe.sources.guard`:
 
 - a folder is walked with ``lstat`` (pyarrow's listing follows symlinks, and a symlink must be seen
   to be refused or read once under its target's path);
@@ -29,10 +29,10 @@ from typing import IO, Any
 
 import pyarrow.fs as pafs
 
-from embedpipe import sources_guard
 from embedpipe.config import SourceSettings
 from embedpipe.errors import RejectedInput, SourceError
 from embedpipe.schemas import Reject
+from embedpipe.sources import guard
 from embedpipe.sources.globs import PathFilter
 from embedpipe.sources.kinds import KINDS, kind_of
 from embedpipe.store import objectstore
@@ -194,9 +194,9 @@ class SourceFS:
                 full = os.path.join(dirpath, name)
                 if os.path.islink(full):
                     rel = os.path.relpath(full, root).replace(os.sep, "/")
-                    where, _ = sources_guard.link_target(root, full)
+                    where, _ = guard.link_target(root, full)
                     if where == "outside" and not keep.excludes_folder(rel):
-                        reason = sources_guard.outside_reason("folder")
+                        reason = guard.outside_reason("folder")
                         rejects.append(Reject(path=rel, reason=reason, source=root))
             for name in sorted(filenames):
                 full = os.path.join(dirpath, name)
@@ -204,16 +204,16 @@ class SourceFS:
 
     def _stat(self, rel: str, walked: bool = True) -> FileRef | Reject | None:
         """A ref for a file found under a folder, a reject, or ``None`` for a symlink whose target
-        inside the root is read under its own path (see :mod:`embedpipe.sources_guard`)."""
+        inside the root is read under its own path (see :mod:`embedpipe.sources.guard`)."""
         full = self.uri(rel)
         try:
             st = os.lstat(full) if walked else os.stat(full)
         except OSError as e:
             return Reject(path=rel, reason=f"unreadable file: {e.strerror or e}", source=self.root)
         if stat.S_ISLNK(st.st_mode):
-            where, target = sources_guard.link_target(self.root, full)
+            where, target = guard.link_target(self.root, full)
             if where == "outside":
-                return Reject(path=rel, reason=sources_guard.outside_reason("file"), source=self.root)
+                return Reject(path=rel, reason=guard.outside_reason("file"), source=self.root)
             try:
                 os.stat(full)
             except OSError:
@@ -241,7 +241,7 @@ class SourceFS:
             if not info.path.startswith(base + "/"):  # never anything beside the prefix
                 continue
             rel = info.path[len(base) + 1 :]
-            bad = sources_guard.bad_object_key(rel)
+            bad = guard.bad_object_key(rel)
             if bad is not None:
                 found[rel] = Reject(path=rel, reason=bad, source=self.root)
                 continue
@@ -280,7 +280,7 @@ class SourceFS:
         """
         if not self.remote:
             try:  # a file swapped for a symlink since discovery is refused, not followed
-                return open(self.uri(rel), "rb", opener=lambda p, _flags: sources_guard.open_nofollow(p))
+                return open(self.uri(rel), "rb", opener=lambda p, _flags: guard.open_nofollow(p))
             except OSError as e:
                 raise RejectedInput(f"unreadable file: {e.strerror or e}") from None
         return io.BufferedReader(self.open_random(rel), buffer_size=1 << 20)  # type: ignore[arg-type]

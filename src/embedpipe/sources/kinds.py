@@ -1,4 +1,4 @@
-"""The file kinds a source may hold, by extension: the one list that settings and readers share."""
+"""The file kinds a source may hold, by extension: the one list that settings and the parsers share."""
 
 from __future__ import annotations
 

@@ -10,10 +10,12 @@ import pyarrow as pa
 from prefect import get_run_logger, task
 
 from embedpipe.config import Settings
-from embedpipe.docids import file_of, make_doc_id
 from embedpipe.incremental import Delta, Known, classify
-from embedpipe.readers import FileRef, discover, plan_shards, read_documents, source_scope
 from embedpipe.schemas import C, Reject
+from embedpipe.sources.discover import discover, plan_shards
+from embedpipe.sources.docids import file_of, make_doc_id
+from embedpipe.sources.files import FileRef, source_scope
+from embedpipe.sources.parse import read_documents
 from embedpipe.store import Scope
 from embedpipe.tasks._common import RETRYING, TASK_DEFAULTS
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from prefect import get_run_logger, task
 
 from embedpipe.config import Settings
-from embedpipe.docids import file_of
 from embedpipe.incremental import Known
-from embedpipe.readers import FileRef
 from embedpipe.schemas import Reject
+from embedpipe.sources.docids import file_of
+from embedpipe.sources.files import FileRef
 from embedpipe.store import StagedShard
 from embedpipe.tasks._common import RETRYING
 from embedpipe.tasks.chunk import Chunks, chunk_table

@@ -1,314 +1,29 @@
-"""Discovery and parsing of source files into documents (plain Python, no Prefect).
+"""Parsing: a shard of file refs into an Arrow table of documents (plain Python, no Prefect).
 
-Discovery walks each source root (a folder, a file, or an ``s3://bucket/prefix``) through
-:class:`~embedpipe.sources.files.SourceFS`, the one place where local and object-storage files
-differ, and returns small :class:`FileRef` records; large JSONL and Parquet files are split into
-parts so that no shard has to hold a whole big file.
-Reading turns a shard of refs into an Arrow table of documents. Anything that cannot be used becomes a
-:class:`~embedpipe.schemas.Reject` with a reason; nothing raises out of a read for bad input.
+Each kind of file (:mod:`embedpipe.sources.kinds`) has its parser here: text and Markdown are read
+whole, HTML through :func:`~embedpipe.sources.text.html_to_text`, and JSON, JSONL, CSV and Parquet
+as records keyed by ``source.id_field`` (or their row number). Anything that cannot be used becomes
+a :class:`~embedpipe.schemas.Reject` with a reason; nothing raises out of a read for bad input.
 """
 
 from __future__ import annotations
 
-import codecs
 import csv
 import json
-import logging
-import re
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
-from html.parser import HTMLParser
-from typing import IO, Any
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from embedpipe.config import SourceSettings
-from embedpipe.docids import make_doc_id
 from embedpipe.errors import RejectedInput
 from embedpipe.hashing import sha256_text
 from embedpipe.schemas import C, Reject, docs_schema
-from embedpipe.sources.files import FileRef, SourceFS, normalize_source, source_scope
-from embedpipe.sources.globs import PathFilter
-from embedpipe.sources.kinds import KINDS, SPLITTABLE
-
-log = logging.getLogger(__name__)
-
-__all__ = [
-    "KINDS",
-    "SPLITTABLE",
-    "FileRef",
-    "PathFilter",
-    "SourceFS",
-    "clean_text",
-    "decode_text",
-    "discover",
-    "html_to_text",
-    "iter_records",
-    "normalize_source",
-    "open_binary",
-    "plan_shards",
-    "read_documents",
-    "sha256_text",
-    "source_scope",
-]
-
-_BINARY_SNIFF = 8192
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-
-
-# --------------------------------------------------------------------------- discovery
-
-
-def discover(
-    sources: Sequence[str], settings: SourceSettings, split_bytes: int
-) -> tuple[list[FileRef], list[Reject]]:
-    """List the files to read under each source, in a stable order.
-
-    Args:
-        sources: Folders or single files.
-        settings: Include/exclude globs and the size limit.
-        split_bytes: JSONL/Parquet files larger than this are split into parts of about this size.
-
-    Returns:
-        The file refs, and rejects for files that cannot be read at all (too large, unreadable,
-        unsupported type).
-
-    Raises:
-        SourceError: A source does not exist.
-    """
-    refs: list[FileRef] = []
-    rejects: list[Reject] = []
-    keep = PathFilter(settings.include, settings.exclude)
-    seen_roots: set[tuple[str, tuple[str, ...]]] = set()
-    seen_files: set[tuple[str, str]] = set()  # a file under two given sources is read once
-    for raw in sources:
-        root, names = source_scope(raw, settings)
-        key = (root, tuple(names or ()))
-        if key in seen_roots:  # the same source given twice is read once
-            continue
-        seen_roots.add(key)
-        for rel, ref_or_reject in SourceFS(root, settings).files(names, keep, rejects):
-            if ref_or_reject is None or (root, rel) in seen_files:
-                continue
-            seen_files.add((root, rel))
-            if isinstance(ref_or_reject, Reject):
-                rejects.append(ref_or_reject)
-                continue
-            if ref_or_reject.kind in SPLITTABLE and ref_or_reject.size > split_bytes:
-                refs.extend(_split(ref_or_reject, split_bytes, settings))
-            else:
-                refs.append(ref_or_reject)
-    return refs, rejects
-
-
-def _split(ref: FileRef, split_bytes: int, settings: SourceSettings) -> list[FileRef]:
-    """Split a big JSONL file at line boundaries, or a Parquet file at row groups."""
-    parts: list[FileRef] = []
-    try:
-        if ref.kind == "jsonl":
-            start, line_no = 0, 1
-            with open_binary(ref, settings) as fh:
-                while start < ref.size:
-                    fh.seek(start)
-                    stop, lines = start, 0
-                    while stop - start < split_bytes:
-                        block = fh.read(min(1 << 20, split_bytes - (stop - start)))
-                        if not block:
-                            break
-                        lines += block.count(b"\n")
-                        stop += len(block)
-                    if stop < ref.size:  # extend to the end of the current line
-                        rest = fh.readline()
-                        stop += len(rest)
-                        lines += rest.count(b"\n")
-                    parts.append(_part(ref, start, stop, line_no, stop - start))
-                    line_no += lines
-                    start = stop
-        else:
-            md = pq.ParquetFile(SourceFS(ref.source, settings).open_random(ref.path)).metadata
-            row, acc, first_rg, first_row = 1, 0, 0, 1
-            for rg in range(md.num_row_groups):
-                acc += md.row_group(rg).total_byte_size
-                if acc >= split_bytes or rg == md.num_row_groups - 1:
-                    parts.append(_part(ref, first_rg, rg + 1, first_row, acc))
-                    row += sum(md.row_group(i).num_rows for i in range(first_rg, rg + 1))
-                    first_rg, first_row, acc = rg + 1, row, 0
-    except Exception as e:  # unreadable or not Parquet: read it whole and let the reader reject it
-        log.debug("cannot split path=%s: %s", ref.path, e)
-        return [ref]
-    return parts or [ref]
-
-
-def open_binary(ref: FileRef, settings: SourceSettings) -> IO[bytes]:
-    """Open a source file (or object) for reading bytes; see :meth:`SourceFS.open`.
-
-    Raises:
-        RejectedInput: The file cannot be opened.
-    """
-    return SourceFS(ref.source, settings).open(ref.path)
-
-
-def _part(ref: FileRef, start: int, stop: int, first_row: int, nbytes: int) -> FileRef:
-    return FileRef(ref.source, ref.path, ref.size, ref.mtime_ns, ref.kind, (start, stop, first_row), nbytes)
-
-
-def plan_shards(
-    refs: Sequence[FileRef], shard_bytes: int, shard_files: int, ramp: int = 0
-) -> list[list[FileRef]]:
-    """Group file refs into shards of about ``shard_bytes`` and at most ``shard_files`` files.
-
-    With ``ramp`` > 0 the first ``ramp`` shards are smaller (``shard_bytes / 2**ramp``, then
-    doubling), so the model gets its first chunks early while later shards are read and chunked
-    behind it.
-    """
-    shards: list[list[FileRef]] = []
-    cur: list[FileRef] = []
-    weight = 0
-    for ref in refs:
-        k = len(shards)
-        limit = shard_bytes >> (ramp - k) if k < ramp else shard_bytes
-        if cur and (weight + ref.weight > max(1, limit) or len(cur) >= shard_files):
-            shards.append(cur)
-            cur, weight = [], 0
-        cur.append(ref)
-        weight += ref.weight
-    if cur:
-        shards.append(cur)
-    return shards
-
-
-# --------------------------------------------------------------------------- decoding
-
-
-def decode_text(data: bytes) -> str:
-    """Decode file bytes as text: UTF-8 (BOM optional) or UTF-16/32 with a BOM.
-
-    Raises:
-        RejectedInput: The bytes look binary or are not valid in the detected encoding.
-    """
-    encoding = "utf-8"
-    for bom, enc in (
-        (codecs.BOM_UTF32_LE, "utf-32"),
-        (codecs.BOM_UTF32_BE, "utf-32"),
-        (codecs.BOM_UTF8, "utf-8-sig"),
-        (codecs.BOM_UTF16_LE, "utf-16"),
-        (codecs.BOM_UTF16_BE, "utf-16"),
-    ):
-        if data.startswith(bom):
-            encoding = enc
-            break
-    else:
-        if b"\x00" in data[:_BINARY_SNIFF]:
-            raise RejectedInput("binary file (NUL bytes in the first 8 KiB); not text")
-    try:
-        text = data.decode(encoding)
-    except UnicodeDecodeError as e:
-        raise RejectedInput(
-            f"invalid {encoding.upper().replace('-SIG', '')} at byte {e.start}: {e.reason}; "
-            "re-encode the file as UTF-8"
-        ) from None
-    return clean_text(text)
-
-
-def clean_text(text: str) -> str:
-    """Normalise line ends and drop control characters other than tab and newline."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return _CONTROL.sub("", text)
-
-
-class _VisibleText(HTMLParser):
-    SKIP = frozenset({"script", "style", "noscript", "template", "svg", "iframe", "object"})
-    BLOCK = frozenset(
-        {
-            "address",
-            "article",
-            "aside",
-            "blockquote",
-            "dd",
-            "div",
-            "dl",
-            "dt",
-            "fieldset",
-            "figcaption",
-            "figure",
-            "footer",
-            "form",
-            "h1",
-            "h2",
-            "h3",
-            "h4",
-            "h5",
-            "h6",
-            "header",
-            "hr",
-            "li",
-            "main",
-            "nav",
-            "ol",
-            "p",
-            "pre",
-            "section",
-            "table",
-            "tbody",
-            "thead",
-            "tfoot",
-            "tr",
-            "td",
-            "th",
-            "ul",
-            "title",
-            "caption",
-            "details",
-            "summary",
-        }
-    )
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self.skip_depth = 0
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in self.SKIP:
-            self.skip_depth += 1
-        elif tag == "br":
-            self.parts.append("\n")
-        elif tag in self.BLOCK:
-            self.parts.append("\n\n")
-
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "br":
-            self.parts.append("\n")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in self.SKIP:
-            self.skip_depth = max(0, self.skip_depth - 1)
-        elif tag in self.BLOCK:
-            self.parts.append("\n\n")
-
-    def handle_data(self, data: str) -> None:
-        if not self.skip_depth:
-            self.parts.append(data)
-
-
-def html_to_text(html: str) -> str:
-    """Visible text of an HTML page: no script, style or template content; blocks become paragraphs."""
-    parser = _VisibleText()
-    try:
-        parser.feed(html)
-        parser.close()
-    except AssertionError as e:  # html.parser asserts on some malformed markup (e.g. "<![foo]>")
-        raise RejectedInput(f"malformed HTML: {e}") from None
-    raw = "".join(parser.parts)
-    paragraphs = []
-    for para in re.split(r"\n\s*\n", raw):
-        lines = [" ".join(line.split()) for line in para.split("\n")]
-        joined = "\n".join(line for line in lines if line)
-        if joined:
-            paragraphs.append(joined)
-    return "\n\n".join(paragraphs)
-
+from embedpipe.sources.docids import make_doc_id
+from embedpipe.sources.files import FileRef, SourceFS
+from embedpipe.sources.text import clean_text, decode_text, html_to_text
 
 # --------------------------------------------------------------------------- records
 
@@ -358,7 +73,7 @@ def iter_records(ref: FileRef, settings: SourceSettings) -> Iterator[Record | Re
         yield from _jsonl_records(ref, settings)
         return
     try:
-        with open_binary(ref, settings) as fh:
+        with SourceFS(ref.source, settings).open(ref.path) as fh:
             data = fh.read()
     except OSError as e:
         raise RejectedInput(f"unreadable file: {e.strerror or e}") from None
@@ -404,7 +119,7 @@ def _json_records(ref: FileRef, text: str, settings: SourceSettings) -> Iterator
 
 def _jsonl_records(ref: FileRef, settings: SourceSettings) -> Iterator[Record | Reject]:
     start, stop, row = ref.part if ref.part else (0, ref.size, 1)
-    fh = open_binary(ref, settings)  # closed below, also on early exit
+    fh = SourceFS(ref.source, settings).open(ref.path)  # closed below, also on early exit
     any_line = False
     with fh:
         fh.seek(start)
