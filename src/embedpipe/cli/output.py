@@ -100,6 +100,7 @@ def install_log_filter() -> None:
 
 
 def emit(data: Any, as_json: bool, text: str) -> None:
+    """Print a result on stdout: ``data`` as one JSON document, or ``text`` ending in one newline."""
     if as_json:
         sys.stdout.write(json.dumps(data, ensure_ascii=False, default=str) + "\n")
     else:
@@ -108,6 +109,7 @@ def emit(data: Any, as_json: bool, text: str) -> None:
 
 
 def summary_text(s: dict[str, Any]) -> str:
+    """The human-readable form of a run summary (``run``, ``reindex``)."""
     lines = [
         f"embedpipe {s['flow']} {s['run_id']} {s['status']} in {s['duration_s']:.1f}s",
         f"  documents  {s['docs_seen']} seen, {s['docs_rejected']} rejected, {s['docs_new']} new, "
@@ -150,6 +152,7 @@ def _checks_line(s: dict[str, Any]) -> str:
 
 
 def check_text(r: dict[str, Any]) -> str:
+    """The human-readable form of a check report (``check``)."""
     lines = [
         f"embedpipe check: table {r['table']} version {r['version']} against {r['reference']}: "
         f"{r['gate'].upper()}" + (f" (blocked by {', '.join(r['blocking'])})" if r["blocking"] else ""),

@@ -50,6 +50,7 @@ def stop_prefect_server(keep: Any = None) -> None:
 
 
 def prepare_prefect() -> None:
+    """Set :data:`PREFECT_DEFAULTS` where the environment does not, before Prefect imports."""
     for k, v in PREFECT_DEFAULTS.items():
         os.environ.setdefault(k, v)
 
@@ -68,6 +69,7 @@ def start_prefect_server() -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """``embedpipe serve``: serve the deployments of prefect.yaml until stopped."""
     import contextlib
     import signal
 

@@ -14,6 +14,7 @@ from embedpipe.errors import ConfigError
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    """``embedpipe search``: the nearest chunks to a query."""
     from embedpipe.config import get_settings
     from embedpipe.search import Searcher
 
@@ -46,6 +47,7 @@ def _table_lock(settings: Any, what: str) -> Any:
 
 
 def cmd_versions(args: argparse.Namespace) -> int:
+    """``embedpipe versions``: the table's versions with their tags."""
     from embedpipe.config import get_settings
     from embedpipe.store import Store
 
@@ -57,6 +59,7 @@ def cmd_versions(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
+    """``embedpipe rollback``: restore a version or tag as the latest version."""
     from embedpipe.config import get_settings
     from embedpipe.store import Store
 
@@ -73,6 +76,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
+    """``embedpipe compact``: compact files and remove old versions by the retention policy."""
     from embedpipe.config import get_settings
     from embedpipe.store import Store
 
@@ -93,6 +97,7 @@ def cmd_compact(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
+    """``embedpipe dashboard``: write the HTML dashboard, or serve it with ``--serve``."""
     from pathlib import Path
 
     from embedpipe import dashboard
