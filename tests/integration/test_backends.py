@@ -247,7 +247,7 @@ def test_chunker_token_ids_feed_the_graph_exactly_as_tokenizing_the_text(int8_em
     from embedpipe.config import get_settings
     from embedpipe.sources.discover import discover
     from embedpipe.sources.parse import read_documents
-    from embedpipe.tasks.chunk import chunk_table
+    from embedpipe.tasks.chunking import chunk_table
 
     settings = get_settings({"model": int8_embedder.settings.model_dump()})
     refs = discover([str(SAMPLE_CORPUS)], settings.source, 1 << 30)[0]

@@ -345,7 +345,7 @@ def test_store_refuses_overwriting_a_manifest(s3: S3Server) -> None:
 def test_concurrent_commits_to_one_s3_table_all_land(tmp_path: Path, s3: S3Server) -> None:
     from embedpipe.chunking import chunk_documents
     from embedpipe.embedding.embedder import get_embedder
-    from embedpipe.tasks.embed import embed_chunks, table_schema
+    from embedpipe.tasks.embedding import embed_chunks, table_schema
 
     prefix = _prefix()
     writers = 4

@@ -467,7 +467,7 @@ def test_store_refuses_another_backend_but_not_another_precision(tmp_path: Path)
     from embedpipe.chunking import chunk_documents
     from embedpipe.sources.discover import discover
     from embedpipe.sources.parse import read_documents
-    from embedpipe.tasks.embed import embed_chunks, table_schema
+    from embedpipe.tasks.embedding import embed_chunks, table_schema
 
     settings = make_settings(tmp_path, model={"name": "fake:16"})
     write(tmp_path / "src" / "a.txt", "alpha beta gamma. " * 20)

@@ -17,8 +17,8 @@ from embedpipe.errors import ConfigError
 from embedpipe.flows._dask import local_gpus
 from embedpipe.schemas import C
 from embedpipe.store import Store
-from embedpipe.tasks.ingest import make_plan
 from embedpipe.tasks.shard import process_shard
+from embedpipe.tasks.sources import make_plan
 from tests.helpers import SAMPLE_CORPUS, make_settings, write
 
 RUN = "33333333-3333-3333-3333-333333333333"

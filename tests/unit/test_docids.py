@@ -15,8 +15,8 @@ from embedpipe.sources.discover import discover
 from embedpipe.sources.docids import escape_path, file_of, is_legacy_id, make_doc_id, split_doc_id
 from embedpipe.sources.parse import read_documents
 from embedpipe.store import DocState, StagedShard
-from embedpipe.tasks.ingest import ingest_shard
 from embedpipe.tasks.shard import ShardOutcome
+from embedpipe.tasks.sources import ingest_shard
 from tests.helpers import make_settings
 
 BIG = 1 << 40

@@ -19,7 +19,7 @@ from embedpipe.embedding.embedder import get_embedder
 from embedpipe.sources.discover import discover
 from embedpipe.sources.parse import read_documents
 from embedpipe.store import Store
-from embedpipe.tasks.embed import embed_chunks, table_schema
+from embedpipe.tasks.embedding import embed_chunks, table_schema
 from tests.helpers import make_settings, write
 
 RUN = "33333333-3333-3333-3333-333333333333"

@@ -18,7 +18,7 @@ from embedpipe.schemas import C
 from embedpipe.sources.discover import discover
 from embedpipe.sources.parse import read_documents
 from embedpipe.store import STAGING_DIR, Store
-from embedpipe.tasks.embed import embed_chunks, table_schema
+from embedpipe.tasks.embedding import embed_chunks, table_schema
 from tests.fakes import FakeEmbedder
 from tests.helpers import commit_at_once, make_settings, write
 

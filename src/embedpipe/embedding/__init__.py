@@ -1,7 +1,7 @@
 """The embed stage: the embedding model, its backends and the query path.
 
 Plain Python (no Prefect): built lazily, cached per process and picklable, so that a Prefect task
-(:mod:`embedpipe.tasks.embed`), a Dask worker or a unit test can use it alike. One concern a module:
+(:mod:`embedpipe.tasks.embedding`), a Dask worker or a unit test can use it alike. One concern a module:
 
 - :mod:`.embedder`: the :class:`~.embedder.Embedder` protocol, the sentence-transformers embedder
   and the per-process registry (``get_embedder``); the facade callers use.

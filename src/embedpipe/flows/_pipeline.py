@@ -27,11 +27,11 @@ from embedpipe.incremental import Known
 from embedpipe.progress import chunks_progress
 from embedpipe.schemas import Reject, RunSummary
 from embedpipe.store import StagedShard, Store
-from embedpipe.tasks.chunk import chunk_task
-from embedpipe.tasks.embed import embed_task
-from embedpipe.tasks.ingest import Plan, ingest_task
+from embedpipe.tasks.chunking import chunk_task
+from embedpipe.tasks.embedding import embed_task
 from embedpipe.tasks.shard import ShardOutcome, outcome_of, shard_task
-from embedpipe.tasks.write import stage_task
+from embedpipe.tasks.sources import Plan, ingest_task
+from embedpipe.tasks.store import stage_task
 
 T = TypeVar("T")
 

@@ -34,12 +34,11 @@ from embedpipe.flows._pipeline import (
 )
 from embedpipe.schemas import C, RunSummary
 from embedpipe.store import CommitResult, Store
-from embedpipe.tasks.embed import query_path_task, reembed_task, table_schema
-from embedpipe.tasks.ingest import discover_task
+from embedpipe.tasks.embedding import query_path_task, reembed_task, table_schema
 from embedpipe.tasks.prepare import Prepared, choose_backend_task, prepare_task
 from embedpipe.tasks.report import build_summary, summarize_task
-from embedpipe.tasks.stored import read_stored_task, stored_sources
-from embedpipe.tasks.write import retention_task, stage_task, switch_task
+from embedpipe.tasks.sources import discover_task
+from embedpipe.tasks.store import read_stored_task, retention_task, stage_task, stored_sources, switch_task
 
 
 def _reembed_stored(

@@ -33,12 +33,11 @@ from embedpipe.incremental import missing_documents, renamed_documents
 from embedpipe.schemas import RunSummary
 from embedpipe.sources.globs import PathFilter
 from embedpipe.store import CommitResult, Store
-from embedpipe.tasks.embed import query_path_task, table_schema
-from embedpipe.tasks.ingest import discover_task
+from embedpipe.tasks.embedding import query_path_task, table_schema
 from embedpipe.tasks.prepare import Prepared, choose_backend_task, prepare_task
 from embedpipe.tasks.report import build_summary, summarize_task
-from embedpipe.tasks.state import load_state_task
-from embedpipe.tasks.write import retention_task, write_task
+from embedpipe.tasks.sources import discover_task
+from embedpipe.tasks.store import load_state_task, retention_task, write_task
 
 
 @flow(name="sync", persist_result=False, log_prints=False, validate_parameters=True)

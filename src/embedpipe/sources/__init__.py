@@ -1,6 +1,6 @@
 """Sources: which files a run reads and what documents they hold (plain Python, no Prefect).
 
-The ``ingest`` task (:mod:`embedpipe.tasks.ingest`) wraps this stage. This ``__init__`` imports
+The ``ingest`` task (:mod:`embedpipe.tasks.sources`) wraps this stage. This ``__init__`` imports
 nothing on purpose: :mod:`embedpipe.config` imports :mod:`.kinds` for its defaults, and the cheap
 CLI commands import config without loading pyarrow; import from the modules.
 

@@ -13,7 +13,7 @@ from embedpipe.embedding.embedder import get_embedder
 from embedpipe.schemas import ChunkingIdentity, ModelIdentity
 from embedpipe.store import Store
 from embedpipe.tasks._common import TASK_DEFAULTS
-from embedpipe.tasks.chunk import chunking_identity
+from embedpipe.tasks.chunking import chunking_identity
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,10 @@ from embedpipe.sources.docids import file_of
 from embedpipe.sources.files import FileRef
 from embedpipe.store import StagedShard
 from embedpipe.tasks._common import RETRYING
-from embedpipe.tasks.chunk import Chunks, chunk_table
-from embedpipe.tasks.embed import Embedded, embed_shard
-from embedpipe.tasks.ingest import Documents, ingest_shard
-from embedpipe.tasks.write import stage_embedded
+from embedpipe.tasks.chunking import Chunks, chunk_table
+from embedpipe.tasks.embedding import Embedded, embed_shard
+from embedpipe.tasks.sources import Documents, ingest_shard
+from embedpipe.tasks.store import stage_embedded
 
 
 @dataclass

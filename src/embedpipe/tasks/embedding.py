@@ -20,8 +20,8 @@ from embedpipe.progress import NullProgress, Progress, chunks_progress
 from embedpipe.schemas import C, Reject, chunks_schema, vector_matrix
 from embedpipe.store import Store
 from embedpipe.tasks._common import TASK_DEFAULTS
-from embedpipe.tasks.chunk import Chunks, chunking_identity
-from embedpipe.tasks.ingest import Documents
+from embedpipe.tasks.chunking import Chunks, chunking_identity
+from embedpipe.tasks.sources import Documents
 
 # Batches per encode call: large enough that the model stays busy, small enough for fine progress.
 _BATCHES_PER_CALL = 8

@@ -1,4 +1,6 @@
-"""Write tasks: stage each shard's rows, commit a run as one table version, apply retention."""
+"""Store tasks (around :mod:`embedpipe.store`): read the table's state for the scanned sources, read
+stored chunks back (reindex), stage each shard's rows, commit a run as one table version, apply
+retention."""
 
 from __future__ import annotations
 
@@ -8,9 +10,10 @@ import pyarrow as pa
 from prefect import get_run_logger, task
 
 from embedpipe.config import Settings
-from embedpipe.store import CommitResult, StagedShard, Store
+from embedpipe.schemas import segments_schema
+from embedpipe.store import CommitResult, DocState, Scope, StagedShard, Store
 from embedpipe.tasks._common import RETRYING
-from embedpipe.tasks.embed import Embedded
+from embedpipe.tasks.embedding import Embedded
 
 
 def stage_embedded(embedded: Embedded, settings: Settings, run_id: str) -> StagedShard:
@@ -84,3 +87,63 @@ def retention_task(settings: Settings, compact: bool = False) -> dict[str, Any]:
         "stage=retention tables=%s", {k: v.get("versions_after") for k, v in report.items()}
     )
     return report
+
+
+# --------------------------------------------------------------------------- table state
+
+
+def load_state(
+    settings: Settings, scopes: list[Scope], read_version: int | None
+) -> dict[tuple[str, str], dict[str, DocState]]:
+    """Per (source, path), the documents and content hashes stored at ``read_version``."""
+    if read_version is None:
+        return {}
+    store = Store(settings.store)
+    table = store.require_table()
+    table.checkout(read_version)
+    return store.doc_state(table, scopes)
+
+
+@task(name="load-state", **RETRYING)
+def load_state_task(
+    settings: Settings, scopes: list[Scope], read_version: int | None
+) -> dict[tuple[str, str], dict[str, DocState]]:
+    """Read the table's document state for the scanned sources."""
+    known = load_state(settings, scopes, read_version)
+    get_run_logger().info(
+        "stage=load-state version=%s files=%d docs=%d",
+        read_version,
+        len(known),
+        sum(len(d) for d in known.values()),
+    )
+    return known
+
+
+# --------------------------------------------------------------------------- stored rows (reindex)
+
+
+def read_stored(settings: Settings, version: int, offset: int, limit: int) -> pa.Table:
+    """Rows ``offset .. offset+limit`` of the table at ``version``, without their vectors."""
+    store = Store(settings.store)
+    table = store.require_table()
+    table.checkout(version)
+    schema = segments_schema()
+    data = table.search().select(schema.names).offset(offset).limit(limit).to_arrow()
+    return data.select(schema.names).cast(schema)
+
+
+@task(name="read-stored", **RETRYING)
+def read_stored_task(settings: Settings, version: int, offset: int, limit: int) -> pa.Table:
+    """Read one shard of stored chunk rows."""
+    return read_stored(settings, version, offset, limit)
+
+
+def stored_sources(settings: Settings, version: int) -> list[str]:
+    """The source roots the table's documents came from."""
+    store = Store(settings.store)
+    table = store.require_table()
+    table.checkout(version)
+    out: set[str] = set()
+    for batch in store.iter_rows(table, ["source"], 65536):
+        out.update(batch.column(0).to_pylist())
+    return sorted(out)

@@ -13,7 +13,7 @@ from embedpipe.config import Settings
 from embedpipe.embedding.embedder import Embedder, get_embedder
 from embedpipe.schemas import ChunkingIdentity, Reject
 from embedpipe.tasks._common import TASK_DEFAULTS
-from embedpipe.tasks.ingest import Documents
+from embedpipe.tasks.sources import Documents
 
 
 @dataclass
