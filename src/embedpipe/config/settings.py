@@ -25,6 +25,7 @@ from pydantic_settings import (
 
 from embedpipe.config._base import S3Settings
 from embedpipe.config.checks import ChecksSettings
+from embedpipe.config.index import IndexSettings
 from embedpipe.config.origins import SECRET_FIELDS, Origins, read_toml
 from embedpipe.config.pipeline import ChunkSettings, ModelSettings, RuntimeSettings, SourceSettings
 from embedpipe.config.storage import RetentionSettings, StoreSettings
@@ -53,6 +54,7 @@ class Settings(BaseSettings):
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     checks: ChecksSettings = Field(default_factory=ChecksSettings)
+    index: IndexSettings = Field(default_factory=IndexSettings)
     s3: S3Settings = Field(default_factory=S3Settings)
 
     @model_validator(mode="after")
