@@ -35,6 +35,7 @@ from embedpipe.flows._pipeline import (
 from embedpipe.schemas import C, RunSummary
 from embedpipe.store import CommitResult, Store
 from embedpipe.tasks.embedding import query_path_task, reembed_task, table_schema
+from embedpipe.tasks.index import index_task
 from embedpipe.tasks.prepare import Prepared, choose_backend_task, prepare_task
 from embedpipe.tasks.report import build_summary, summarize_task
 from embedpipe.tasks.sources import discover_task
@@ -142,6 +143,7 @@ def reindex(
         schema = table_schema(get_embedder(settings.model), settings, extra)
         result = switch_task(opaque(tally.staged), settings, rid, schema, prepared.read_version)
         assert result.version is not None
+        result = index_task(settings, rid, result, retrain=True)
         audit_and_publish(settings, rid, result.version, audit)
         query_path_task(settings)
         if settings.retention.auto:

@@ -34,6 +34,7 @@ from embedpipe.schemas import RunSummary
 from embedpipe.sources.globs import PathFilter
 from embedpipe.store import CommitResult, Store
 from embedpipe.tasks.embedding import query_path_task, table_schema
+from embedpipe.tasks.index import index_task
 from embedpipe.tasks.prepare import Prepared, choose_backend_task, prepare_task
 from embedpipe.tasks.report import build_summary, summarize_task
 from embedpipe.tasks.sources import discover_task
@@ -106,6 +107,7 @@ def sync(
             prepared.read_version,
         )
         if result.version is not None:
+            result = index_task(settings, rid, result)
             audit_and_publish(settings, rid, result.version, audit)
             query_path_task(settings)
             if settings.retention.auto:

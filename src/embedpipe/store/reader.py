@@ -237,6 +237,8 @@ class TableReader:
         """Nearest chunks by cosine similarity, best first; the rows of ``Store.search``."""
         import numpy as np
 
+        from embedpipe.store.indexes import search_params
+
         rows = ds.to_table(
             columns=[C.DOC_ID, C.CHUNK_ID, C.TEXT, "_distance"],
             disable_scoring_autoprojection=True,
@@ -245,6 +247,8 @@ class TableReader:
                 "q": np.asarray(vector, dtype=np.float32),
                 "k": int(k),
                 "metric": "cosine",
+                # the served version's own index search parameters (tuned to index.min_recall)
+                **search_params(ds.metadata),
             },
         ).to_pylist()
         return search_hits(rows)
