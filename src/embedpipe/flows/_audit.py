@@ -32,18 +32,20 @@ class Audit:
     reference_version: int | None = None
 
 
-def adopt_implicit_serving(store: Store, version: int) -> int | None:
+def adopt_implicit_serving(store: Store, version: int, run_id: str | None = None) -> int | None:
     """The served version before ``version`` was written, making it explicit for older tables.
 
     A table written before checks existed (or with checks off) served its latest version without a
-    tag; its first checked version must have that one to fall back to.
+    tag; its first checked version must have that one to fall back to. The versions ``run_id``
+    made (its commit, tagged with the run id, and the index versions after it) do not count.
     """
     served = store.serving_version()
     if served is not None or store.audited():
         return served
-    earlier = sorted(
-        int(v["version"]) for v in store.require_table().list_versions() if int(v["version"]) < version
-    )
+    table = store.require_table()
+    tagged = table.tags.list().get(run_id) if run_id else None
+    first = min(version, int(tagged["version"])) if tagged else version
+    earlier = sorted(int(v["version"]) for v in table.list_versions() if int(v["version"]) < first)
     if not earlier:
         return None
     store.publish(earlier[-1], expect_serving=None)
@@ -78,7 +80,7 @@ def audit_and_publish(
         GateFailed: A check of severity ``fail`` failed or could not be measured; nothing was published.
     """
     store = Store(settings.store)
-    served_before = adopt_implicit_serving(store, version) if writer else store.serving_version()
+    served_before = adopt_implicit_serving(store, version, run_id) if writer else store.serving_version()
     if not settings.checks.enabled:
         audit.gate = "skipped"
         if publish:

@@ -25,8 +25,8 @@ def refresh_indexes(
     """Refresh the indexes after the commit ``result``; the result names the version to audit.
 
     Creating, optimizing or retraining an index makes new table versions: the returned result's
-    ``version`` is the newest one, and the run's tag moves to it (the commit's own version when
-    nothing changed, or when indexing is off). Called only when the run wrote a version.
+    ``version`` is the newest one (the commit's own version when nothing changed, or when indexing
+    is off). The run's tag stays on its commit: the versions after it hold the same rows. Called only when the run wrote a version.
     """
     if result.version is None:
         raise ValueError("refresh_indexes: the run wrote no version, so there is nothing to index")
@@ -36,7 +36,6 @@ def refresh_indexes(
     done = store.refresh_indexes(settings.index, retrain=retrain, k=settings.checks.k)
     if done.version is None:
         return IndexedCommit(result.version, result.written, result.deleted)
-    store.move_run_tag(run_id, done.version)
     return IndexedCommit(done.version, result.written, result.deleted)
 
 
