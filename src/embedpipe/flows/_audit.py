@@ -37,7 +37,8 @@ def adopt_implicit_serving(store: Store, version: int, run_id: str | None = None
 
     A table written before checks existed (or with checks off) served its latest version without a
     tag; its first checked version must have that one to fall back to. The versions ``run_id``
-    made (its commit, tagged with the run id, and the index versions after it) do not count.
+    made (its commit, still tagged with the run id here, and the index versions after it) do not
+    count.
     """
     served = store.serving_version()
     if served is not None or store.audited():
@@ -81,6 +82,9 @@ def audit_and_publish(
     """
     store = Store(settings.store)
     served_before = adopt_implicit_serving(store, version, run_id) if writer else store.serving_version()
+    if writer:
+        # The run's index versions follow its commit: its tag names the last, the version audited.
+        store.move_run_tag(run_id, version)
     if not settings.checks.enabled:
         audit.gate = "skipped"
         if publish:

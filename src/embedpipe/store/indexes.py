@@ -424,6 +424,19 @@ class IndexMixin(StoreBase):
             table.to_lance().optimize.optimize_indices(index_names=behind)
             out.actions.append(f"optimized {', '.join(sorted(behind))}")
 
+    def move_run_tag(self, run_id: str, version: int) -> None:
+        """Point a run's tag at ``version``, the run's last version (its indexes included): the one
+        it audited and served, and the one ``rollback <run_id>`` brings back."""
+        table = self.require_table()
+        try:
+            tags = table.tags.list()
+            if run_id not in tags:
+                table.tags.create(run_id, version)
+            elif int(tags[run_id]["version"]) != version:
+                table.tags.update(run_id, version)
+        except Exception as e:  # the data is committed; a misplaced tag is reported, not fatal
+            log.warning("could not move the tag run_id=%s to version=%d: %s", run_id, version, e)
+
     # ------------------------------------------------------------------ listing
 
     def index_rows(self, table: Table) -> list[dict[str, Any]]:

@@ -26,7 +26,8 @@ def refresh_indexes(
 
     Creating, optimizing or retraining an index makes new table versions: the returned result's
     ``version`` is the newest one (the commit's own version when nothing changed, or when indexing
-    is off). The run's tag stays on its commit: the versions after it hold the same rows. Called only when the run wrote a version.
+    is off); the audit moves the run's tag from its commit to it. Called only when the run wrote a
+    version.
     """
     if result.version is None:
         raise ValueError("refresh_indexes: the run wrote no version, so there is nothing to index")
@@ -44,6 +45,10 @@ def index_task(settings: Settings, run_id: str, result: CommitResult, retrain: b
     """Create, refresh or retrain the table's indexes after a commit (see :func:`refresh_indexes`)."""
     out = refresh_indexes(settings, run_id, result, retrain)
     get_run_logger().info(
-        "stage=index table=%s committed=%s version=%s", settings.store.table, result.version, out.version
+        "stage=index run_id=%s table=%s committed=%s version=%s",
+        run_id,
+        settings.store.table,
+        result.version,
+        out.version,
     )
     return out
