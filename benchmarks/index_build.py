@@ -30,7 +30,7 @@ import pyarrow as pa
 from embedpipe.config import get_settings
 from embedpipe.schemas import C
 from embedpipe.store import Store
-from embedpipe.store.indexes import _vector_config, vector_params
+from embedpipe.store.vector_index import _vector_config, vector_params
 
 
 def make_rows(rng: np.random.Generator, centres: np.ndarray, n: int, start: int) -> pa.Table:

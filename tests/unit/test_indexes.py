@@ -93,6 +93,8 @@ def test_created_at_min_rows_then_refreshed_incrementally_then_retrained(tmp_pat
     row = vector_row(store)
     assert row["unindexed_rows"] == 0 and row["indexed_rows"] == 660 and row["trained_at_version"] == trained
     assert any("+60 rows" in a for a in done.actions), done.actions
+    # the new rows went into a delta segment: the trained one was not rewritten
+    assert store.require_table().index_stats("vector_idx").num_indices == 2
     fts = next(r for r in store.index_rows(store.require_table()) if r["column"] == C.TEXT)
     assert fts["unindexed_rows"] == 0 and fts["indexed_rows"] == 660
     record = VectorIndexRecord.from_metadata(store.require_table().to_lance().metadata)
@@ -173,3 +175,18 @@ def test_a_record_without_its_index_is_cleared(tmp_path: Path) -> None:
     store.require_table().drop_index("vector_idx")
     store.refresh_indexes(settings.index.model_copy(update={"min_rows": 10_000}))
     assert VECTOR_META_KEY not in store.require_table().to_lance().metadata
+
+
+def test_delta_segments_are_merged_past_max_segments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from embedpipe.store import indexes
+
+    monkeypatch.setattr(indexes, "MAX_SEGMENTS", 3)
+    settings, store, table = setup(tmp_path, 600, retrain_ratio=1.0)
+    store.refresh_indexes(settings.index)
+    counts = []
+    for i in range(4):
+        table.add(rows(10, start=1000 + 10 * i, seed=10 + i))
+        store.refresh_indexes(settings.index)
+        counts.append(store.require_table().index_stats("vector_idx").num_indices)
+    assert counts[:2] == [2, 3] and counts[2] < 3, counts
+    assert vector_row(store)["unindexed_rows"] == 0 and vector_row(store)["indexed_rows"] == 640

@@ -32,24 +32,20 @@ class Audit:
     reference_version: int | None = None
 
 
-def adopt_implicit_serving(store: Store, version: int, run_id: str | None = None) -> int | None:
+def adopt_implicit_serving(store: Store, version: int) -> int | None:
     """The served version before ``version`` was written, making it explicit for older tables.
 
     A table written before checks existed (or with checks off) served its latest version without a
-    tag; its first checked version must have that one to fall back to. The versions ``run_id``
-    made (its commit, still tagged with the run id here, and the index versions after it) do not
-    count.
+    tag; its first checked version must have that one to fall back to. Versions with the rows of
+    ``version`` (its commit, before its index versions) were never served: they do not count.
     """
     served = store.serving_version()
     if served is not None or store.audited():
         return served
-    table = store.require_table()
-    tagged = table.tags.list().get(run_id) if run_id else None
-    first = min(version, int(tagged["version"])) if tagged else version
-    earlier = sorted(int(v["version"]) for v in table.list_versions() if int(v["version"]) < first)
-    if not earlier:
+    earlier = store.last_other_version(version)
+    if earlier is None:
         return None
-    store.publish(earlier[-1], expect_serving=None)
+    store.publish(earlier, expect_serving=None)
     return store.serving_version()
 
 
@@ -81,7 +77,7 @@ def audit_and_publish(
         GateFailed: A check of severity ``fail`` failed or could not be measured; nothing was published.
     """
     store = Store(settings.store)
-    served_before = adopt_implicit_serving(store, version, run_id) if writer else store.serving_version()
+    served_before = adopt_implicit_serving(store, version) if writer else store.serving_version()
     if writer:
         # The run's index versions follow its commit: its tag names the last, the version audited.
         store.move_run_tag(run_id, version)

@@ -10,7 +10,8 @@ in its own module:
 - :mod:`~embedpipe.store.commit`: one atomic commit per run, the stale-head check, the ``serving`` tag;
 - :mod:`~embedpipe.store.ledger`: the runs, rejects, checks and canary tables;
 - :mod:`~embedpipe.store.retention`: versions, rollback, compaction and cleanup;
-- :mod:`~embedpipe.store.indexes`: the vector, full-text and scalar indexes' upkeep and listing.
+- :mod:`~embedpipe.store.indexes`: the vector, full-text and scalar indexes' upkeep and listing
+  (the vector index's parameters, record and tuning: :mod:`~embedpipe.store.vector_index`).
 
 Beside it: :mod:`~embedpipe.store.reader` (read-only access through Lance alone, for search),
 :mod:`~embedpipe.store.vector_cache`, :mod:`~embedpipe.store.lock` (the table run lock) and

@@ -237,7 +237,7 @@ class TableReader:
         """Nearest chunks by cosine similarity, best first; the rows of ``Store.search``."""
         import numpy as np
 
-        from embedpipe.store.indexes import search_params
+        from embedpipe.store.vector_index import search_params
 
         rows = ds.to_table(
             columns=[C.DOC_ID, C.CHUNK_ID, C.TEXT, "_distance"],

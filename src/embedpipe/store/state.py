@@ -78,9 +78,9 @@ def vector_query(table: Table, vector: Any, params: dict[str, int] | None = None
         table: The table (pinned at the version searched).
         vector: The query vector.
         params: Index search parameters (``nprobes``, ``refine_factor``); by default those the
-            table version records for its vector index (:func:`~embedpipe.store.indexes.search_params`).
+            table version records for its vector index (:func:`~embedpipe.store.vector_index.search_params`).
     """
-    from embedpipe.store.indexes import search_params
+    from embedpipe.store.vector_index import search_params
 
     # LanceDB's Table.search is typed for every query kind; a vector query gives a vector builder.
     query = cast("LanceVectorQueryBuilder", table.search(vector, vector_column_name=C.VECTOR))

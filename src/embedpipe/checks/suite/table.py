@@ -78,7 +78,7 @@ def _neighbours(family: str, ctx: AuditContext, checks: ChecksSettings, store: S
 
 def _index_recall(family: str, ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str, Stat]:
     """Recall@k of the version's vector index, searched with the parameters it serves with."""
-    from embedpipe.store.indexes import search_params
+    from embedpipe.store.vector_index import search_params
 
     table = store.open_version(ctx.version)
     indices = [i for i in table.list_indices() if C.VECTOR in list(getattr(i, "columns", []) or [])]
