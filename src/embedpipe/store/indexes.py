@@ -99,8 +99,8 @@ class IndexMixin(StoreBase):
         if rows == 0:
             return out
         indexes = {i.name: i for i in table.list_indices()}
-        if settings.fts:
-            self._refresh_fts(table, settings, indexes, retrain, out)
+        if settings.fts and self._refresh_fts(table, settings, indexes, retrain, out):
+            table = self.require_table()  # the handle at the version the full-text index made
         record = VectorIndexRecord.from_metadata(table.to_lance().metadata)
         vec = next((i for i in indexes.values() if C.VECTOR in list(i.columns)), None)
         dim = table.schema.field(C.VECTOR).type.list_size
@@ -242,15 +242,17 @@ class IndexMixin(StoreBase):
 
     def _refresh_fts(
         self, table: Table, settings: IndexSettings, indexes: dict[str, Any], rebuild: bool, out: IndexRefresh
-    ) -> None:
+    ) -> bool:
+        """Create the full-text index, or rebuild it (asked, or another tokenizer); whether it did."""
         fts = next((i for i in indexes.values() if C.TEXT in list(i.columns) and i.index_type == "FTS"), None)
         base = (getattr(fts, "index_details", None) or {}).get("base_tokenizer") if fts else None
         if fts is not None and not rebuild and (base is None or base == settings.fts_tokenizer):
-            return
+            return False
         name = fts.name if fts is not None else TEXT_INDEX
         table.create_index(C.TEXT, config=fts_config(settings.fts_tokenizer), name=name, replace=True)
         what = "rebuilt" if fts else "created"
         out.actions.append(f"{name} {what}: FTS tokenizer={settings.fts_tokenizer}")
+        return True
 
     def _optimize_all(self, table: Table, out: IndexRefresh) -> None:
         """Fold unindexed rows into every index of the table (one new version when any has some).
