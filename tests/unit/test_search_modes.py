@@ -34,7 +34,7 @@ DOCS = {
     "cars.txt": "Engines and wheels turn. A car needs fuel (or a battery).",
     "index.md": "A vector index trades recall for speed: IVF partitions and PQ codes.",
     "zh.txt": "向量索引在召回率和速度之间取舍。中文文本没有空格，需要按字切分。",
-    "syntax.txt": 'Query syntax: "quoted" AND (grouped) OR NOT field:value * wildcard ~ fuzzy ^ boost \\ slash.',
+    "syntax.txt": 'Syntax: "quoted" AND (grouped) OR NOT field:value * wildcard ~ fuzzy ^ boost \\ slash.',
     "search.txt": "Semantic search finds chunks by meaning; keyword search by BM25 over words.",
 }
 HOSTILE = [
@@ -246,3 +246,57 @@ def test_simple_tokenizer_indexes_words(tmp_path: Path) -> None:
     settings = _table(tmp_path, fts="simple")
     reader = TableReader(settings.store)
     assert reader.text_search(reader.require(), "cat", 1)[0][C.DOC_ID] == "cats.txt"  # stemmed
+
+
+GOLDEN = [
+    {"query": "cats purr", "relevant": {"cats.txt": 1}},
+    {"query": "engines wheels fuel", "relevant": {"cars.txt": 1}},
+    {"query": "向量索引的召回率", "relevant": {"zh.txt": 1}},
+    {"query": "keyword search BM25", "relevant": {"search.txt": 1}},
+]
+
+
+def _golden(tmp_path: Path, settings: Settings, mode: str) -> dict[str, Any]:
+    import json
+
+    from embedpipe.checks.suite.context import load_context
+    from embedpipe.checks.suite.run import run_family
+
+    path = tmp_path / "golden.jsonl"
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in GOLDEN) + "\n", encoding="utf-8")
+    checks = settings.checks.model_copy(update={"golden": [str(path)]})
+    store = Store(settings.store)
+    version = int(store.require_table().version)
+    ctx = load_context(store, checks, settings.model, RUN, version, search_mode=mode)
+    return {r.check: r for r in run_family("golden", ctx, checks, store)}
+
+
+@pytest.mark.parametrize("mode", ["vector", "text", "hybrid"])
+def test_golden_checks_report_each_mode_and_gate_the_served_one(
+    tmp_path: Path, indexed: Settings, mode: str
+) -> None:
+    from embedpipe.checks import quality
+
+    res = _golden(tmp_path, indexed, mode)
+    recall = res["golden_recall"]
+    assert recall.status == "pass", recall.detail
+    assert f"{mode} search" in recall.detail
+    for m in ("vector", "text", "hybrid"):
+        assert f"{m} " in recall.detail.split("per mode:")[1]
+    # the gated statistic is the served mode's own figure
+    golden = quality.load_golden([str(tmp_path / "golden.jsonl")])
+    searcher = Searcher(indexed)
+    ranked = [
+        list(dict.fromkeys(h[C.DOC_ID] for h in searcher.search(q.query, 50, mode=mode)))[:10] for q in golden
+    ]
+    want = quality.retrieval_metrics(ranked, golden, indexed.checks.k)
+    assert recall.statistic == pytest.approx(want["recall"])
+    assert res["golden_mrr"].statistic == pytest.approx(want["mrr"])
+
+
+def test_golden_checks_without_text_index(tmp_path: Path) -> None:
+    settings = _table(tmp_path, fts=None)
+    vector = _golden(tmp_path, settings, "vector")["golden_recall"]
+    assert vector.status == "pass" and "text and hybrid not measured: no full-text index" in vector.detail
+    hybrid = _golden(tmp_path, settings, "hybrid")["golden_recall"]
+    assert hybrid.status == "error" and "embedpipe index" in hybrid.detail
