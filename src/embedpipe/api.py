@@ -301,7 +301,7 @@ class Table:
             mode: ``"vector"`` (``score``: cosine similarity of embeddings), ``"text"`` (BM25 over
                 the full-text index; ``score``: the BM25 score) or ``"hybrid"`` (both rankings
                 fused by reciprocal rank fusion; ``score``: the RRF score); ``None``: the
-                configured ``index.search_mode``.
+                configured ``index.search_mode`` (vector on a version without a full-text index).
             version: ``serving`` (the version that passed its checks), ``latest``, a number or a tag.
 
         Returns:
@@ -312,12 +312,13 @@ class Table:
             TableNotFoundError: No such table.
             NothingServedError: No version has passed its checks yet (pass ``version="latest"``).
             VersionNotFoundError: No such version or tag.
-            IndexMissingError: ``text`` or ``hybrid`` on a version without a full-text index
-                (``embedpipe index`` builds it).
+            IndexMissingError: ``text`` or ``hybrid`` asked for on a version without a full-text
+                index (``embedpipe index`` builds it).
         """
         from embedpipe.search import Searcher, check_mode
 
-        mode = check_mode(mode or self.settings.index.search_mode)
+        if mode is not None:
+            check_mode(mode)
         if k < 1:
             raise ConfigError(f"k={k}: expected a positive number of results")
         if not query.strip("\x00 \t\n\r\f\v"):

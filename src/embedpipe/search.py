@@ -57,6 +57,10 @@ class Searcher:
         self._pending: dict[ModelIdentity, Any] = {}
         self.runtime: str | None = None
         """``onnx`` or the table's backend: how the last query was embedded."""
+        self.mode: str | None = None
+        """The search mode of the last search."""
+        self.fallback: str | None = None
+        """Why the last search fell back from the configured mode to vector search, if it did."""
 
     def embed(self, query: str, identity: ModelIdentity) -> np.ndarray:
         """The query's vector in the space of a table with ``identity``."""
@@ -103,7 +107,8 @@ class Searcher:
             k: How many results.
             version: ``serving`` (the version that passed its checks), ``latest``, a number or a tag.
             mode: ``vector``, ``text`` or ``hybrid`` (see :data:`SEARCH_MODES`); ``None``: the
-                configured ``index.search_mode``.
+                configured ``index.search_mode``, which falls back to ``vector`` on a version
+                without a full-text index (:attr:`fallback` says so).
 
         Returns:
             Rows with ``doc_id``, ``chunk_id``, ``text`` and ``score`` (cosine similarity, BM25 or
@@ -114,18 +119,29 @@ class Searcher:
             TableNotFoundError: No such table.
             NothingServedError: No version has passed its checks yet.
             VersionNotFoundError: No such version or tag.
-            IndexMissingError: Text or hybrid search on a version without a full-text index.
+            IndexMissingError: Text or hybrid search asked for on a version without a full-text index.
             ModelMismatchError: The model found for the table's identity has other weights.
         """
+        from embedpipe.store import fulltext
+
+        asked = mode is not None
         mode = check_mode(mode or self.settings.index.search_mode)
         # One consistent version (the served one by default): a concurrent run cannot switch underneath.
         ds = self.reader.open_version(version)
+        self.fallback = None
+        if mode != "vector" and not fulltext.has_text_index(ds):
+            if asked:
+                fulltext.require_text_index(ds, mode, self.reader.table)  # before loading the model
+            # A table written before full-text indexes keeps serving the configured default: by vector.
+            self.fallback = (
+                f"table={self.reader.table} version {ds.version} has no full-text index: "
+                f"index.search_mode={mode} falls back to vector search (`embedpipe index` builds it)"
+            )
+            log.info(self.fallback)
+            mode = "vector"
+        self.mode = mode
         if mode == "text":  # no model to load at all
             return self.reader.text_search(ds, query, k)
-        if mode == "hybrid":
-            from embedpipe.store import fulltext
-
-            fulltext.require_text_index(ds, mode, self.reader.table)  # before loading the model
         vector = self.embed(query, self.reader.identity(ds))
         if mode == "hybrid":
             return self.reader.hybrid_search(ds, vector, query, k)

@@ -216,6 +216,23 @@ def test_table_without_text_index_is_a_clear_error(tmp_path: Path, mode: str) ->
     assert Searcher(settings).search("cats", 1, mode="vector")  # vector search still works
 
 
+def test_default_mode_falls_back_to_vector_without_text_index(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = _table(tmp_path, fts=None, index={"search_mode": "hybrid"})
+    searcher = Searcher(settings)
+    assert searcher.search("cats", 3) == searcher.search("cats", 3, mode="vector")
+    searcher.search("cats", 3)
+    assert searcher.mode == "vector" and searcher.fallback and "embedpipe index" in searcher.fallback
+    env = {"EMBEDPIPE_INDEX__SEARCH_MODE": "text"}
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        assert main(["search", "cats", "--db", settings.store.uri, "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "falls back to vector search" in captured.err and captured.out.lstrip().startswith("[")
+
+
 def test_mode_defaults_to_the_setting_and_unknown_modes_are_refused(tmp_path: Path) -> None:
     settings = _table(tmp_path, index={"search_mode": "text"})
     hits = Searcher(settings).search("cats purr", 2)
@@ -299,4 +316,6 @@ def test_golden_checks_without_text_index(tmp_path: Path) -> None:
     vector = _golden(tmp_path, settings, "vector")["golden_recall"]
     assert vector.status == "pass" and "text and hybrid not measured: no full-text index" in vector.detail
     hybrid = _golden(tmp_path, settings, "hybrid")["golden_recall"]
-    assert hybrid.status == "error" and "embedpipe index" in hybrid.detail
+    assert hybrid.status == "pass" and "vector search" in hybrid.detail, hybrid.detail
+    assert "search_mode=hybrid falls back to vector" in hybrid.detail
+    assert hybrid.statistic == vector.statistic

@@ -19,7 +19,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from embedpipe.search import Searcher, check_mode
 
     settings = get_settings(overrides(args), args.config, FLAG_OF)
-    mode = check_mode(args.mode or settings.index.search_mode)
+    mode = check_mode(args.mode) if args.mode else None  # None: index.search_mode
     if args.k < 1:
         raise ConfigError(f"-k={args.k}: expected a positive number of results")
     if not args.query.strip("\x00 \t\n\r\f\v"):
@@ -30,6 +30,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     hits = searcher.search(args.query, args.k, args.search_version, mode)
     text = "\n".join(f"{h['score']:.3f}  {h['doc_id']}  {h['text'][:100]!r}" for h in hits) or "no results"
     emit(hits, args.json, text)
+    if searcher.fallback:
+        print(f"embedpipe: {searcher.fallback}", file=sys.stderr)
     if searcher.can_prepare:
         # After the results: this search paid for the model already; later ones need not.
         print("embedpipe: preparing the fast query path for later searches (once) ...", file=sys.stderr)
