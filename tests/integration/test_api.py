@@ -164,7 +164,7 @@ t = embedpipe.open({str(db)!r})
 hits = t.search("approximate nearest neighbour recall", k=2)
 old = t.search("approximate nearest neighbour recall", k=5, version=1)
 try:
-    t.search("x", mode="hybrid")
+    t.search("x", mode="fuzzy")
     mode_error = None
 except embedpipe.EmbedpipeError as e:
     mode_error = str(e)
@@ -195,4 +195,4 @@ print(json.dumps({{
     assert out["run_ids"] == [first.run_id, second.run_id]
     assert sorted(out["runs"]) == sorted([first.run_id, second.run_id])
     assert out["checked_versions"] == [1, 2]
-    assert out["mode_error"] == "mode='hybrid' is not supported; supported: vector"
+    assert out["mode_error"] == "mode='fuzzy' is not supported; supported: vector, text, hybrid"

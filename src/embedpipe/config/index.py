@@ -63,6 +63,8 @@ class IndexSettings(_Group):
         description="Keep scalar indexes on the columns runs filter by (source, path, doc_id, chunk_hash).",
     )
     search_mode: Literal["vector", "text", "hybrid"] = Field(
-        "vector",
-        description="The search mode served by default and judged by the golden-set gate.",
+        "hybrid",
+        description="The search mode served by default and judged by the golden-set gate; a version "
+        "without a full-text index is searched by vector (see docs/search.md for the golden-set "
+        "figures behind the default).",
     )

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import pyarrow as pa
 
@@ -26,6 +26,7 @@ from embedpipe.errors import (
     VersionNotFoundError,
 )
 from embedpipe.schemas import CHECKS_TABLE, RUNS_TABLE, C, ModelIdentity, search_hits
+from embedpipe.store import fulltext
 from embedpipe.store.connection import StoreBase
 
 SERVING_TAG = "serving"
@@ -235,19 +236,34 @@ class TableReader:
     @staticmethod
     def search(ds: Any, vector: Any, k: int) -> list[dict[str, Any]]:
         """Nearest chunks by cosine similarity, best first; the rows of ``Store.search``."""
-        import numpy as np
+        return search_hits(_vector_rows(ds, vector, k))
 
-        rows = ds.to_table(
-            columns=[C.DOC_ID, C.CHUNK_ID, C.TEXT, "_distance"],
-            disable_scoring_autoprojection=True,
-            nearest={
-                "column": C.VECTOR,
-                "q": np.asarray(vector, dtype=np.float32),
-                "k": int(k),
-                "metric": "cosine",
-            },
-        ).to_pylist()
-        return search_hits(rows)
+    def text_search(self, ds: Any, query: str, k: int) -> list[dict[str, Any]]:
+        """Best chunks by BM25 over the full-text index, best first; the rows of ``Store.text_search``.
+
+        Raises:
+            IndexMissingError: The version has no full-text index.
+        """
+        fulltext.require_text_index(ds, "text", self.table)
+        return search_hits(_text_rows(ds, query, k), "_score")
+
+    def hybrid_search(self, ds: Any, vector: Any, query: str, k: int) -> list[dict[str, Any]]:
+        """Vector and BM25 rankings fused by reciprocal rank fusion, best first; the rows of
+        LanceDB's hybrid query with ``RRFReranker`` (``Store.hybrid_search``).
+
+        Raises:
+            IndexMissingError: The version has no full-text index.
+        """
+        fulltext.require_text_index(ds, "hybrid", self.table)
+        by_row: dict[Any, dict[str, Any]] = {}
+        vector_ids: list[Any] = []
+        text_ids: list[Any] = []
+        for ids, rows in ((vector_ids, _vector_rows(ds, vector, k)), (text_ids, _text_rows(ds, query, k))):
+            for r in rows:
+                ids.append(r[fulltext.ROW_ID])
+                by_row.setdefault(r[fulltext.ROW_ID], r)
+        fused = fulltext.rrf_fuse(vector_ids, text_ids, k)
+        return search_hits([{**by_row[row], "_relevance_score": s} for row, s in fused], "_relevance_score")
 
     def versions(self) -> list[dict[str, Any]]:
         """Versions of the chunks table with their tags and the run that created each.
@@ -270,3 +286,40 @@ class TableReader:
                 f"{'run' if name == RUNS_TABLE else 'check'}"
             )
         return ds.to_table(filter=f"`{C.TABLE}` = {sql_quote(self.table)}")
+
+
+_HIT_COLUMNS = [C.DOC_ID, C.CHUNK_ID, C.TEXT]
+
+
+def _vector_rows(ds: Any, vector: Any, k: int) -> list[dict[str, Any]]:
+    import numpy as np
+
+    return cast(
+        "list[dict[str, Any]]",
+        ds.to_table(
+            columns=[*_HIT_COLUMNS, "_distance"],
+            with_row_id=True,
+            disable_scoring_autoprojection=True,
+            nearest={
+                "column": C.VECTOR,
+                "q": np.asarray(vector, dtype=np.float32),
+                "k": int(k),
+                "metric": "cosine",
+            },
+        ).to_pylist(),
+    )
+
+
+def _text_rows(ds: Any, query: str, k: int) -> list[dict[str, Any]]:
+    from lance.query import MatchQuery
+
+    return cast(
+        "list[dict[str, Any]]",
+        ds.to_table(
+            columns=[*_HIT_COLUMNS, "_score"],
+            with_row_id=True,
+            disable_scoring_autoprojection=True,
+            full_text_query=MatchQuery(fulltext.query_text(query), C.TEXT),
+            limit=int(k),
+        ).to_pylist(),
+    )

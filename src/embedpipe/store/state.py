@@ -15,11 +15,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from embedpipe.schemas import C, search_hits, vector_matrix
+from embedpipe.store import fulltext
 from embedpipe.store.connection import StoreBase
 from embedpipe.store.reader import sql_quote
 
 if TYPE_CHECKING:
-    from lancedb.query import LanceVectorQueryBuilder
+    from lancedb.query import LanceHybridQueryBuilder, LanceVectorQueryBuilder
     from lancedb.table import Table
 
 
@@ -42,6 +43,7 @@ class DocState:
 
 
 _IN_LIST = 2000
+_HIT_COLUMNS = [C.DOC_ID, C.CHUNK_ID, C.TEXT]
 
 
 def _in_filter(column: str, values: Sequence[str]) -> str:
@@ -76,6 +78,14 @@ def vector_query(table: Table, vector: Any) -> LanceVectorQueryBuilder:
     # LanceDB's Table.search is typed for every query kind; a vector query gives a vector builder.
     query = cast("LanceVectorQueryBuilder", table.search(vector, vector_column_name=C.VECTOR))
     return query.distance_type("cosine")
+
+
+def _match_query(query: str) -> Any:
+    """The query as LanceDB's match query on the text column: plain words, never query syntax."""
+    from lancedb.query import MatchQuery
+
+    # pydantic dataclass: its keyword fields have defaults the type checker does not see
+    return MatchQuery(fulltext.query_text(query), C.TEXT)  # type: ignore[call-arg]
 
 
 class StateMixin(StoreBase):
@@ -178,3 +188,43 @@ class StateMixin(StoreBase):
         table = table if table is not None else self.require_table(name)
         rows = vector_query(table, vector).limit(k).select([C.DOC_ID, C.CHUNK_ID, C.TEXT]).to_list()
         return search_hits(rows)
+
+    def text_search(
+        self, query: str, k: int, name: str | None = None, table: Table | None = None
+    ) -> list[dict[str, Any]]:
+        """Best chunks by BM25 over the full-text index, best first (``score`` is the BM25 score).
+
+        Raises:
+            IndexMissingError: The table (version) has no full-text index.
+        """
+        table = table if table is not None else self.require_table(name)
+        fulltext.require_text_index(table.to_lance(), "text", table.name)
+        rows = table.search(_match_query(query), query_type="fts").limit(k).select(_HIT_COLUMNS).to_list()
+        return search_hits(rows, "_score")
+
+    def hybrid_search(
+        self, vector: Any, query: str, k: int, name: str | None = None, table: Table | None = None
+    ) -> list[dict[str, Any]]:
+        """LanceDB's hybrid query: the vector and BM25 rankings fused by ``RRFReranker``, best
+        first (``score`` is the reciprocal-rank-fusion score).
+
+        Raises:
+            IndexMissingError: The table (version) has no full-text index.
+        """
+        from lancedb.rerankers import RRFReranker
+
+        table = table if table is not None else self.require_table(name)
+        fulltext.require_text_index(table.to_lance(), "hybrid", table.name)
+        builder = cast(
+            "LanceHybridQueryBuilder", table.search(query_type="hybrid", vector_column_name=C.VECTOR)
+        )
+        rows = (
+            builder.vector(vector)
+            .text(_match_query(query))
+            .distance_type("cosine")
+            .rerank(RRFReranker(K=fulltext.RRF_K))
+            .limit(k)
+            .select(_HIT_COLUMNS)
+            .to_list()
+        )
+        return search_hits(rows, "_relevance_score")

@@ -65,6 +65,8 @@ class AuditContext:
     reference_stats: dict[str, float] = field(default_factory=dict)
     new_runs: list[str] | None = None
     """Runs whose rows are new since the reference (``None``: no reference, every row is new)."""
+    search_mode: str = "vector"
+    """The search mode served (``index.search_mode``): the golden-set gates judge this mode."""
 
     def require_new(self) -> Side:
         if len(self.new.vectors) < 5:
@@ -159,6 +161,7 @@ def load_context(
     run_id: str,
     version: int,
     baseline: str | None = None,
+    search_mode: str = "vector",
 ) -> AuditContext:
     """Draw the fixed-seed samples of ``version`` and of its reference.
 
@@ -173,6 +176,7 @@ def load_context(
         run_id: The run doing the checks.
         version: The version to check.
         baseline: A tag or version to compare with instead of ``checks.baseline_tag``.
+        search_mode: The search mode served (``index.search_mode``), judged by the golden set.
 
     Raises:
         ConfigError: The baseline names no tag or version.
@@ -222,4 +226,5 @@ def load_context(
         reference_identity=ref_identity,
         reference_stats=stats,
         new_runs=new_runs,
+        search_mode=search_mode,
     )
