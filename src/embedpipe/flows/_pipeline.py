@@ -219,7 +219,8 @@ def shard_window(submitted: Iterable[F], collect: Callable[[F, bool], None], siz
     Args:
         submitted: Submits one shard's tasks per item as it is iterated (a generator), so that a
             shard is submitted only when the window has room for it.
-        collect: Takes one shard's futures, and whether more shards follow it in the window.
+        collect: Takes one shard's futures and ``more``, which is ``False`` only for the final
+            shard when it is collected after every shard was submitted.
         size: ``runtime.max_inflight_shards``.
     """
     inflight: deque[F] = deque()
