@@ -10,7 +10,7 @@ import pytest
 from embedpipe.config import SourceSettings
 from embedpipe.flows._pipeline import Tally, add_outcome
 from embedpipe.incremental import renamed_documents
-from embedpipe.schemas import C
+from embedpipe.schemas import C, RunCounts
 from embedpipe.sources.discover import discover
 from embedpipe.sources.docids import escape_path, file_of, is_legacy_id, make_doc_id, split_doc_id
 from embedpipe.sources.parse import read_documents
@@ -85,7 +85,9 @@ def test_rejected_record_protects_its_file_even_with_hash_in_the_name(tmp_path: 
 
 def _outcome(shard: int, ids: list[tuple[str, str]], changed: list[tuple[str, str]]) -> ShardOutcome:
     staged = StagedShard(uri=f"mem://staged/{shard}", rows=len(ids))
-    return ShardOutcome(shard=shard, staged=staged, seen=len(ids), seen_ids=ids, changed_text=changed)
+    return ShardOutcome(
+        shard=shard, staged=staged, counts=RunCounts(seen=len(ids)), seen_ids=ids, changed_text=changed
+    )
 
 
 def test_a_duplicate_id_across_shards_is_rejected_and_cannot_replace_the_first() -> None:
@@ -93,8 +95,8 @@ def test_a_duplicate_id_across_shards_is_rejected_and_cannot_replace_the_first()
     add_outcome(tally, _outcome(0, [("s", "a.txt"), ("s", "b.txt")], []))
     add_outcome(tally, _outcome(1, [("s", "a.txt"), ("t", "a.txt")], [("s", "a.txt"), ("t", "a.txt")]))
 
-    assert [(r.source, r.path) for r in tally.rejects] == [("s", "a.txt")]
-    assert "duplicate doc_id" in tally.rejects[0].reason
+    assert [(r.source, r.path) for r in tally.counts.rejects] == [("s", "a.txt")]
+    assert "duplicate doc_id" in tally.counts.rejects[0].reason
     assert tally.exclude == {"mem://staged/1": ["a.txt"]}
     # the duplicate does not ask the commit to replace (delete) the first one's stored rows
     assert tally.changed_text == [("t", "a.txt")]
@@ -124,7 +126,7 @@ def test_a_record_id_repeated_in_a_later_part_of_a_split_file_keeps_its_own_reas
     add_outcome(tally, first)
     add_outcome(tally, later)
 
-    assert [(r.path, r.reason) for r in tally.rejects] == [
+    assert [(r.path, r.reason) for r in tally.counts.rejects] == [
         ("big.jsonl#7", "duplicate id in this file (an earlier part has it)")
     ]
     assert tally.exclude == {"mem://staged/1": ["big.jsonl#7"]}
