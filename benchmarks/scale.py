@@ -27,13 +27,13 @@ Then the growth exponent between sizes: log(t2/t1) / log(N2/N1) (1.0 = linear, 0
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
 import random
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -157,7 +157,9 @@ WRAPPER = (
 def proc(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, int, str]:
     """Run ``argv`` as a fresh process: wall seconds, peak RSS of its largest process, stdout."""
     t = time.perf_counter()
-    p = subprocess.run([sys.executable, "-c", WRAPPER, *argv], env=env, cwd=cwd, capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, "-c", WRAPPER, *argv], env=env, cwd=cwd, capture_output=True, text=True
+    )
     wall = time.perf_counter() - t
     if p.returncode != 0:
         raise SystemExit(f"wrapper failed: {p.stderr[-3000:]}")
@@ -235,8 +237,11 @@ def run_size(n: int, work: Path, model: Path, vocab: list[str], env: dict[str, s
     shutil.rmtree(db, ignore_errors=True)
     t = time.perf_counter()
     made = make_corpus(corpus, n, vocab)
-    print(f"[{n:,}] corpus: {made['txt']:,} .txt files + {made['records']:,} JSONL records in "
-          f"{time.perf_counter() - t:.1f}s", flush=True)
+    print(
+        f"[{n:,}] corpus: {made['txt']:,} .txt files + {made['records']:,} JSONL records in "
+        f"{time.perf_counter() - t:.1f}s",
+        flush=True,
+    )
     run = ["run", str(corpus), "--db", str(db), "--model", str(model), "--json"]
     r: dict[str, Any] = {"n": n}
 
@@ -247,8 +252,11 @@ def run_size(n: int, work: Path, model: Path, vocab: list[str], env: dict[str, s
             rec["flow_s"] = summary.get("duration_s")
             rec["embedded"] = summary.get("chunks_embedded")
             rec["status"] = summary.get("status")
-            rec["index_s"] = (summary.get("index") or {}).get("seconds") if isinstance(
-                summary.get("index"), dict) else None
+            rec["index_s"] = (
+                (summary.get("index") or {}).get("seconds")
+                if isinstance(summary.get("index"), dict)
+                else None
+            )
         r[name] = rec
         print(f"[{n:,}] {name}: {json.dumps(rec, default=str)}", flush=True)
         return summary
@@ -264,8 +272,9 @@ def run_size(n: int, work: Path, model: Path, vocab: list[str], env: dict[str, s
     r["rebuild"] = {"wall_s": wall, "rss": rss, "indexes": rebuilt}
     print(f"[{n:,}] index --rebuild: {wall:.1f}s wall", flush=True)
     words = [w for w in vocab if len(w) > 4][:500]
-    wall, rss, out = proc([sys.executable, "-c", SEARCH_SCRIPT, str(db), json.dumps(words), ",".join(MODES)],
-                          env, work)
+    wall, rss, out = proc(
+        [sys.executable, "-c", SEARCH_SCRIPT, str(db), json.dumps(words), ",".join(MODES)], env, work
+    )
     r["search"] = json.loads(out)
     r["search"]["rss"] = rss
     print(f"[{n:,}] search: {json.dumps(r['search'])}", flush=True)
@@ -281,33 +290,51 @@ def exponent(a: float | None, b: float | None, na: int, nb: int) -> str:
 
 def report(results: list[dict[str, Any]]) -> None:
     gb = 2**30
-    print("\nmodel: tiny random 1-layer 64-wide BERT (times embedpipe, not a model); "
-          f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}")
-    print(f"{'chunks':>9} | {'full flow/wall s':>17} | {'no-change flow/wall s':>21} | "
-          f"{'0.1% change flow/wall s':>23} | {'rebuild s':>9} | {'peak RSS GB full/none/change':>28}")
+    print(
+        "\nmodel: tiny random 1-layer 64-wide BERT (times embedpipe, not a model); "
+        f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"{'chunks':>9} | {'full flow/wall s':>17} | {'no-change flow/wall s':>21} | "
+        f"{'0.1% change flow/wall s':>23} | {'rebuild s':>9} | {'peak RSS GB full/none/change':>28}"
+    )
     for r in results:
         f, z, c = r["full"], r["nochange"], r["change"]
-        print(f"{r['n']:>9,} | {f['flow_s']:>7.1f}/{f['wall_s']:<9.1f} | {z['flow_s']:>9.1f}/{z['wall_s']:<11.1f} | "
-              f"{c['flow_s']:>10.1f}/{c['wall_s']:<12.1f} | {r['rebuild']['wall_s']:>9.1f} | "
-              f"{f['rss'] / gb:>8.2f}/{z['rss'] / gb:.2f}/{c['rss'] / gb:.2f}")
-    print(f"\n{'chunks':>9} | " + " | ".join(f"{m} p50/p95 ms" for m in MODES) + " | ANN recall@10 | search RSS GB")
+        print(
+            f"{r['n']:>9,} | {f['flow_s']:>7.1f}/{f['wall_s']:<9.1f} | "
+            f"{z['flow_s']:>9.1f}/{z['wall_s']:<11.1f} | "
+            f"{c['flow_s']:>10.1f}/{c['wall_s']:<12.1f} | {r['rebuild']['wall_s']:>9.1f} | "
+            f"{f['rss'] / gb:>8.2f}/{z['rss'] / gb:.2f}/{c['rss'] / gb:.2f}"
+        )
+    print(
+        f"\n{'chunks':>9} | "
+        + " | ".join(f"{m} p50/p95 ms" for m in MODES)
+        + " | ANN recall@10 | search RSS GB"
+    )
     for r in results:
         s = r["search"]
         cells = []
         for m in MODES:
             v = s["modes"].get(m, {})
-            cells.append(f"{v['p50_ms']:.1f}/{v['p95_ms']:.1f}" if "p50_ms" in v else v.get("error", "-")[:40])
+            cells.append(
+                f"{v['p50_ms']:.1f}/{v['p95_ms']:.1f}" if "p50_ms" in v else v.get("error", "-")[:40]
+            )
         rec = s.get("recall_at_10")
-        print(f"{r['n']:>9,} | " + " | ".join(cells) + f" | {rec if rec is None else f'{rec:.3f}'} | "
-              f"{s['rss'] / gb:.2f}")
+        print(
+            f"{r['n']:>9,} | " + " | ".join(cells) + f" | {rec if rec is None else f'{rec:.3f}'} | "
+            f"{s['rss'] / gb:.2f}"
+        )
     if len(results) > 1:
         print("\ngrowth exponents (log ratio of times / log ratio of sizes; 1 = linear, 0 = constant):")
-        for a, b in zip(results, results[1:], strict=False):
+        for a, b in itertools.pairwise(results):
             na, nb = a["n"], b["n"]
-            print(f"  {na:,} -> {nb:,}: full flow {exponent(a['full']['flow_s'], b['full']['flow_s'], na, nb)}, "
-                  f"no-change flow {exponent(a['nochange']['flow_s'], b['nochange']['flow_s'], na, nb)}, "
-                  f"change flow {exponent(a['change']['flow_s'], b['change']['flow_s'], na, nb)}, "
-                  f"no-change peak RSS x{b['nochange']['rss'] / a['nochange']['rss']:.2f}")
+            print(
+                f"  {na:,} -> {nb:,}: "
+                f"full flow {exponent(a['full']['flow_s'], b['full']['flow_s'], na, nb)}, "
+                f"no-change flow {exponent(a['nochange']['flow_s'], b['nochange']['flow_s'], na, nb)}, "
+                f"change flow {exponent(a['change']['flow_s'], b['change']['flow_s'], na, nb)}, "
+                f"no-change peak RSS x{b['nochange']['rss'] / a['nochange']['rss']:.2f}"
+            )
 
 
 def main() -> int:
@@ -321,8 +348,11 @@ def main() -> int:
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="embedpipe-scale-"))
     work.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDPIPE_")}
-    env.update(HF_HUB_OFFLINE="1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               EMBEDPIPE_MODEL__EXPORT_DIR=str(work / "exports"))
+    env.update(
+        HF_HUB_OFFLINE="1",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        EMBEDPIPE_MODEL__EXPORT_DIR=str(work / "exports"),
+    )
     env.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     # A random model's vectors mean nothing: its similarity-quality checks still run (their cost
     # is embedpipe's), but they only warn. Every other gate stays as users get it.
