@@ -4,8 +4,9 @@ Precedence, highest first: CLI flags, ``EMBEDPIPE_*`` environment variables (nes
 ``embedpipe.toml``, defaults. Nothing is built at import time: call :func:`get_settings`.
 
 The modules: ``settings`` (the root model and its loader), ``pipeline`` (source, chunk, model and
-runtime groups), ``storage`` (store, vector cache, retention), ``checks`` (checks and their gates), ``index`` (vector, full-text and scalar indexes),
-``_base`` (the base group and the shared ``s3`` group), ``origins`` (where each value came from).
+runtime groups), ``storage`` (store, vector cache, retention), ``checks`` (checks and their gates),
+``index`` (vector, full-text and scalar indexes), ``_base`` (the base group and the shared ``s3``
+group), ``origins`` (where each value came from).
 """
 
 from embedpipe.config._base import S3Settings

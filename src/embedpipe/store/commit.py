@@ -21,9 +21,10 @@ import pyarrow as pa
 
 from embedpipe.errors import StaleReadError
 from embedpipe.schemas import CHECKS_TABLE, C
-from embedpipe.store.reader import RUN_ID_TAG, SERVING_TAG, resolve_target, sql_quote
+from embedpipe.store.filters import docs_filter, eq
+from embedpipe.store.reader import RUN_ID_TAG, SERVING_TAG, resolve_target
+from embedpipe.store.scalar_index import ScalarIndexMixin
 from embedpipe.store.staging import StagedShard, StagingMixin
-from embedpipe.store.state import docs_filter
 
 if TYPE_CHECKING:
     from lancedb.table import Table
@@ -40,7 +41,7 @@ class CommitResult:
     deleted: int
 
 
-class CommitMixin(StagingMixin):
+class CommitMixin(StagingMixin, ScalarIndexMixin):
     """Commits, the stale-head check and the ``serving`` tag (part of :class:`~embedpipe.store.Store`)."""
 
     def verify_head(self, table: Table | None, run_id: str, read_version: int | None) -> int | None:
@@ -89,6 +90,7 @@ class CommitMixin(StagingMixin):
         exclude: dict[str, list[str]] | None = None,
         read_version: int | None = None,
         verify: bool = False,
+        scalar_indexes: int | None = None,
     ) -> CommitResult:
         """Apply a run's changes to the table as exactly one new version, tagged with the run id.
 
@@ -106,9 +108,14 @@ class CommitMixin(StagingMixin):
             read_version: The version the run computed its changes against (with ``verify``).
             verify: Refuse the commit when the table's head is no longer ``read_version``
                 (see :meth:`verify_head`).
+            scalar_indexes: Then create the scalar indexes the table lacks once it has this many
+                rows (:meth:`~embedpipe.store.scalar_index.ScalarIndexMixin.ensure_scalar_indexes`);
+                ``None``: never.
 
         Returns:
-            The new version (``None`` when there was nothing to change) and row counts.
+            The new version (``None`` when there was nothing to change) and row counts. With
+            ``scalar_indexes``, the version is the newest after the indexes were created (the same
+            rows as the commit): the run's tag, its checks and its publication all name that one.
 
         Raises:
             StaleReadError: With ``verify``, another writer committed since ``read_version``.
@@ -135,13 +142,16 @@ class CommitMixin(StagingMixin):
                 builder = (
                     table.merge_insert(C.CHUNK_ID).when_matched_update_all().when_not_matched_insert_all()
                 )
-                if replace_docs:
-                    builder = builder.when_not_matched_by_source_delete(docs_filter(replace_docs))
+                replace = docs_filter(replace_docs)
+                if replace is not None:
+                    builder = builder.when_not_matched_by_source_delete(replace)
                 result = builder.execute(reader)
                 deleted = int(getattr(result, "num_deleted_rows", 0) or 0)
-            version = int(table.version)
         except Exception as e:
             raise self._error(f"commit of run={run_id} into table={name} failed", e) from e
+        if scalar_indexes is not None:
+            self.ensure_scalar_indexes(table, scalar_indexes)
+        version = int(table.version)
         self._tag(table, run_id, version)
         return CommitResult(version, counter[0], deleted)
 
@@ -152,12 +162,15 @@ class CommitMixin(StagingMixin):
         schema: pa.Schema,
         read_version: int | None = None,
         verify: bool = False,
+        scalar_indexes: int | None = None,
     ) -> CommitResult:
         """Replace the whole table (new model, new schema) as one new version: the atomic switch.
 
         Readers keep reading the previous version until this single commit lands; the previous
         versions stay available for ``rollback`` until retention removes them. With ``verify``, a
-        table that moved on since ``read_version`` is refused (:meth:`verify_head`).
+        table that moved on since ``read_version`` is refused (:meth:`verify_head`). With
+        ``scalar_indexes`` (a row threshold), missing scalar indexes are created before the version
+        is tagged (as in :meth:`commit`).
         """
         counter = [0]
         name = self.settings.table
@@ -175,9 +188,11 @@ class CommitMixin(StagingMixin):
                 previous_rows = int(table.count_rows())
                 self.cache.keep_replaced(table, None, "reindex")
                 table.add(reader, mode="overwrite")
-            version = int(table.version)
         except Exception as e:
             raise self._error(f"reindex commit of run={run_id} into table={name} failed", e) from e
+        if scalar_indexes is not None:
+            self.ensure_scalar_indexes(table, scalar_indexes)
+        version = int(table.version)
         self._tag(table, run_id, version)
         return CommitResult(version, counter[0], previous_rows)
 
@@ -203,7 +218,7 @@ class CommitMixin(StagingMixin):
         checks = self.open_table(CHECKS_TABLE)
         if checks is None:
             return False
-        flt = f"`{C.TABLE}` = {sql_quote(self.settings.table)}"
+        flt = eq(C.TABLE, self.settings.table)
         return bool(checks.search().where(flt).select([C.TABLE]).limit(1).to_list())
 
     def resolve_version(self, target: str | int | None, table: Table | None = None) -> int:

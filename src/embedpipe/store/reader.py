@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from embedpipe.config import StoreSettings
 from embedpipe.errors import (
@@ -31,9 +32,9 @@ from embedpipe.store.connection import StoreBase
 SERVING_TAG = "serving"
 
 
-def sql_quote(value: str) -> str:
-    """A SQL string literal for a Lance filter."""
-    return "'" + value.replace("'", "''") + "'"
+def _this_table(table: str) -> pc.Expression:
+    """Record rows of one chunks table, as a typed expression (no SQL text to quote)."""
+    return pc.field(C.TABLE) == pa.scalar(table, pa.string())
 
 
 def resolve_target(
@@ -181,8 +182,7 @@ class TableReader:
         checks = self.dataset(CHECKS_TABLE)
         if checks is None:
             return False
-        flt = f"`{C.TABLE}` = {sql_quote(self.table)}"
-        return checks.to_table(columns=[C.TABLE], filter=flt, limit=1).num_rows > 0
+        return checks.to_table(columns=[C.TABLE], filter=_this_table(self.table), limit=1).num_rows > 0
 
     def serving_version(self, ds: Any = None) -> int | None:
         """The version the ``serving`` tag points at, or ``None`` when nothing was published."""
@@ -269,4 +269,4 @@ class TableReader:
                 f"table={name} not found in database uri={self.uri}; it is written by the first "
                 f"{'run' if name == RUNS_TABLE else 'check'}"
             )
-        return ds.to_table(filter=f"`{C.TABLE}` = {sql_quote(self.table)}")
+        return ds.to_table(filter=_this_table(self.table))
