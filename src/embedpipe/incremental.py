@@ -121,10 +121,16 @@ def split_state(known: Known, shards: Sequence[Sequence[FileRef]]) -> list[pa.Ta
 
     A file whose parts fall in several shards gives its state to each of them.
     """
-    files = sorted({(r.source, r.path, i) for i, refs in enumerate(shards) for r in refs})
-    if not files or known.num_rows == 0:
+    src: list[str] = []
+    path: list[str] = []
+    shard: list[int] = []
+    for i, refs in enumerate(shards):
+        for key in dict.fromkeys((r.source, r.path) for r in refs):
+            src.append(key[0])
+            path.append(key[1])
+            shard.append(i)
+    if not shard or known.num_rows == 0:
         return [known.slice(0, 0) for _ in shards]
-    src, path, shard = zip(*files, strict=True)
     keys = pa.table({C.SOURCE: src, C.PATH: path, _ROW: pa.array(shard, pa.int64())})
     joined = known.join(keys, [C.SOURCE, C.PATH], join_type="inner", use_threads=False).sort_by(_ROW)
     counts = np.bincount(joined.column(_ROW).to_numpy(), minlength=len(shards))

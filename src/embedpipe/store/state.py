@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -45,6 +46,7 @@ class DocState:
 
 _STATE_KEYS = [C.SOURCE, C.PATH, C.DOC_ID]
 _STATE_BATCH = 131072
+_ROW = "__row"
 
 
 def scopes_filter(scopes: Sequence[Scope]) -> Expr | None:
@@ -61,10 +63,31 @@ def scopes_filter(scopes: Sequence[Scope]) -> Expr | None:
 
 
 def first_per_document(rows: pa.Table) -> pa.Table:
-    """One row per (source, path, doc_id): the first of each (chunks of a document share these)."""
-    others = [c for c in rows.column_names if c not in _STATE_KEYS]
-    grouped = rows.group_by(_STATE_KEYS, use_threads=False).aggregate([(c, "first") for c in others])
-    return grouped.rename_columns([n.removesuffix("_first") for n in grouped.column_names])
+    """One row per (source, path, doc_id): the first of each (chunks of a document share these).
+
+    Grouping only an integer row number (its minimum per key) and then taking those rows is several
+    times faster than asking the grouping for the first value of every string column.
+    """
+    numbered = rows.append_column(_ROW, pa.array(np.arange(rows.num_rows, dtype=np.int64)))
+    first = numbered.group_by(_STATE_KEYS, use_threads=False).aggregate([(_ROW, "min")]).column(f"{_ROW}_min")
+    return rows.take(pc.take(first, pc.sort_indices(first)))
+
+
+def drop_repeats(rows: pa.Table) -> pa.Table:
+    """``rows`` less each row whose key equals the previous row's key.
+
+    A document's chunks are written together, so they mostly sit next to each other: this cheap
+    vectorised pass leaves about one row per document for the hash grouping that follows.
+    """
+    if rows.num_rows < 2:
+        return rows
+    same = None
+    for k in _STATE_KEYS:
+        col = rows.column(k)
+        eq_prev = pc.equal(col.slice(1), col.slice(0, rows.num_rows - 1))
+        same = eq_prev if same is None else pc.and_(same, eq_prev)
+    keep = pa.concat_arrays([pa.array([True]), pc.invert(same).combine_chunks()])
+    return rows.filter(keep)
 
 
 def where_in(table: Table, column: str, values: Sequence[str], columns: Sequence[str]) -> LanceQueryBuilder:
@@ -93,8 +116,9 @@ class StateMixin(StoreBase):
     def doc_state(self, table: Table | None, scopes: Sequence[Scope]) -> pa.Table:
         """What a pinned table holds of each document under ``scopes``, one row per document.
 
-        A columnar scan of the few document-level columns, reduced to one row per
-        (source, path, doc_id) batch by batch, so no Python object is made per chunk or document.
+        A columnar scan of the few document-level columns, reduced batch by batch (repeats of the
+        previous row dropped), then grouped to one row per (source, path, doc_id): no Python
+        object is made per chunk or per document.
 
         Args:
             table: A pinned table (:meth:`snapshot`).
@@ -108,11 +132,10 @@ class StateMixin(StoreBase):
         if table is None or flt is None:
             return schema.empty_table()
         query = table.search().where(flt).select(schema.names).limit(None)
-        parts = [first_per_document(pa.Table.from_batches([b])) for b in query.to_batches(_STATE_BATCH)]
+        parts = [drop_repeats(pa.Table.from_batches([b])) for b in query.to_batches(_STATE_BATCH)]
         if not parts:
             return schema.empty_table()
-        state = first_per_document(pa.concat_tables(parts)) if len(parts) > 1 else parts[0]
-        return state.select(schema.names).cast(schema)
+        return first_per_document(pa.concat_tables(parts)).select(schema.names).cast(schema)
 
     def vectors_for_hashes(self, table: Table | None, hashes: Sequence[str]) -> dict[str, Any]:
         """Stored vectors of chunks with these text hashes (any document), for reuse.
