@@ -32,6 +32,7 @@ from embedpipe.flows._pipeline import (
     run_id,
     run_shards,
 )
+from embedpipe.incremental import empty_state
 from embedpipe.schemas import C, RunSummary
 from embedpipe.store import CommitResult, Store
 from embedpipe.tasks.embedding import query_path_task, reembed_task, table_schema
@@ -136,7 +137,9 @@ def reindex(
             plan = discover_task(roots, settings)
             tally.seen += len(plan.rejects)
             tally.rejects += plan.rejects
-            run_shards(plan, settings, rid, {}, prepared.read_version if same_model else None, tally)
+            run_shards(
+                plan, settings, rid, empty_state(), prepared.read_version if same_model else None, tally
+            )
             check_reject_ratio(tally, settings, "the table was not switched")
         extra = choice.table_metadata() if choice is not None else None
         schema = table_schema(get_embedder(settings.model), settings, extra)
