@@ -18,7 +18,7 @@ from embedpipe.sources.discover import discover
 from embedpipe.sources.parse import read_documents
 from embedpipe.store import Scope, Store
 from embedpipe.store.scalar_index import SCALAR_INDEXES
-from embedpipe.store.state import where_in
+from embedpipe.store.state import drop_repeats, first_per_document, where_in
 from embedpipe.tasks.embedding import embed_chunks, table_schema
 from tests.fakes import FakeEmbedder
 from tests.helpers import make_settings, write
@@ -142,3 +142,19 @@ def test_hostile_keys_only_ever_match_themselves(tmp_path: Path) -> None:
     assert res.deleted == rows.num_rows
     left = store.doc_state(store.snapshot(), [Scope(src)])
     assert sorted(left.column(C.PATH).to_pylist()) == sorted(n for n in HOSTILE_FILES if n != "it's.txt")
+
+
+def test_state_reduction_keeps_the_first_row_of_each_document_even_when_rows_are_apart() -> None:
+    rows = pa.table(
+        {
+            C.SOURCE: ["s", "s", "s", "s", "s", "t"],
+            C.PATH: ["a", "a", "b", "a", "b", "a"],
+            C.DOC_ID: ["a", "a", "b", "a", "b", "a"],
+            C.DOC_HASH: ["h1", "h1-later", "h2", "h1-last", "h2-later", "h3"],
+        }
+    )
+    kept = drop_repeats(rows)
+    assert kept.column(C.DOC_HASH).to_pylist() == ["h1", "h2", "h1-last", "h2-later", "h3"]
+    one = first_per_document(kept)
+    assert one.column(C.DOC_HASH).to_pylist() == ["h1", "h2", "h3"]  # per (source, path, doc_id)
+    assert first_per_document(rows).column(C.DOC_HASH).to_pylist() == ["h1", "h2", "h3"]

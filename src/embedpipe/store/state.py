@@ -86,7 +86,7 @@ def drop_repeats(rows: pa.Table) -> pa.Table:
         col = rows.column(k)
         eq_prev = pc.equal(col.slice(1), col.slice(0, rows.num_rows - 1))
         same = eq_prev if same is None else pc.and_(same, eq_prev)
-    keep = pa.concat_arrays([pa.array([True]), pc.invert(same).combine_chunks()])
+    keep = pa.concat_arrays([pa.array([True]), pc.invert(pc.fill_null(same, False)).combine_chunks()])
     return rows.filter(keep)
 
 
