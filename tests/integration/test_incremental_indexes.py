@@ -1,5 +1,5 @@
-"""Incremental runs on a table with scalar indexes: created by the writing run before its audit, the
-served version is the indexed one, and later runs keep one version per run.
+"""Incremental runs on a table with scalar indexes: created by a writing run just before its commit,
+so the version it checks and serves carries them, and later runs keep one version per run.
 
 Real Prefect (test harness) and real LanceDB; the deterministic fake model counts its calls.
 """
@@ -36,29 +36,33 @@ def test_a_run_indexes_the_table_before_its_audit_and_serves_that_version(tmp_pa
     store = Store(settings.store)
 
     s1 = run([src], settings)
-    head = store.open_table()
-    assert s1.table_version == int(head.version) == 2  # the commit, then the indexes in one version
-    assert store.serving_version() == s1.table_version  # audited and published: the indexed version
-    assert int(head.tags.list()[s1.run_id]["version"]) == s1.table_version
-    assert store.scalar_indexed_columns(head) == set(SCALAR_INDEXES)
-
+    assert s1.table_version == 1  # a new table: one version, indexed by the next writing run
+    assert store.scalar_indexed_columns(store.open_table()) == set()
     assert run([src], settings).table_version is None  # nothing changed: no version at all
 
     write(src / "doc 0's.md", "\n\n".join(["Document 0, edited.", *PARAS]))
     (src / "doc 5's.md").unlink()
     s3 = run([src], settings)
-    assert s3.table_version == s1.table_version + 1  # indexes exist: one version per run again
+    head = store.open_table()
+    assert s3.table_version == int(head.version) == 3  # version 2: the indexes on the rows it read
+    assert int(head.tags.list()[s3.run_id]["version"]) == s3.table_version
+    assert store.serving_version() == s3.table_version  # audited and published, with the indexes
+    assert store.scalar_indexed_columns(head) == set(SCALAR_INDEXES)
     assert (s3.docs_changed, s3.docs_deleted, s3.docs_unchanged) == (1, 1, 4)
-    assert s3.chunks_embedded == 1  # the rest of doc 0 was reused through the chunk_hash index
-    assert store.serving_version() == s3.table_version
+    assert s3.chunks_embedded == 1  # the rest of doc 0 was reused, looked up through the index
     state = store.doc_state(store.snapshot(), [Scope(str(src.resolve()))])
     assert sorted(state.column(C.PATH).to_pylist()) == [f"doc {i}'s.md" for i in range(5)]
+
+    write(src / "doc 1's.md", "\n\n".join(["Document 1, edited.", *PARAS]))
+    assert run([src], settings).table_version == 4  # the indexes exist: one version per run again
 
 
 def test_scalar_indexes_can_be_turned_off(tmp_path: Path) -> None:
     src = tmp_path / "src"
     write(src / "a.md", "\n\n".join(PARAS))
     settings = make_settings(tmp_path, index={"scalar": False, "scalar_min_rows": 1})
-    s1 = run([src], settings)
+    run([src], settings)
+    write(src / "a.md", "\n\n".join(PARAS[:2]))
+    s2 = run([src], settings)
     store = Store(settings.store)
-    assert s1.table_version == 1 and store.scalar_indexed_columns(store.open_table()) == set()
+    assert s2.table_version == 2 and store.scalar_indexed_columns(store.open_table()) == set()

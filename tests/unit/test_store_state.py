@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pytest
 
 from embedpipe.chunking import chunk_documents
 from embedpipe.config import ModelSettings
+from embedpipe.errors import StaleReadError
 from embedpipe.schemas import C, doc_state_schema
 from embedpipe.sources.discover import discover
 from embedpipe.sources.parse import read_documents
@@ -25,6 +27,7 @@ from tests.helpers import make_settings, write
 
 RUN_A = "11111111-1111-1111-1111-111111111111"
 RUN_B = "22222222-2222-2222-2222-222222222222"
+RUN_C = "33333333-3333-3333-3333-333333333333"
 HOSTILE_SOURCE = "s'r\\c%_ü ✓"
 HOSTILE_FILES = ["it's.txt", "back\\slash.txt", "100%_.txt", "ünï✓ 文.txt", "x" * 200 + ".txt"]
 INJECTIONS = ["' OR '1'='1", "x') OR (1=1", "%", "\\", "'; --", "ü" * 10_000]
@@ -68,29 +71,52 @@ def test_doc_state_is_one_row_per_document_and_follows_scopes(tmp_path: Path) ->
     assert store.doc_state(None, [Scope(src)]).num_rows == 0
 
 
-def test_a_commit_creates_the_missing_scalar_indexes_in_one_version_and_tags_that_one(tmp_path: Path) -> None:
+def test_a_commit_first_creates_the_missing_scalar_indexes_in_one_version_of_the_rows_read(
+    tmp_path: Path,
+) -> None:
     settings, schema, table, _src = chunk_rows(tmp_path, {"a.txt": "alpha beta. " * 60}, RUN_A)
     store = Store(settings.store)
     res = commit(store, RUN_A, table, schema, scalar_indexes=1)
+    assert res.version == 1 and store.scalar_indexed_columns(store.open_table()) == set()  # a new table
+    more = table.slice(0, 2)
+    res2 = store.commit(
+        RUN_B, [store.stage(RUN_B, 0, more)], schema, read_version=1, verify=True, scalar_indexes=1
+    )
     head = store.open_table()
-    assert res.version == int(head.version) == 2  # the data commit, then one version for all indexes
-    assert int(head.tags.list()[RUN_A]["version"]) == res.version  # what the audit checks and serves
+    assert res2.version == int(head.version) == 3  # version 2: the indexes, on the rows run B read
+    assert int(head.tags.list()[RUN_B]["version"]) == res2.version  # what the audit checks and serves
     kinds = {cfg.columns[0]: cfg.index_type for cfg in head.list_indices()}
     assert kinds == {C.SOURCE: "Bitmap", C.PATH: "BTree", C.DOC_ID: "BTree", C.CHUNK_HASH: "BTree"}
     assert set(SCALAR_INDEXES) == set(kinds)
+    before = store.require_table()
+    before.checkout(2)  # "the version before" the run's commit holds the previous content
+    assert before.count_rows() == table.num_rows and store.scalar_indexed_columns(before) == set(kinds)
     # The indexes exist: the next run commits one version, as before.
-    more = table.slice(0, 2)
-    res2 = store.commit(RUN_B, [store.stage(RUN_B, 0, more)], schema, scalar_indexes=1)
-    assert res2.version == res.version + 1
+    res3 = store.commit(
+        RUN_A, [store.stage(RUN_A, 1, more)], schema, read_version=3, verify=True, scalar_indexes=1
+    )
+    assert res3.version == 4
+
+
+def test_index_only_versions_never_make_a_delta_stale_but_data_commits_do(tmp_path: Path) -> None:
+    settings, schema, table, _src = chunk_rows(tmp_path, {"a.txt": "alpha beta. " * 60}, RUN_A)
+    store = Store(settings.store)
+    commit(store, RUN_A, table, schema)
+    assert store.ensure_scalar_indexes(store.open_table()) == list(SCALAR_INDEXES)  # e.g. a retried write
+    res = store.commit(RUN_B, [store.stage(RUN_B, 0, table.slice(0, 1))], schema, read_version=1, verify=True)
+    assert res.version == 3
+    with pytest.raises(StaleReadError, match="moved from version 1 to version 3"):
+        store.commit(RUN_C, [store.stage(RUN_C, 0, table.slice(1, 1))], schema, read_version=1, verify=True)
 
 
 def test_no_scalar_index_below_the_threshold_or_when_turned_off(tmp_path: Path) -> None:
     settings, schema, table, _src = chunk_rows(tmp_path, {"a.txt": "alpha beta. " * 60}, RUN_A)
     store = Store(settings.store)
-    res = commit(store, RUN_A, table, schema, scalar_indexes=table.num_rows + 1)
-    assert res.version == 1 and store.scalar_indexed_columns(store.open_table()) == set()
-    res = commit(store, RUN_B, table.slice(0, 1), schema)  # None: never
-    assert store.scalar_indexed_columns(store.open_table()) == set()
+    commit(store, RUN_A, table, schema)
+    res = commit(store, RUN_B, table.slice(0, 1), schema, scalar_indexes=table.num_rows + 1)
+    assert res.version == 2 and store.scalar_indexed_columns(store.open_table()) == set()
+    res = commit(store, RUN_C, table.slice(0, 1), schema)  # None: never
+    assert res.version == 3 and store.scalar_indexed_columns(store.open_table()) == set()
 
 
 def test_vector_reuse_is_answered_by_the_chunk_hash_index(tmp_path: Path) -> None:
@@ -121,7 +147,8 @@ def test_hostile_keys_only_ever_match_themselves(tmp_path: Path) -> None:
     files = {name: f"text of {i}. " * 12 for i, name in enumerate(HOSTILE_FILES)}
     settings, schema, table, src = chunk_rows(tmp_path, files, RUN_A, HOSTILE_SOURCE)
     store = Store(settings.store)
-    commit(store, RUN_A, table, schema, scalar_indexes=1)
+    commit(store, RUN_A, table, schema)
+    store.ensure_scalar_indexes(store.open_table())
     snap = store.snapshot()
     state = store.doc_state(snap, [Scope(src)])
     assert sorted(state.column(C.PATH).to_pylist()) == sorted(HOSTILE_FILES)

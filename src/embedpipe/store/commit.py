@@ -23,7 +23,7 @@ from embedpipe.errors import StaleReadError
 from embedpipe.schemas import CHECKS_TABLE, C
 from embedpipe.store.filters import docs_filter, eq
 from embedpipe.store.reader import RUN_ID_TAG, SERVING_TAG, resolve_target
-from embedpipe.store.scalar_index import ScalarIndexMixin
+from embedpipe.store.scalar_index import ScalarIndexMixin, only_indexed_since
 from embedpipe.store.staging import StagedShard, StagingMixin
 
 if TYPE_CHECKING:
@@ -53,14 +53,18 @@ class CommitMixin(StagingMixin, ScalarIndexMixin):
             read_version: The version the run read (``None``: there was no table).
 
         Returns:
-            ``None`` when the head is still ``read_version``; the version this run already
-            committed (a retried write whose first attempt landed), tagged with its run id.
+            ``None`` when the head is still ``read_version``, or moved on only by index commits
+            (they change no row, so the delta is still current: a retried write whose first
+            attempt created the scalar indexes); the version this run already committed (a
+            retried write whose first attempt landed), tagged with its run id.
 
         Raises:
             StaleReadError: Another writer committed since ``read_version``: nothing is written.
         """
         head = None if table is None else int(table.version)
         if head == read_version:
+            return None
+        if table is not None and read_version is not None and only_indexed_since(table, read_version):
             return None
         tags = table.tags.list() if table is not None else {}
         mine = int(tags[run_id]["version"]) if run_id in tags else None
@@ -108,14 +112,13 @@ class CommitMixin(StagingMixin, ScalarIndexMixin):
             read_version: The version the run computed its changes against (with ``verify``).
             verify: Refuse the commit when the table's head is no longer ``read_version``
                 (see :meth:`verify_head`).
-            scalar_indexes: Then create the scalar indexes the table lacks once it has this many
-                rows (:meth:`~embedpipe.store.scalar_index.ScalarIndexMixin.ensure_scalar_indexes`);
-                ``None``: never.
+            scalar_indexes: First create the scalar indexes an existing table lacks once it has
+                this many rows (:meth:`~embedpipe.store.scalar_index.ScalarIndexMixin.ensure_scalar_indexes`),
+                as a version of its own before the commit, with the rows the run read; ``None``:
+                never. A new table gets them from the next run that writes to it.
 
         Returns:
-            The new version (``None`` when there was nothing to change) and row counts. With
-            ``scalar_indexes``, the version is the newest after the indexes were created (the same
-            rows as the commit): the run's tag, its checks and its publication all name that one.
+            The new version (``None`` when there was nothing to change) and row counts.
 
         Raises:
             StaleReadError: With ``verify``, another writer committed since ``read_version``.
@@ -138,6 +141,10 @@ class CommitMixin(StagingMixin, ScalarIndexMixin):
                 reader = self._staged_reader(staged, schema, exclude or {}, counter)
                 table = self.db.create_table(name, data=reader, schema=schema)
             else:
+                if scalar_indexes is not None:
+                    # Before the commit, on the rows the run read: the commit is then the run's
+                    # one version, the one its checks judge and its publication serves.
+                    self.ensure_scalar_indexes(table, scalar_indexes)
                 reader = self._staged_reader(staged, schema, exclude or {}, counter)
                 builder = (
                     table.merge_insert(C.CHUNK_ID).when_matched_update_all().when_not_matched_insert_all()
@@ -147,11 +154,9 @@ class CommitMixin(StagingMixin, ScalarIndexMixin):
                     builder = builder.when_not_matched_by_source_delete(replace)
                 result = builder.execute(reader)
                 deleted = int(getattr(result, "num_deleted_rows", 0) or 0)
+            version = int(table.version)
         except Exception as e:
             raise self._error(f"commit of run={run_id} into table={name} failed", e) from e
-        if scalar_indexes is not None:
-            self.ensure_scalar_indexes(table, scalar_indexes)
-        version = int(table.version)
         self._tag(table, run_id, version)
         return CommitResult(version, counter[0], deleted)
 
@@ -162,15 +167,13 @@ class CommitMixin(StagingMixin, ScalarIndexMixin):
         schema: pa.Schema,
         read_version: int | None = None,
         verify: bool = False,
-        scalar_indexes: int | None = None,
     ) -> CommitResult:
         """Replace the whole table (new model, new schema) as one new version: the atomic switch.
 
         Readers keep reading the previous version until this single commit lands; the previous
         versions stay available for ``rollback`` until retention removes them. With ``verify``, a
-        table that moved on since ``read_version`` is refused (:meth:`verify_head`). With
-        ``scalar_indexes`` (a row threshold), missing scalar indexes are created before the version
-        is tagged (as in :meth:`commit`).
+        table that moved on since ``read_version`` is refused (:meth:`verify_head`). Scalar
+        indexes the new content lacks are created by the next run that writes to it.
         """
         counter = [0]
         name = self.settings.table
@@ -188,11 +191,9 @@ class CommitMixin(StagingMixin, ScalarIndexMixin):
                 previous_rows = int(table.count_rows())
                 self.cache.keep_replaced(table, None, "reindex")
                 table.add(reader, mode="overwrite")
+            version = int(table.version)
         except Exception as e:
             raise self._error(f"reindex commit of run={run_id} into table={name} failed", e) from e
-        if scalar_indexes is not None:
-            self.ensure_scalar_indexes(table, scalar_indexes)
-        version = int(table.version)
         self._tag(table, run_id, version)
         return CommitResult(version, counter[0], previous_rows)
 

@@ -6,13 +6,16 @@ reuse). Each gets a Lance scalar index, so those reads touch the matching rows i
 the table: a BITMAP for ``source`` (a handful of roots), a BTREE for the others (about one value per
 file, document or chunk).
 
-The writing runs create the indexes that are missing, right after their commit and before the new
-version is tagged, checked and served (:meth:`~embedpipe.store.commit.CommitMixin.commit`), so the
-version a run audits and publishes is the one with the indexes. Creating them is one commit of its
-own (a version with the same rows), made once the table has ``index.scalar_min_rows`` rows, and
-again only after a change that drops an index. Folding new rows into existing indexes
-(``optimize``) belongs to the index lifecycle, not here: until then Lance answers a filter from the
-index for indexed rows and scans only the rest.
+The writing runs create the indexes an existing table lacks right before their commit
+(:meth:`~embedpipe.store.commit.CommitMixin.commit`), as one version of its own with exactly the rows
+the run read. The run's commit, the one version it tags, checks and serves, then carries them; and
+"the version before" a run's commit (what a failed gate falls back to, what the checks compare
+with) still holds the previous content. It happens once the table has ``index.scalar_min_rows``
+rows (a new table gets its indexes from the next run that writes to it), and again only after a
+change that drops an index. An index commit changes no row, so it never makes a run's delta stale
+(:func:`only_indexed_since`). Folding new rows into existing indexes (``optimize``) belongs to the
+index lifecycle, not here: until then Lance answers a filter from the index for indexed rows and
+scans only the rest.
 """
 
 from __future__ import annotations
@@ -106,3 +109,23 @@ def _build_in_one_commit(table: Table, columns: list[str]) -> None:
         ds, LanceOperation.CreateIndex(new_indices=new, removed_indices=[]), read_version=ds.version
     )
     table.checkout_latest()
+
+
+def only_indexed_since(table: Table, read_version: int) -> bool:
+    """Whether every version after ``read_version`` up to the head only created indexes.
+
+    Such commits change no row, so changes computed against ``read_version`` still apply.
+    """
+    ds = table.to_lance()
+    head = int(ds.version)
+    if head <= read_version:
+        return False
+    try:
+        for version in range(read_version + 1, head + 1):
+            tx = ds.read_transaction(version)
+            if tx is None or type(tx.operation).__name__ != "CreateIndex":
+                return False
+    except Exception as e:  # a version that cannot be read is treated as a change (refused)
+        log.warning("cannot read the transaction of table=%s version=%s: %s", table.name, version, e)
+        return False
+    return True

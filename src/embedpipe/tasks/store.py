@@ -46,9 +46,9 @@ def write_task(
 ) -> CommitResult:
     """Commit the staged rows and removals as exactly one new table version tagged with the run id.
 
-    Missing scalar indexes are created right after the commit (``index.scalar``, once the table has
-    ``index.scalar_min_rows`` rows); the version returned, tagged, checked and served is then the
-    one with the indexes (the same rows).
+    Missing scalar indexes (``index.scalar``, once the table has ``index.scalar_min_rows`` rows) are
+    created just before, as a version with the rows the run read; the run's commit, the version it
+    tags, checks and serves, then carries them.
 
     The commit is refused (:class:`~embedpipe.errors.StaleReadError`, not retried) when the table
     moved on since ``read_version``, the version the run's changes were computed against.
@@ -88,9 +88,7 @@ def switch_task(
     Refused like :func:`write_task` when the table moved on since ``read_version``.
     """
     store = Store(settings.store)
-    result = store.overwrite(
-        run_id, staged, schema, read_version, verify=True, scalar_indexes=_scalar(settings)
-    )
+    result = store.overwrite(run_id, staged, schema, read_version, verify=True)
     store.drop_staging(run_id)
     get_run_logger().info(
         "stage=switch table=%s version=%s written=%d", settings.store.table, result.version, result.written
