@@ -24,7 +24,7 @@ from prefect.utilities.annotations import quote
 from embedpipe.config import Settings
 from embedpipe.errors import EmbedpipeError, RejectRatioExceeded
 from embedpipe.flows._dask import cancel_all, worker_result
-from embedpipe.incremental import Known
+from embedpipe.incremental import Known, split_state
 from embedpipe.progress import chunks_progress
 from embedpipe.schemas import C, Reject, RunCounts, RunSummary
 from embedpipe.store import StagedShard, Store
@@ -258,8 +258,9 @@ def _run_shards_on_workers(
     futures = []
     # Chunks are reported only when a whole shard lands: the rate counts from the submission.
     chunks_progress.start()
-    for shard_no, refs in enumerate(plan.shards):
-        shard_known = {k: known[k] for k in {(r.source, r.path) for r in refs} if k in known}
+    for shard_no, (refs, shard_known) in enumerate(
+        zip(plan.shards, split_state(known, plan.shards), strict=True)
+    ):
         futures.append(shard_task.submit(shard_no, refs, settings, shard_known, rid, read_version))
     try:
         for fut in futures:
@@ -278,8 +279,8 @@ def _submit_shards(
 ) -> Iterator[tuple[Any, Any, Any, Any]]:
     """Submit each shard's ingest, chunk, embed and stage tasks, one shard per item."""
     prev_embed: Any = None
-    for shard_no, refs in enumerate(plan.shards):
-        shard_known = {k: known[k] for k in {(r.source, r.path) for r in refs} if k in known}
+    states = split_state(known, plan.shards)
+    for shard_no, (refs, shard_known) in enumerate(zip(plan.shards, states, strict=True)):
         # Futures are passed where tasks take values: Prefect resolves them (hence the ignores).
         docs_f: Any = ingest_task.submit(shard_no, opaque(refs), settings, opaque(shard_known))
         chunks_f: Any = chunk_task.submit(docs_f, settings)  # type: ignore[call-overload]

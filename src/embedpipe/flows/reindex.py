@@ -19,6 +19,7 @@ from prefect.states import State
 from embedpipe.config import Settings, get_settings
 from embedpipe.flows._pipeline import check_reject_ratio, opaque, reembed_stored, run_shards
 from embedpipe.flows._writing import WritingRun, writing_run
+from embedpipe.incremental import empty_state
 from embedpipe.schemas import ModelIdentity, RunSummary
 from embedpipe.store import CommitResult, Store
 from embedpipe.tasks.sources import discover_task
@@ -70,7 +71,7 @@ def _rebuild(run: WritingRun, sources: list[str] | None) -> CommitResult:
     else:
         plan = discover_task(sources or stored_sources(settings, prepared.read_version), settings)
         tally.add_rejects(plan.rejects)
-        run_shards(plan, settings, run.run_id, {}, reuse_version, tally)
+        run_shards(plan, settings, run.run_id, empty_state(), reuse_version, tally)
         check_reject_ratio(tally, settings, "the table was not switched")
     result = switch_task(opaque(tally.staged), settings, run.run_id, run.schema(), prepared.read_version)
     # The switch replaces every row: the summary counts no chunk as deleted.

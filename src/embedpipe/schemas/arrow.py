@@ -77,6 +77,13 @@ def docs_schema() -> pa.Schema:
     )
 
 
+def doc_state_schema() -> pa.Schema:
+    """Schema of what the table knows of each document: one row per (source, path, doc_id)."""
+    return pa.schema(
+        _doc_fields(), metadata={"embedpipe.schema": "doc_state", "embedpipe.schema_version": SCHEMA_VERSION}
+    )
+
+
 def segments_schema() -> pa.Schema:
     """Schema of chunks before embedding (no vector yet)."""
     return pa.schema(

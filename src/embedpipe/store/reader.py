@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from embedpipe.config import StoreSettings
 from embedpipe.errors import (
@@ -32,9 +33,9 @@ from embedpipe.store.connection import StoreBase
 SERVING_TAG = "serving"
 
 
-def sql_quote(value: str) -> str:
-    """A SQL string literal for a Lance filter."""
-    return "'" + value.replace("'", "''") + "'"
+def _this_table(table: str) -> pc.Expression:
+    """Record rows of one chunks table, as a typed expression (no SQL text to quote)."""
+    return pc.field(C.TABLE) == pa.scalar(table, pa.string())
 
 
 def resolve_target(
@@ -182,8 +183,7 @@ class TableReader:
         checks = self.dataset(CHECKS_TABLE)
         if checks is None:
             return False
-        flt = f"`{C.TABLE}` = {sql_quote(self.table)}"
-        return checks.to_table(columns=[C.TABLE], filter=flt, limit=1).num_rows > 0
+        return checks.to_table(columns=[C.TABLE], filter=_this_table(self.table), limit=1).num_rows > 0
 
     def serving_version(self, ds: Any = None) -> int | None:
         """The version the ``serving`` tag points at, or ``None`` when nothing was published."""
@@ -285,41 +285,29 @@ class TableReader:
                 f"table={name} not found in database uri={self.uri}; it is written by the first "
                 f"{'run' if name == RUNS_TABLE else 'check'}"
             )
-        return ds.to_table(filter=f"`{C.TABLE}` = {sql_quote(self.table)}")
+        return ds.to_table(filter=_this_table(self.table))
 
 
 _HIT_COLUMNS = [C.DOC_ID, C.CHUNK_ID, C.TEXT]
 
 
+def _hit_rows(ds: Any, score: str, **scan: Any) -> list[dict[str, Any]]:
+    """The hit columns and the ``score`` column (``_distance`` or ``_score``) of one Lance scan."""
+    table = ds.to_table(
+        columns=[*_HIT_COLUMNS, score], with_row_id=True, disable_scoring_autoprojection=True, **scan
+    )
+    return cast("list[dict[str, Any]]", table.to_pylist())
+
+
 def _vector_rows(ds: Any, vector: Any, k: int) -> list[dict[str, Any]]:
     import numpy as np
 
-    return cast(
-        "list[dict[str, Any]]",
-        ds.to_table(
-            columns=[*_HIT_COLUMNS, "_distance"],
-            with_row_id=True,
-            disable_scoring_autoprojection=True,
-            nearest={
-                "column": C.VECTOR,
-                "q": np.asarray(vector, dtype=np.float32),
-                "k": int(k),
-                "metric": "cosine",
-            },
-        ).to_pylist(),
-    )
+    q = np.asarray(vector, dtype=np.float32)
+    return _hit_rows(ds, "_distance", nearest={"column": C.VECTOR, "q": q, "k": int(k), "metric": "cosine"})
 
 
 def _text_rows(ds: Any, query: str, k: int) -> list[dict[str, Any]]:
     from lance.query import MatchQuery
 
-    return cast(
-        "list[dict[str, Any]]",
-        ds.to_table(
-            columns=[*_HIT_COLUMNS, "_score"],
-            with_row_id=True,
-            disable_scoring_autoprojection=True,
-            full_text_query=MatchQuery(fulltext.query_text(query), C.TEXT),
-            limit=int(k),
-        ).to_pylist(),
-    )
+    match = MatchQuery(fulltext.query_text(query), C.TEXT)
+    return _hit_rows(ds, "_score", full_text_query=match, limit=int(k))

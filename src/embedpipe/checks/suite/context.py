@@ -13,7 +13,8 @@ from embedpipe.config import ChecksSettings, ModelSettings
 from embedpipe.embedding.embedder import settings_for_table
 from embedpipe.errors import ConfigError, EmbedpipeError
 from embedpipe.schemas import C, ModelIdentity, vector_matrix
-from embedpipe.store import SERVING_TAG, Store, sql_quote
+from embedpipe.store import SERVING_TAG, Store
+from embedpipe.store.filters import isin
 
 SAMPLE_COLUMNS = [C.CHUNK_ID, C.CHUNK_HASH, C.TEXT, C.N_TOKENS, C.VECTOR]
 
@@ -122,7 +123,7 @@ def reference_for(store: Store, table: Any, version: int, baseline: str | None) 
     return None, "first version of the table"
 
 
-def _sample_where(store: Store, table: Any, flt: str, n: int, seed: int, dim: int, version: int) -> Side:
+def _sample_where(store: Store, table: Any, flt: Any, n: int, seed: int, dim: int, version: int) -> Side:
     """A fixed-seed sample of the rows of a pinned table matching ``flt``."""
     ids = table.search().where(flt).select([C.CHUNK_ID]).limit(None).to_arrow().column(0).to_pylist()
     ids.sort()
@@ -208,7 +209,7 @@ def load_context(
             version, int(table.count_rows()), store.sample_rows(table, n, seed, SAMPLE_COLUMNS), identity.dim
         )
     elif new_runs:
-        flt = f"{C.RUN_ID} IN ({', '.join(sql_quote(r) for r in new_runs)})"
+        flt = isin(C.RUN_ID, new_runs)
         new = _sample_where(store, table, flt, n, seed, identity.dim, version)
     else:
         empty = pa.table({c: pa.array([], type=table.schema.field(c).type) for c in SAMPLE_COLUMNS})
