@@ -42,6 +42,7 @@ _GROUPS = (
     "checks",
     "retention",
     "runtime",
+    "index",
 )
 
 
@@ -286,17 +287,21 @@ class Table:
         return self._reader.uri
 
     def search(
-        self, query: str, k: int = 5, *, mode: str = "vector", version: str | int = "serving"
+        self, query: str, k: int = 5, *, mode: str | None = None, version: str | int = "serving"
     ) -> list[dict[str, Any]]:
-        """The ``k`` chunks nearest to ``query``, best first (as ``embedpipe search --json``).
+        """The ``k`` best chunks for ``query``, best first (as ``embedpipe search --json``).
 
         The query is embedded with the table's own model (ONNX Runtime where its export passed
-        the query check; the first search without one makes it, for later searches).
+        the query check; the first search without one makes it, for later searches). The query is
+        plain words in every mode: quotes, parentheses, ``AND``, ``*`` and the like are not syntax.
 
         Args:
             query: The text to search for.
             k: How many results.
-            mode: ``"vector"`` (cosine similarity of embeddings), the only mode supported.
+            mode: ``"vector"`` (``score``: cosine similarity of embeddings), ``"text"`` (BM25 over
+                the full-text index; ``score``: the BM25 score) or ``"hybrid"`` (both rankings
+                fused by reciprocal rank fusion; ``score``: the RRF score); ``None``: the
+                configured ``index.search_mode`` (vector on a version without a full-text index).
             version: ``serving`` (the version that passed its checks), ``latest``, a number or a tag.
 
         Returns:
@@ -307,18 +312,20 @@ class Table:
             TableNotFoundError: No such table.
             NothingServedError: No version has passed its checks yet (pass ``version="latest"``).
             VersionNotFoundError: No such version or tag.
+            IndexMissingError: ``text`` or ``hybrid`` asked for on a version without a full-text
+                index (``embedpipe index`` builds it).
         """
-        from embedpipe.search import SEARCH_MODES, Searcher
+        from embedpipe.search import Searcher, check_mode
 
-        if mode not in SEARCH_MODES:
-            raise ConfigError(f"mode={mode!r} is not supported; supported: {', '.join(SEARCH_MODES)}")
+        if mode is not None:
+            check_mode(mode)
         if k < 1:
             raise ConfigError(f"k={k}: expected a positive number of results")
-        if not query.strip():
+        if not query.strip("\x00 \t\n\r\f\v"):
             raise ConfigError("empty query: pass the text to search for")
         if self._searcher is None:
             self._searcher = Searcher(self.settings)
-        hits = self._searcher.search(query, k, version)
+        hits = self._searcher.search(query, k, version, mode)
         if self._searcher.can_prepare:
             self._searcher.prepare()
         return hits

@@ -75,6 +75,13 @@ class VersionNotFoundError(EmbedpipeError):
     exit_code = 4
 
 
+class IndexMissingError(EmbedpipeError):
+    """A search mode needs an index the table version lacks (text and hybrid need the full-text
+    index); ``embedpipe index`` builds it."""
+
+    exit_code = 4
+
+
 class NothingServedError(VersionNotFoundError):
     """The table was checked but no version of it has passed its checks yet: nothing is served."""
 

@@ -12,20 +12,27 @@ both packages rather than inside either.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from embedpipe.schemas import C
+from embedpipe.schemas import C, doc_state_schema
 from embedpipe.sources.docids import is_legacy_id
+from embedpipe.sources.files import FileRef
 from embedpipe.sources.globs import PathFilter
-from embedpipe.store import DocState
 
-Known = Mapping[tuple[str, str], Mapping[str, DocState]]
-"""Per (source, path): the documents the table holds for that file and their state."""
+Known: TypeAlias = pa.Table
+"""The table's document state (:func:`~embedpipe.schemas.doc_state_schema`): one row per
+(source, path, doc_id) with its content hash, size, mtime and metadata."""
+
+_ROW = "__row"
+_OLD = "__old_"
+_KEYS = [C.SOURCE, C.PATH, C.DOC_ID]
+_COMPARED = [C.DOC_HASH, C.SIZE, C.MTIME, C.METADATA]
 
 
 @dataclass
@@ -48,8 +55,39 @@ class Delta:
         return len(self.changed_text) + self.meta_only.num_rows
 
 
+def empty_state() -> pa.Table:
+    """A document state holding no document."""
+    return doc_state_schema().empty_table()
+
+
+def _pairs(table: pa.Table, a: str, b: str) -> list[tuple[str, str]]:
+    return list(zip(table.column(a).to_pylist(), table.column(b).to_pylist(), strict=True))
+
+
+def _same(a: pa.ChunkedArray, b: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Element-wise equality where two nulls are equal (as ``None == None`` in Python)."""
+    both_null = pc.and_(pc.is_null(a), pc.is_null(b))
+    return pc.or_(pc.fill_null(pc.equal(a, b), False), both_null)
+
+
+def _matched(docs: pa.Table, known: Known) -> pa.Table:
+    """``docs``' keys (in their order, with a row number) left-joined with the stored state."""
+    left = pa.table(
+        [*(docs.column(k) for k in _KEYS), pa.array(np.arange(docs.num_rows))], names=[*_KEYS, _ROW]
+    )
+    types = {c: docs.schema.field(c).type for c in _COMPARED}
+    right = pa.table(
+        [*(known.column(k) for k in _KEYS), *(known.column(c).cast(types[c]) for c in _COMPARED)],
+        names=[*_KEYS, *(_OLD + c for c in _COMPARED)],
+    )
+    return left.join(right, _KEYS, join_type="left outer", use_threads=False).sort_by(_ROW)
+
+
 def classify(docs: pa.Table, known: Known) -> Delta:
     """Compare freshly read documents with what the table holds.
+
+    A join of the documents' keys with the stored state, then column-wise comparisons: Python
+    objects are made only for documents whose text changed, and for the ids of those read.
 
     Args:
         docs: Documents (:func:`~embedpipe.schemas.docs_schema`).
@@ -58,27 +96,59 @@ def classify(docs: pa.Table, known: Known) -> Delta:
     Returns:
         The documents to chunk, the documents whose rows only need new metadata, and counts.
     """
-    cols = [C.SOURCE, C.PATH, C.DOC_ID, C.DOC_HASH, C.SIZE, C.MTIME, C.METADATA]
-    values = [docs.column(c).to_pylist() for c in cols]
-    chunk_mask = np.zeros(docs.num_rows, dtype=bool)
-    meta_mask = np.zeros(docs.num_rows, dtype=bool)
-    delta = Delta(to_chunk=docs.slice(0, 0), meta_only=docs.slice(0, 0))
-    for i, (src, path, doc_id, h, size, mtime, md) in enumerate(zip(*values, strict=True)):
-        delta.seen.append((src, doc_id))
-        old = known.get((src, path), {}).get(doc_id)
-        if old is None:
-            delta.new += 1
-            chunk_mask[i] = True
-        elif old.doc_hash != h:
-            delta.changed_text.append((src, doc_id))
-            chunk_mask[i] = True
-        elif (old.size, old.mtime, old.metadata) != (size, mtime, md):
-            meta_mask[i] = True
-        else:
-            delta.unchanged += 1
-    delta.to_chunk = docs.filter(pa.array(chunk_mask))
-    delta.meta_only = docs.filter(pa.array(meta_mask)).drop_columns([C.TEXT])
-    return delta
+    m = _matched(docs, known)
+    is_new = pc.is_null(m.column(_OLD + C.DOC_HASH)).combine_chunks()
+    same = {c: _same(docs.column(c), m.column(_OLD + c)) for c in _COMPARED}
+    text_changed = pc.and_(pc.invert(is_new), pc.invert(same[C.DOC_HASH]))
+    same_meta = pc.and_(pc.and_(same[C.SIZE], same[C.MTIME]), same[C.METADATA])
+    meta_only = pc.and_(pc.and_(pc.invert(is_new), same[C.DOC_HASH]), pc.invert(same_meta))
+    to_chunk = pc.or_(is_new, text_changed)
+    new = int(pc.sum(is_new).as_py() or 0)
+    changed = int(pc.sum(text_changed).as_py() or 0)
+    metas = int(pc.sum(meta_only).as_py() or 0)
+    return Delta(
+        to_chunk=docs.filter(to_chunk),
+        meta_only=docs.filter(meta_only).drop_columns([C.TEXT]),
+        new=new,
+        changed_text=_pairs(docs.filter(text_changed), C.SOURCE, C.DOC_ID) if changed else [],
+        unchanged=docs.num_rows - new - changed - metas,
+        seen=_pairs(docs, C.SOURCE, C.DOC_ID),
+    )
+
+
+def split_state(known: Known, shards: Sequence[Sequence[FileRef]]) -> list[pa.Table]:
+    """The state of each shard's files, in one pass over the state (not one per shard).
+
+    A file whose parts fall in several shards gives its state to each of them.
+    """
+    src: list[str] = []
+    path: list[str] = []
+    shard: list[int] = []
+    for i, refs in enumerate(shards):
+        for key in dict.fromkeys((r.source, r.path) for r in refs):
+            src.append(key[0])
+            path.append(key[1])
+            shard.append(i)
+    if not shard or known.num_rows == 0:
+        return [known.slice(0, 0) for _ in shards]
+    keys = pa.table({C.SOURCE: src, C.PATH: path, _ROW: pa.array(shard, pa.int64())})
+    joined = known.join(keys, [C.SOURCE, C.PATH], join_type="inner", use_threads=False).sort_by(_ROW)
+    counts = np.bincount(joined.column(_ROW).to_numpy(), minlength=len(shards))
+    joined = joined.select(known.column_names).cast(known.schema)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    return [joined.slice(int(starts[i]), int(counts[i])) for i in range(len(shards))]
+
+
+def _pairs_table(pairs: Iterable[tuple[str, str]]) -> pa.Table:
+    items = list(pairs)
+    src = [s for s, _ in items]
+    ids = [d for _, d in items]
+    return pa.table({C.SOURCE: pa.array(src, pa.string()), C.DOC_ID: pa.array(ids, pa.string())})
+
+
+def _keyed(known: Known, pairs: Iterable[tuple[str, str]], join_type: str) -> pa.Table:
+    """Rows of ``known`` whose (source, doc_id) is (semi) or is not (anti) among ``pairs``."""
+    return known.join(_pairs_table(pairs), [C.SOURCE, C.DOC_ID], join_type=join_type, use_threads=False)
 
 
 def missing_documents(
@@ -90,6 +160,9 @@ def missing_documents(
 ) -> list[tuple[str, str]]:
     """Documents the table holds under the scanned sources that the run no longer found.
 
+    An anti-join of the stored state with the documents read; only the documents it leaves (the
+    candidates for deletion) are looked at one by one.
+
     Args:
         known: The table's state for the scanned sources.
         seen: (source, doc_id) of the documents the run read successfully.
@@ -100,14 +173,14 @@ def missing_documents(
     Returns:
         (source, doc_id) of the documents to delete, sorted.
     """
-    seen_set = set(seen)
-    out: list[tuple[str, str]] = []
-    for (src, path), docs in known.items():
+    gone = _keyed(known.select(_KEYS), seen, "left anti")
+    out = []
+    for src, path, doc_id in zip(*(gone.column(k).to_pylist() for k in _KEYS), strict=True):
         if (src, path) in protected_files:
             continue
         if (src, path) not in scanned_files and not keep(path):
             continue
-        out.extend((src, d) for d in docs if (src, d) not in seen_set)
+        out.append((src, doc_id))
     return sorted(out)
 
 
@@ -118,12 +191,13 @@ def renamed_documents(known: Known, deleted: Iterable[tuple[str, str]]) -> int:
     ``%`` gets a new id: the run adds it under the new id and deletes the old one in the same
     version. This counts those, so the run can say so.
     """
-    gone = set(deleted)
+    gone = _keyed(known.select(_KEYS), deleted, "left semi")
     return sum(
         1
-        for (src, path), docs in known.items()
-        for doc_id in docs
-        if (src, doc_id) in gone and is_legacy_id(doc_id, path)
+        for doc_id, path in zip(
+            gone.column(C.DOC_ID).to_pylist(), gone.column(C.PATH).to_pylist(), strict=True
+        )
+        if is_legacy_id(doc_id, path)
     )
 
 

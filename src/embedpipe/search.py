@@ -14,13 +14,29 @@ from typing import Any
 import numpy as np
 
 from embedpipe.config import Settings
+from embedpipe.errors import ConfigError
 from embedpipe.schemas import ModelIdentity
 from embedpipe.store.reader import TableReader
 
 log = logging.getLogger(__name__)
 
-SEARCH_MODES = ("vector",)
-"""Search modes supported; others are refused naming these."""
+SEARCH_MODES = ("vector", "text", "hybrid")
+"""Search modes supported; others are refused naming these. ``vector``: nearest chunks by cosine
+similarity of embeddings (``score`` is the cosine similarity); ``text``: BM25 over the full-text
+index (``score`` is the BM25 score); ``hybrid``: both rankings fused by reciprocal rank fusion
+(``score`` is the RRF score, ``sum(1 / (60 + rank))``)."""
+
+
+def check_mode(mode: str) -> str:
+    """``mode`` when it is a supported search mode.
+
+    Raises:
+        ConfigError: Any other mode, naming the supported ones.
+    """
+    if mode not in SEARCH_MODES:
+        raise ConfigError(f"mode={mode!r} is not supported; supported: {', '.join(SEARCH_MODES)}")
+    return mode
+
 
 # Why a fast path was not found that making one would change (a failed check is not retried).
 _MAKEABLE = ("no query check recorded", "the export in", "query check ")
@@ -41,6 +57,10 @@ class Searcher:
         self._pending: dict[ModelIdentity, Any] = {}
         self.runtime: str | None = None
         """``onnx`` or the table's backend: how the last query was embedded."""
+        self.mode: str | None = None
+        """The search mode of the last search."""
+        self.fallback: str | None = None
+        """Why the last search fell back from the configured mode to vector search, if it did."""
 
     def embed(self, query: str, identity: ModelIdentity) -> np.ndarray:
         """The query's vector in the space of a table with ``identity``."""
@@ -77,27 +97,55 @@ class Searcher:
         model_mismatch(identity, emb.identity, self.settings.store.table)
         return emb
 
-    def search(self, query: str, k: int, version: str | int | None = "serving") -> list[dict[str, Any]]:
-        """The ``k`` chunks nearest to ``query`` at one version of the table, best first.
+    def search(
+        self, query: str, k: int, version: str | int | None = "serving", mode: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The ``k`` best chunks for ``query`` at one version of the table, best first.
 
         Args:
-            query: The text to search for.
+            query: The text to search for: plain words in every mode (nothing in it is query syntax).
             k: How many results.
             version: ``serving`` (the version that passed its checks), ``latest``, a number or a tag.
+            mode: ``vector``, ``text`` or ``hybrid`` (see :data:`SEARCH_MODES`); ``None``: the
+                configured ``index.search_mode``, which falls back to ``vector`` on a version
+                without a full-text index (:attr:`fallback` says so).
 
         Returns:
-            Rows with ``doc_id``, ``chunk_id``, ``text`` and ``score`` (cosine similarity).
+            Rows with ``doc_id``, ``chunk_id``, ``text`` and ``score`` (cosine similarity, BM25 or
+            RRF score by mode).
 
         Raises:
+            ConfigError: An unsupported mode.
             TableNotFoundError: No such table.
             NothingServedError: No version has passed its checks yet.
             VersionNotFoundError: No such version or tag.
+            IndexMissingError: Text or hybrid search asked for on a version without a full-text index.
             ModelMismatchError: The model found for the table's identity has other weights.
         """
+        from embedpipe.store import fulltext
+
+        asked = mode is not None
+        mode = check_mode(mode or self.settings.index.search_mode)
         # One consistent version (the served one by default): a concurrent run cannot switch underneath.
         ds = self.reader.open_version(version)
-        identity = self.reader.identity(ds)
-        return self.reader.search(ds, self.embed(query, identity), k)
+        self.fallback = None
+        if mode != "vector" and not fulltext.has_text_index(ds):
+            if asked:
+                fulltext.require_text_index(ds, mode, self.reader.table)  # before loading the model
+            # A table written before full-text indexes keeps serving the configured default: by vector.
+            self.fallback = (
+                f"table={self.reader.table} version {ds.version} has no full-text index: "
+                f"index.search_mode={mode} falls back to vector search (`embedpipe index` builds it)"
+            )
+            log.info(self.fallback)
+            mode = "vector"
+        self.mode = mode
+        if mode == "text":  # no model to load at all
+            return self.reader.text_search(ds, query, k)
+        vector = self.embed(query, self.reader.identity(ds))
+        if mode == "hybrid":
+            return self.reader.hybrid_search(ds, vector, query, k)
+        return self.reader.search(ds, vector, k)
 
     @property
     def can_prepare(self) -> bool:

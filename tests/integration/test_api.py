@@ -166,7 +166,7 @@ t = embedpipe.open({str(db)!r})
 hits = t.search("approximate nearest neighbour recall", k=2)
 old = t.search("approximate nearest neighbour recall", k=5, version=1)
 try:
-    t.search("x", mode="hybrid")
+    t.search("x", mode="fuzzy")
     mode_error = None
 except embedpipe.EmbedpipeError as e:
     mode_error = str(e)
@@ -197,4 +197,4 @@ print(json.dumps({{
     assert out["run_ids"] == [None, first.run_id, None, second.run_id]
     assert sorted(out["runs"]) == sorted([first.run_id, second.run_id])
     assert out["checked_versions"] == [2, 4]
-    assert out["mode_error"] == "mode='hybrid' is not supported; supported: vector"
+    assert out["mode_error"] == "mode='fuzzy' is not supported; supported: vector, text, hybrid"

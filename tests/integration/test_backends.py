@@ -395,7 +395,7 @@ def test_backend_is_part_of_the_table_identity(
 
     # search embeds the query with the table's backend (no --backend given).
     query = "how similar are two vectors"
-    code, out, err = cli(capsys, "search", query, "--db", db, "-k", "3", "--json")
+    code, out, err = cli(capsys, "search", query, "--db", db, "-k", "3", "--mode", "vector", "--json")
     assert code == 0, err
     hits = json.loads(out)
     assert len(hits) == 3 and hits == sorted(hits, key=lambda h: -h["score"])

@@ -56,7 +56,7 @@ def test_fast_path_gives_the_torch_results(real_table: tuple[Path, Path]) -> Non
     base, exports = real_table
     settings = _settings(base, exports)
     torch_side = Searcher(settings)
-    before = {q: torch_side.search(q, 5) for q in QUERIES}
+    before = {q: torch_side.search(q, 5, mode="vector") for q in QUERIES}
     assert torch_side.runtime == "torch" and torch_side.can_prepare  # no export yet
     torch_side.prepare()
     assert not torch_side.can_prepare
@@ -70,7 +70,7 @@ def test_fast_path_gives_the_torch_results(real_table: tuple[Path, Path]) -> Non
 
     fast = Searcher(settings)
     for q in QUERIES:
-        after = fast.search(q, 5)
+        after = fast.search(q, 5, mode="vector")
         assert fast.runtime == "onnx"
         assert [h["chunk_id"] for h in after] == [h["chunk_id"] for h in before[q]], q
         for a, b in zip(after, before[q], strict=True):

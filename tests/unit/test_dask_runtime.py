@@ -15,6 +15,7 @@ from embedpipe import cli
 from embedpipe.config import get_settings
 from embedpipe.errors import ConfigError
 from embedpipe.flows._dask import local_gpus
+from embedpipe.incremental import empty_state
 from embedpipe.schemas import C
 from embedpipe.store import Store
 from embedpipe.tasks.shard import process_shard
@@ -86,9 +87,10 @@ def test_process_shard_stages_its_rows_and_returns_only_counts(tmp_path: Path) -
     write(src / "a.md", (SAMPLE_CORPUS / "basics" / "what-are-embeddings.md").read_text())
     write(src / "bad.txt", b"\x00\x00binary")
     plan = make_plan([str(src)], settings)
-    out = process_shard(0, plan.shards[0], settings, {}, RUN, None)
-    assert out.seen == 2 and out.new == 1 and [r.path for r in out.rejects] == ["bad.txt"]
-    assert out.embedded == out.chunks == out.staged.rows > 0
+    out = process_shard(0, plan.shards[0], settings, empty_state(), RUN, None)
+    c = out.counts
+    assert c.seen == 2 and c.new == 1 and [r.path for r in c.rejects] == ["bad.txt"]
+    assert c.embedded == out.chunks == out.staged.rows > 0
     staged = pa.ipc.open_file(out.staged.uri).read_all()
     assert staged.num_rows == out.staged.rows and set(staged.column(C.RUN_ID).to_pylist()) == {RUN}
     assert Store(settings.store).open_table() is None  # staged, not committed

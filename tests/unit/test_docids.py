@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from embedpipe.config import SourceSettings
 from embedpipe.flows._pipeline import Tally, add_outcome
-from embedpipe.incremental import renamed_documents
-from embedpipe.schemas import C
+from embedpipe.incremental import empty_state, renamed_documents
+from embedpipe.schemas import C, RunCounts, doc_state_schema
 from embedpipe.sources.discover import discover
 from embedpipe.sources.docids import escape_path, file_of, is_legacy_id, make_doc_id, split_doc_id
 from embedpipe.sources.parse import read_documents
-from embedpipe.store import DocState, StagedShard
+from embedpipe.store import StagedShard
 from embedpipe.tasks.shard import ShardOutcome
 from embedpipe.tasks.sources import ingest_shard
 from tests.helpers import make_settings
 
 BIG = 1 << 40
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def put(path: Path, text: str) -> Path:
@@ -77,7 +80,7 @@ def test_rejected_record_protects_its_file_even_with_hash_in_the_name(tmp_path: 
     settings = make_settings(tmp_path)
     refs, _ = discover([str(src)], settings.source, split_bytes=BIG)
 
-    docs = ingest_shard(0, refs, settings, {})
+    docs = ingest_shard(0, refs, settings, empty_state())
 
     assert [r.path for r in docs.rejects] == ["a%23b.jsonl#2"]
     assert docs.protected_files == {(str(src.resolve()), "a#b.jsonl")}
@@ -85,7 +88,9 @@ def test_rejected_record_protects_its_file_even_with_hash_in_the_name(tmp_path: 
 
 def _outcome(shard: int, ids: list[tuple[str, str]], changed: list[tuple[str, str]]) -> ShardOutcome:
     staged = StagedShard(uri=f"mem://staged/{shard}", rows=len(ids))
-    return ShardOutcome(shard=shard, staged=staged, seen=len(ids), seen_ids=ids, changed_text=changed)
+    return ShardOutcome(
+        shard=shard, staged=staged, counts=RunCounts(seen=len(ids)), seen_ids=ids, changed_text=changed
+    )
 
 
 def test_a_duplicate_id_across_shards_is_rejected_and_cannot_replace_the_first() -> None:
@@ -93,20 +98,27 @@ def test_a_duplicate_id_across_shards_is_rejected_and_cannot_replace_the_first()
     add_outcome(tally, _outcome(0, [("s", "a.txt"), ("s", "b.txt")], []))
     add_outcome(tally, _outcome(1, [("s", "a.txt"), ("t", "a.txt")], [("s", "a.txt"), ("t", "a.txt")]))
 
-    assert [(r.source, r.path) for r in tally.rejects] == [("s", "a.txt")]
-    assert "duplicate doc_id" in tally.rejects[0].reason
+    assert [(r.source, r.path) for r in tally.counts.rejects] == [("s", "a.txt")]
+    assert "duplicate doc_id" in tally.counts.rejects[0].reason
     assert tally.exclude == {"mem://staged/1": ["a.txt"]}
     # the duplicate does not ask the commit to replace (delete) the first one's stored rows
     assert tally.changed_text == [("t", "a.txt")]
 
 
 def test_renamed_documents_counts_only_ids_that_changed_form() -> None:
-    state = DocState(doc_hash="h", size=1, mtime=None, metadata=None)
-    known = {
-        ("s", "a#b.txt"): {"a#b.txt": state},  # legacy id of a file with '#'
-        ("s", "r%.jsonl"): {"r%.jsonl#1": state, "r%.jsonl#2": state},
-        ("s", "gone.txt"): {"gone.txt": state},  # really deleted
-    }
+    rows = [
+        ("a#b.txt", "a#b.txt"),  # legacy id of a file with '#'
+        ("r%.jsonl", "r%.jsonl#1"),
+        ("r%.jsonl", "r%.jsonl#2"),
+        ("gone.txt", "gone.txt"),  # really deleted
+    ]
+    known = pa.Table.from_pylist(
+        [
+            {C.SOURCE: "s", C.PATH: p, C.DOC_ID: d, C.DOC_HASH: "h", C.SIZE: 1, C.MTIME: T0, C.METADATA: None}
+            for p, d in rows
+        ],
+        doc_state_schema(),
+    )
     deleted = [("s", "a#b.txt"), ("s", "r%.jsonl#1"), ("s", "gone.txt")]
 
     assert renamed_documents(known, deleted) == 2
@@ -124,7 +136,7 @@ def test_a_record_id_repeated_in_a_later_part_of_a_split_file_keeps_its_own_reas
     add_outcome(tally, first)
     add_outcome(tally, later)
 
-    assert [(r.path, r.reason) for r in tally.rejects] == [
+    assert [(r.path, r.reason) for r in tally.counts.rejects] == [
         ("big.jsonl#7", "duplicate id in this file (an earlier part has it)")
     ]
     assert tally.exclude == {"mem://staged/1": ["big.jsonl#7"]}

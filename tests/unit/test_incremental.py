@@ -8,10 +8,11 @@ from datetime import UTC, datetime
 import pyarrow as pa
 
 from embedpipe.hashing import sha256_text
-from embedpipe.incremental import classify, missing_documents, refresh_rows
-from embedpipe.schemas import C, docs_schema
+from embedpipe.incremental import classify, empty_state, missing_documents, refresh_rows, split_state
+from embedpipe.schemas import C, doc_state_schema, docs_schema
+from embedpipe.sources.files import FileRef
 from embedpipe.sources.globs import PathFilter
-from embedpipe.store import DocState
+from embedpipe.tasks.sources import unchanged_by_stat
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 T1 = datetime(2026, 1, 2, tzinfo=UTC)
@@ -30,8 +31,11 @@ def doc(doc_id: str, text: str, mtime: datetime = T0, meta: dict | None = None, 
     }
 
 
-def state(d: dict) -> DocState:
-    return DocState(doc_hash=d[C.DOC_HASH], size=d[C.SIZE], mtime=d[C.MTIME], metadata=d[C.METADATA])
+def state(*docs: dict) -> pa.Table:
+    """The table's document state holding these documents."""
+    return pa.Table.from_pylist(
+        [{k: d[k] for k in doc_state_schema().names} for d in docs], doc_state_schema()
+    )
 
 
 def test_classify_sorts_new_changed_metadata_only_and_unchanged() -> None:
@@ -41,7 +45,7 @@ def test_classify_sorts_new_changed_metadata_only_and_unchanged() -> None:
         doc("c.txt", "touched"),
         doc("r.jsonl#1", "x", meta={"k": 1}),
     ]
-    known = {("/s", d[C.PATH]): {d[C.DOC_ID]: state(d)} for d in old}
+    known = state(*old)
     now = [
         doc("a.txt", "same"),
         doc("b.txt", "new text"),
@@ -61,7 +65,7 @@ def test_classify_sorts_new_changed_metadata_only_and_unchanged() -> None:
 
 def test_same_doc_id_under_another_source_is_new() -> None:
     d = doc("a.txt", "same")
-    known = {("/s", "a.txt"): {"a.txt": state(d)}}
+    known = state(d)
     delta = classify(
         pa.Table.from_pylist([doc("a.txt", "same", source="/other")], schema=docs_schema()), known
     )
@@ -69,16 +73,14 @@ def test_same_doc_id_under_another_source_is_new() -> None:
 
 
 def test_missing_documents_respects_scope_rejects_and_filters() -> None:
-    known = {
-        ("/s", "gone.txt"): {"gone.txt": state(doc("gone.txt", "x"))},
-        ("/s", "kept.txt"): {"kept.txt": state(doc("kept.txt", "x"))},
-        ("/s", "r.jsonl"): {
-            "r.jsonl#1": state(doc("r.jsonl#1", "x")),
-            "r.jsonl#2": state(doc("r.jsonl#2", "y")),
-        },
-        ("/s", "broken.jsonl"): {"broken.jsonl#1": state(doc("broken.jsonl#1", "x"))},
-        ("/s", "excluded.md"): {"excluded.md": state(doc("excluded.md", "x"))},
-    }
+    known = state(
+        doc("gone.txt", "x"),
+        doc("kept.txt", "x"),
+        doc("r.jsonl#1", "x"),
+        doc("r.jsonl#2", "y"),
+        doc("broken.jsonl#1", "x"),
+        doc("excluded.md", "x"),
+    )
     seen = [("/s", "kept.txt"), ("/s", "r.jsonl#1")]
     scanned = {("/s", "kept.txt"), ("/s", "r.jsonl"), ("/s", "broken.jsonl")}
     protected = {("/s", "broken.jsonl")}
@@ -106,3 +108,67 @@ def test_refresh_rows_replaces_document_columns_only() -> None:
     assert out.column(C.TEXT).to_pylist() == ["one", "two"]
     assert out.column(C.MTIME).to_pylist() == [T1, T1]
     assert out.column(C.METADATA).to_pylist() == [json.dumps({"k": 1})] * 2
+
+
+def ref(path: str, size: int = 1, mtime_ns: int = 0, kind: str = "text", part=None) -> FileRef:
+    return FileRef(source="/s", path=path, size=size, mtime_ns=mtime_ns, kind=kind, part=part)
+
+
+def test_classify_compares_null_metadata_and_mtime_column_wise() -> None:
+    old = [doc("a.txt", "x"), doc("b.txt", "y", meta={"k": 1}), doc("c.txt", "z")]
+    now = [doc("a.txt", "x"), doc("b.txt", "y"), doc("c.txt", "z", mtime=T1)]
+    delta = classify(pa.Table.from_pylist(now, schema=docs_schema()), state(*old))
+    assert delta.unchanged == 1 and delta.new == 0 and delta.changed_text == []
+    assert delta.meta_only.column(C.DOC_ID).to_pylist() == ["b.txt", "c.txt"]
+    assert delta.seen == [("/s", "a.txt"), ("/s", "b.txt"), ("/s", "c.txt")]
+    empty = classify(pa.Table.from_pylist(now, schema=docs_schema()), empty_state())
+    assert empty.new == 3 and empty.to_chunk.num_rows == 3 and empty.unchanged == 0
+
+
+def test_classify_keeps_the_documents_order_and_matches_on_path_too() -> None:
+    old = [doc(f"d{i}.txt", f"t{i}") for i in range(50)]
+    now = [doc(f"d{i}.txt", f"t{i}" if i % 7 else "edited") for i in reversed(range(50))]
+    delta = classify(pa.Table.from_pylist(now, schema=docs_schema()), state(*old))
+    edited = [f"d{i}.txt" for i in reversed(range(50)) if i % 7 == 0]
+    assert delta.to_chunk.column(C.DOC_ID).to_pylist() == edited
+    assert delta.changed_text == [("/s", d) for d in edited]
+    moved = dict(doc("d1.txt", "t1"), **{C.PATH: "elsewhere.txt"})  # same id, another file
+    assert classify(pa.Table.from_pylist([moved], schema=docs_schema()), state(*old)).new == 1
+
+
+def test_split_state_gives_each_shard_its_files_state_in_one_pass() -> None:
+    known = state(doc("a.txt", "x"), doc("big.jsonl#1", "1"), doc("big.jsonl#2", "2"), doc("gone.txt", "g"))
+    shards = [
+        [ref("a.txt"), ref("big.jsonl", kind="jsonl", part=(0, 10, 1))],
+        [ref("new.txt")],
+        [ref("big.jsonl", kind="jsonl", part=(10, 20, 5))],
+    ]
+    parts = split_state(known, shards)
+    assert [sorted(p.column(C.DOC_ID).to_pylist()) for p in parts] == [
+        ["a.txt", "big.jsonl#1", "big.jsonl#2"],
+        [],
+        ["big.jsonl#1", "big.jsonl#2"],
+    ]
+    assert all(p.schema.equals(known.schema) for p in parts)
+    assert [p.num_rows for p in split_state(empty_state(), shards)] == [0, 0, 0]
+
+
+def test_unchanged_by_stat_needs_one_current_id_same_size_and_mtime() -> None:
+    t0_ns = int(T0.timestamp() * 1e9)
+    known = state(
+        doc("same.txt", "abc"),
+        doc("touched.txt", "abc"),
+        doc("grown.txt", "abc"),
+        doc("a#b.txt", "abc"),  # stored under the id of an earlier form (unescaped '#')
+        doc("r.jsonl#1", "abc"),
+    )
+    refs = [
+        ref("same.txt", 3, t0_ns),
+        ref("touched.txt", 3, t0_ns + 1_000_000),
+        ref("grown.txt", 4, t0_ns),
+        ref("a#b.txt", 3, t0_ns),
+        ref("r.jsonl", 3, t0_ns, kind="jsonl"),  # many documents per file: always read
+        ref("new.txt", 3, t0_ns),
+    ]
+    assert unchanged_by_stat(refs, known) == {0: "same.txt"}
+    assert unchanged_by_stat(refs, empty_state()) == {}

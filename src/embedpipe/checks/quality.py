@@ -12,11 +12,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from embedpipe.errors import ConfigError
+
+T = TypeVar("T")
 
 BUILTIN = "builtin"
 MAX_SET_BYTES = 16 * 1024 * 1024
@@ -102,56 +104,61 @@ def _number(obj: dict[str, Any], key: str, where: str, default: float | None = N
     return float(v)
 
 
+def _records(specs: Sequence[str], what: str, make: Callable[[dict[str, Any], str], T]) -> list[T]:
+    """One ``make(obj, where)`` per JSONL line of every file in ``specs`` (``where`` names the line)."""
+    return [
+        make(obj, f"{what} file {name} line {no}")
+        for spec in specs
+        for name, no, obj in _jsonl(spec, f"{what}.jsonl", what)
+    ]
+
+
+def _golden(obj: dict[str, Any], where: str) -> GoldenQuery:
+    query = _text(obj, "query", where)
+    rel = obj.get("relevant")
+    if not isinstance(rel, dict) or not rel:
+        raise ConfigError(f"{where}: 'relevant' must be a non-empty object of doc_id: grade")
+    grades = {}
+    for doc_id, grade in rel.items():
+        g = _number({"grade": grade}, "grade", f"{where} doc_id {doc_id!r}")
+        if g <= 0:
+            raise ConfigError(f"{where}: grade of doc_id {doc_id!r} must be > 0, got {g}")
+        grades[str(doc_id)] = g
+    return GoldenQuery(query=query, relevant=grades)
+
+
 def load_golden(specs: Sequence[str]) -> list[GoldenQuery]:
     """Golden queries from JSONL files of ``{"query": str, "relevant": {doc_id: grade > 0}}``.
 
     Raises:
         ConfigError: A missing, empty or malformed file; the message names file and line.
     """
-    out = []
-    for spec in specs:
-        for name, no, obj in _jsonl(spec, "golden.jsonl", "golden"):
-            where = f"golden file {name} line {no}"
-            query = _text(obj, "query", where)
-            rel = obj.get("relevant")
-            if not isinstance(rel, dict) or not rel:
-                raise ConfigError(f"{where}: 'relevant' must be a non-empty object of doc_id: grade")
-            grades = {}
-            for doc_id, grade in rel.items():
-                g = _number({"grade": grade}, "grade", f"{where} doc_id {doc_id!r}")
-                if g <= 0:
-                    raise ConfigError(f"{where}: grade of doc_id {doc_id!r} must be > 0, got {g}")
-                grades[str(doc_id)] = g
-            out.append(GoldenQuery(query=query, relevant=grades))
-    return out
+    return _records(specs, "golden", _golden)
 
 
 def load_triplets(specs: Sequence[str]) -> list[Triplet]:
     """Probe triplets from JSONL files of ``{"anchor", "positive", "negative", "margin"?}``."""
-    out = []
-    for spec in specs:
-        for name, no, obj in _jsonl(spec, "triplets.jsonl", "triplets"):
-            where = f"triplets file {name} line {no}"
-            out.append(
-                Triplet(
-                    anchor=_text(obj, "anchor", where),
-                    positive=_text(obj, "positive", where),
-                    negative=_text(obj, "negative", where),
-                    margin=_number(obj, "margin", where, 0.0),
-                )
-            )
-    return out
+
+    def make(obj: dict[str, Any], where: str) -> Triplet:
+        return Triplet(
+            anchor=_text(obj, "anchor", where),
+            positive=_text(obj, "positive", where),
+            negative=_text(obj, "negative", where),
+            margin=_number(obj, "margin", where, 0.0),
+        )
+
+    return _records(specs, "triplets", make)
 
 
 def load_pairs(specs: Sequence[str]) -> list[Pair]:
     """Scored sentence pairs from JSONL files of ``{"a", "b", "score"}``."""
-    out = []
-    for spec in specs:
-        for name, no, obj in _jsonl(spec, "pairs.jsonl", "pairs"):
-            where = f"pairs file {name} line {no}"
-            out.append(
-                Pair(a=_text(obj, "a", where), b=_text(obj, "b", where), score=_number(obj, "score", where))
-            )
+    out = _records(
+        specs,
+        "pairs",
+        lambda obj, where: Pair(
+            a=_text(obj, "a", where), b=_text(obj, "b", where), score=_number(obj, "score", where)
+        ),
+    )
     if len({p.score for p in out}) < 2:
         raise ConfigError("pairs: the scores must not all be equal (a correlation needs variation)")
     return out

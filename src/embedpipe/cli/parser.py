@@ -227,6 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="serving",
         help="serving (default: the version that passed its checks), latest, a number or a tag",
     )
+    search.add_argument(
+        "--mode",
+        choices=("vector", "text", "hybrid"),
+        help="vector (score: cosine similarity), text (BM25 over the full-text index; score: BM25) "
+        "or hybrid (reciprocal rank fusion of both; score: RRF); default index.search_mode",
+    )
     search.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
     search.add_argument("--json", action="store_true")
 

@@ -16,19 +16,22 @@ from embedpipe.errors import ConfigError
 def cmd_search(args: argparse.Namespace) -> int:
     """``embedpipe search``: the nearest chunks to a query."""
     from embedpipe.config import get_settings
-    from embedpipe.search import Searcher
+    from embedpipe.search import Searcher, check_mode
 
     settings = get_settings(overrides(args), args.config, FLAG_OF)
+    mode = check_mode(args.mode) if args.mode else None  # None: index.search_mode
     if args.k < 1:
         raise ConfigError(f"-k={args.k}: expected a positive number of results")
-    if not args.query.strip():
+    if not args.query.strip("\x00 \t\n\r\f\v"):
         raise ConfigError("empty query: pass the text to search for, e.g. embedpipe search 'vector index'")
     # Queries are embedded with the table's own model (ONNX Runtime where its export passed the
     # query check), so they land in the same vector space; Prefect and LanceDB are not loaded.
     searcher = Searcher(settings)
-    hits = searcher.search(args.query, args.k, args.search_version)
+    hits = searcher.search(args.query, args.k, args.search_version, mode)
     text = "\n".join(f"{h['score']:.3f}  {h['doc_id']}  {h['text'][:100]!r}" for h in hits) or "no results"
     emit(hits, args.json, text)
+    if searcher.fallback:
+        print(f"embedpipe: {searcher.fallback}", file=sys.stderr)
     if searcher.can_prepare:
         # After the results: this search paid for the model already; later ones need not.
         print("embedpipe: preparing the fast query path for later searches (once) ...", file=sys.stderr)

@@ -71,7 +71,16 @@ class IndexSettings(_Group):
         True,
         description="Keep scalar indexes on the columns runs filter by (source, path, doc_id, chunk_hash).",
     )
+    scalar_min_rows: int = Field(
+        10_000,
+        ge=1,
+        le=10_000_000_000,
+        description="Rows the table needs before the scalar indexes are created (all in one extra "
+        "version); below it a filter scans a few columns in milliseconds.",
+    )
     search_mode: Literal["vector", "text", "hybrid"] = Field(
-        "vector",
-        description="The search mode served by default and judged by the golden-set gate.",
+        "hybrid",
+        description="The search mode served by default and judged by the golden-set gate; a version "
+        "without a full-text index is searched by vector (see docs/search.md for the golden-set "
+        "figures behind the default).",
     )

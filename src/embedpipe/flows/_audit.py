@@ -8,28 +8,15 @@ failed version stays in the history for inspection (``embedpipe check --version 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from embedpipe.checks.suite.run import families_to_run, verdict
 from embedpipe.config import Settings
 from embedpipe.errors import GateFailed
 from embedpipe.flows._pipeline import opaque
-from embedpipe.schemas import CheckResult
+from embedpipe.schemas import Audit
 from embedpipe.store import Store
 from embedpipe.tasks.checks import check_task, fall_back_task, publish_task, record_task, sample_task
-
-
-@dataclass
-class Audit:
-    """What the audit of one version found and did."""
-
-    results: list[CheckResult] = field(default_factory=list)
-    gate: str | None = None
-    served_version: int | None = None
-    blocking: list[str] = field(default_factory=list)
-    reference: str = ""
-    reference_version: int | None = None
 
 
 def adopt_implicit_serving(store: Store, version: int) -> int | None:

@@ -1,4 +1,4 @@
-"""The shard pipeline shared by the sync and reindex flows.
+"""The shard pipeline shared by the sync and reindex flows, and the run's tally.
 
 Shards are pipelined: while the model embeds shard *i*, shards *i+1..i+k* are read and chunked and
 shard *i-1* is staged, with at most ``runtime.max_inflight_shards`` shards in memory. Embedding is
@@ -10,9 +10,10 @@ from __future__ import annotations
 import gc
 import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar, cast
 
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -23,38 +24,37 @@ from prefect.utilities.annotations import quote
 from embedpipe.config import Settings
 from embedpipe.errors import EmbedpipeError, RejectRatioExceeded
 from embedpipe.flows._dask import cancel_all, worker_result
-from embedpipe.incremental import Known
+from embedpipe.incremental import Known, split_state
 from embedpipe.progress import chunks_progress
-from embedpipe.schemas import Reject, RunSummary
+from embedpipe.schemas import C, Reject, RunCounts, RunSummary
 from embedpipe.store import StagedShard, Store
 from embedpipe.tasks.chunking import chunk_task
-from embedpipe.tasks.embedding import embed_task
+from embedpipe.tasks.embedding import embed_task, reembed_task
 from embedpipe.tasks.shard import ShardOutcome, outcome_of, shard_task
 from embedpipe.tasks.sources import Plan, ingest_task
-from embedpipe.tasks.store import stage_task
+from embedpipe.tasks.store import read_stored_task, stage_task
 
 T = TypeVar("T")
+F = TypeVar("F")
 
 
 @dataclass
 class Tally:
     """What the shards of a run added up to."""
 
-    seen: int = 0
-    rejects: list[Reject] = field(default_factory=list)
+    counts: RunCounts = field(default_factory=RunCounts)
     protected_files: set[tuple[str, str]] = field(default_factory=set)
+    """Files with a reject or a dropped document: documents missing from them are not deleted."""
     staged: list[StagedShard] = field(default_factory=list)
     seen_ids: set[tuple[str, str]] = field(default_factory=set)
     changed_text: list[tuple[str, str]] = field(default_factory=list)
-    new: int = 0
-    changed: int = 0
-    unchanged: int = 0
-    embedded: int = 0
-    reused: int = 0
-    refreshed: int = 0
-    truncated: int = 0
-    seconds: float = 0.0
     exclude: dict[str, list[str]] = field(default_factory=dict)
+    """Per staged file, the doc_ids left out of the commit (duplicates of an earlier shard's)."""
+
+    def add_rejects(self, rejects: list[Reject]) -> None:
+        """Count files rejected before any shard read them (discovery); they are never deleted."""
+        self.counts += RunCounts(seen=len(rejects), rejects=rejects)
+        self.protected_files |= {(r.source, r.path) for r in rejects}
 
 
 class ArtifactProgress:
@@ -93,10 +93,11 @@ def check_reject_ratio(tally: Tally, settings: Settings, consequence: str) -> No
     Raises:
         RejectRatioExceeded: With the counts, the limit and ``consequence``.
     """
-    ratio = len(tally.rejects) / tally.seen if tally.seen else 0.0
+    rejected, seen = len(tally.counts.rejects), tally.counts.seen
+    ratio = rejected / seen if seen else 0.0
     if ratio > settings.source.max_reject_ratio:
         raise RejectRatioExceeded(
-            f"{len(tally.rejects)} of {tally.seen} documents rejected (ratio {ratio:.2f} > "
+            f"{rejected} of {seen} documents rejected (ratio {ratio:.2f} > "
             f"source.max_reject_ratio={settings.source.max_reject_ratio}); {consequence}. "
             "See the rejects for reasons"
         )
@@ -173,25 +174,16 @@ def run_id() -> str:
 def add_outcome(tally: Tally, out: ShardOutcome) -> None:
     """Add one shard's outcome to the run's tally (in shard order: earlier parts of a file win)."""
     tally.staged.append(out.staged)
-    tally.seen += out.seen
-    tally.rejects += out.rejects
+    tally.counts += out.counts
     tally.protected_files |= out.protected_files
     dups = _reject_duplicates(tally, out)
     tally.seen_ids.update(out.seen_ids)
     tally.changed_text += [d for d in out.changed_text if d not in dups] if dups else out.changed_text
-    tally.new += out.new
-    tally.changed += out.changed
-    tally.unchanged += out.unchanged
     if out.dropped:
         # Documents left out by the embed stage keep their stored rows and are never deleted.
         dropped = set(out.dropped)
         tally.changed_text = [d for d in tally.changed_text if d not in dropped]
         tally.protected_files |= out.dropped_files
-    tally.embedded += out.embedded
-    tally.reused += out.reused
-    tally.refreshed += out.refreshed
-    tally.truncated += out.truncated
-    tally.seconds += out.seconds
 
 
 def _reject_duplicates(tally: Tally, out: ShardOutcome) -> set[tuple[str, str]]:
@@ -217,11 +209,31 @@ def _reject_duplicates(tally: Tally, out: ShardOutcome) -> set[tuple[str, str]]:
             if doc_id in split
             else "duplicate doc_id: another input of this run already has this id; not written"
         )
-        tally.rejects.append(Reject(path=doc_id, reason=reason, source=src))
+        tally.counts.rejects.append(Reject(path=doc_id, reason=reason, source=src))
     return dups
 
 
-def _collect(tally: Tally, futures: tuple[Any, Any, Any, Any], more: bool = True) -> None:
+def shard_window(submitted: Iterable[F], collect: Callable[[F, bool], None], size: int) -> None:
+    """Collect submitted shards oldest first, with at most ``size`` of them in flight.
+
+    Args:
+        submitted: Submits one shard's tasks per item as it is iterated (a generator), so that a
+            shard is submitted only when the window has room for it.
+        collect: Takes one shard's futures and ``more``, which is ``False`` only for the final
+            shard when it is collected after every shard was submitted.
+        size: ``runtime.max_inflight_shards``.
+    """
+    inflight: deque[F] = deque()
+    for futures in submitted:
+        inflight.append(futures)
+        del futures  # the window alone keeps a shard's futures (and their results) alive
+        while len(inflight) >= size:
+            collect(inflight.popleft(), True)
+    while inflight:
+        collect(inflight.popleft(), bool(inflight))
+
+
+def _collect(tally: Tally, futures: tuple[Any, Any, Any, Any], more: bool) -> None:
     docs_f, chunks_f, emb_f, stage_f = futures
     del futures
     docs = docs_f.result()
@@ -246,19 +258,38 @@ def _run_shards_on_workers(
     futures = []
     # Chunks are reported only when a whole shard lands: the rate counts from the submission.
     chunks_progress.start()
-    for shard_no, refs in enumerate(plan.shards):
-        shard_known = {k: known[k] for k in {(r.source, r.path) for r in refs} if k in known}
+    for shard_no, (refs, shard_known) in enumerate(
+        zip(plan.shards, split_state(known, plan.shards), strict=True)
+    ):
         futures.append(shard_task.submit(shard_no, refs, settings, shard_known, rid, read_version))
     try:
         for fut in futures:
             out = worker_result(fut)
             add_outcome(tally, out)
             # The model runs in the workers: the flow reports each shard's chunks as it lands.
-            chunks_progress.add_total(out.embedded)
-            chunks_progress.advance(out.embedded)
+            chunks_progress.add_total(out.counts.embedded)
+            chunks_progress.advance(out.counts.embedded)
     except BaseException:
         cancel_all(futures)
         raise
+
+
+def _submit_shards(
+    plan: Plan, settings: Settings, rid: str, known: Known, read_version: int | None
+) -> Iterator[tuple[Any, Any, Any, Any]]:
+    """Submit each shard's ingest, chunk, embed and stage tasks, one shard per item."""
+    prev_embed: Any = None
+    states = split_state(known, plan.shards)
+    for shard_no, (refs, shard_known) in enumerate(zip(plan.shards, states, strict=True)):
+        # Futures are passed where tasks take values: Prefect resolves them (hence the ignores).
+        docs_f: Any = ingest_task.submit(shard_no, opaque(refs), settings, opaque(shard_known))
+        chunks_f: Any = chunk_task.submit(docs_f, settings)  # type: ignore[call-overload]
+        emb_f: Any = embed_task.submit(  # type: ignore[call-overload]
+            chunks_f, docs_f, settings, rid, read_version, wait_for=[prev_embed] if prev_embed else None
+        )
+        stage_f = stage_task.submit(emb_f, settings, rid)  # type: ignore[call-overload]
+        prev_embed = emb_f
+        yield docs_f, chunks_f, emb_f, stage_f
 
 
 def run_shards(
@@ -272,20 +303,38 @@ def run_shards(
     if settings.runtime.runner == "dask":
         _run_shards_on_workers(plan, settings, rid, known, read_version, tally)
         return
-    inflight: deque[tuple[Any, Any, Any, Any]] = deque()
-    prev_embed: Any = None
-    for shard_no, refs in enumerate(plan.shards):
-        shard_known = {k: known[k] for k in {(r.source, r.path) for r in refs} if k in known}
-        # Futures are passed where tasks take values: Prefect resolves them (hence the ignores).
-        docs_f: Any = ingest_task.submit(shard_no, opaque(refs), settings, opaque(shard_known))
-        chunks_f: Any = chunk_task.submit(docs_f, settings)  # type: ignore[call-overload]
-        emb_f: Any = embed_task.submit(  # type: ignore[call-overload]
-            chunks_f, docs_f, settings, rid, read_version, wait_for=[prev_embed] if prev_embed else None
-        )
-        stage_f = stage_task.submit(emb_f, settings, rid)  # type: ignore[call-overload]
-        prev_embed = emb_f
-        inflight.append((docs_f, chunks_f, emb_f, stage_f))
-        while len(inflight) >= settings.runtime.max_inflight_shards:
-            _collect(tally, inflight.popleft())
-    while inflight:
-        _collect(tally, inflight.popleft(), more=bool(inflight))
+    submitted = _submit_shards(plan, settings, rid, known, read_version)
+    shard_window(submitted, partial(_collect, tally), settings.runtime.max_inflight_shards)
+
+
+def reembed_stored(
+    settings: Settings, rid: str, version: int, total: int, reuse_version: int | None, tally: Tally
+) -> None:
+    """Re-embed the ``total`` chunk rows stored at ``version`` and stage them, pipelined, into ``tally``.
+
+    The rows are read back in shards of ``runtime.shard_rows``; every document counts as seen and
+    new. ``reuse_version``: the version whose vectors are still valid (the same model), or ``None``.
+    """
+    doc_ids: set[str] = set()
+
+    def submitted() -> Iterator[tuple[Any, Any]]:
+        prev_embed: Any = None
+        step = settings.runtime.shard_rows
+        for shard_no, offset in enumerate(range(0, total, step)):
+            rows_f: Any = read_stored_task.submit(settings, version, offset, step)
+            emb_f: Any = reembed_task.submit(  # type: ignore[call-overload]
+                rows_f, settings, rid, shard_no, reuse_version, wait_for=[prev_embed] if prev_embed else None
+            )
+            stage_f = stage_task.submit(emb_f, settings, rid)  # type: ignore[call-overload]
+            prev_embed = emb_f
+            yield emb_f, stage_f
+
+    def collect(futures: tuple[Any, Any], more: bool) -> None:
+        emb_f, stage_f = futures
+        emb = emb_f.result()
+        tally.staged.append(stage_f.result())
+        doc_ids.update(emb.table.column(C.DOC_ID).to_pylist())
+        tally.counts += emb.counts
+
+    shard_window(submitted(), collect, settings.runtime.max_inflight_shards)
+    tally.counts.seen = tally.counts.new = len(doc_ids)

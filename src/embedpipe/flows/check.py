@@ -14,10 +14,10 @@ from prefect.states import Completed, Failed, State
 
 from embedpipe.config import Settings, get_settings
 from embedpipe.errors import GateFailed
-from embedpipe.flows._audit import Audit, audit_and_publish
+from embedpipe.flows._audit import audit_and_publish
 from embedpipe.flows._lock import table_lock
 from embedpipe.flows._pipeline import run_id
-from embedpipe.schemas import CheckReport
+from embedpipe.schemas import Audit, CheckReport
 from embedpipe.store import Store
 
 

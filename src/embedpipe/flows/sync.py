@@ -10,35 +10,20 @@ and served only when its gates pass (write, audit, publish; see :mod:`embedpipe.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from functools import partial
 
-from prefect import flow, get_run_logger
+from prefect import flow
 from prefect.states import State
 
 from embedpipe.config import Settings, get_settings
-from embedpipe.embedding.auto import with_backend
-from embedpipe.embedding.embedder import get_embedder
-from embedpipe.flows._audit import Audit, audit_and_publish
-from embedpipe.flows._lock import table_lock
-from embedpipe.flows._pipeline import (
-    Tally,
-    check_reject_ratio,
-    final_state,
-    guarded_run,
-    opaque,
-    run_id,
-    run_shards,
-)
+from embedpipe.flows._pipeline import check_reject_ratio, opaque, run_shards
+from embedpipe.flows._writing import WritingRun, writing_run
 from embedpipe.incremental import missing_documents, renamed_documents
 from embedpipe.schemas import RunSummary
 from embedpipe.sources.globs import PathFilter
-from embedpipe.store import CommitResult, Store
-from embedpipe.tasks.embedding import query_path_task, table_schema
-from embedpipe.tasks.index import index_task
-from embedpipe.tasks.prepare import Prepared, choose_backend_task, prepare_task
-from embedpipe.tasks.report import build_summary, summarize_task
+from embedpipe.store import CommitResult
 from embedpipe.tasks.sources import discover_task
-from embedpipe.tasks.store import load_state_task, retention_task, write_task
+from embedpipe.tasks.store import load_state_task, write_task
 
 
 @flow(name="sync", persist_result=False, log_prints=False, validate_parameters=True)
@@ -55,79 +40,41 @@ def sync(
     Returns:
         The run summary; on failure a ``Failed`` state carrying it, and the table is unchanged.
     """
-    settings = settings or get_settings()
-    logger = get_run_logger()
-    rid = run_id()
-    started = datetime.now(UTC)
-    tally = Tally()
-    prepared: Prepared | None = None
-    result = CommitResult(None, 0, 0)
+    write = partial(_write_changes, sources=sources, delete_missing=delete_missing)
+    return writing_run("sync", settings or get_settings(), [str(s) for s in sources], write)
+
+
+def _write_changes(run: WritingRun, sources: list[str], delete_missing: bool) -> CommitResult:
+    """Stage what changed in ``sources`` since the version read, then commit it with the deletions."""
+    settings, tally, read_version = run.settings, run.tally, run.prepared.read_version
+    plan = discover_task(sources, settings)
+    tally.add_rejects(plan.rejects)
+    known = load_state_task(settings, plan.scopes, read_version)
+    run_shards(plan, settings, run.run_id, known, read_version, tally)
+    check_reject_ratio(tally, settings, "nothing was committed")
     deleted_docs: list[tuple[str, str]] = []
-    audit = Audit()
-    choice = None
-    # One writing run per table: the lock is held from reading the table's state to the publish.
-    with (
-        guarded_run("sync", settings, rid, logger) as outcome,
-        table_lock(settings.store, rid, "sync", logger),
-    ):
-        choice = choose_backend_task(settings)
-        settings = with_backend(settings, choice)
-        prepared = prepare_task(settings)
-        plan = discover_task(sources, settings)
-        tally.seen += len(plan.rejects)
-        tally.rejects += plan.rejects
-        tally.protected_files |= {(r.source, r.path) for r in plan.rejects}
-        known = load_state_task(settings, plan.scopes, prepared.read_version)
-        run_shards(plan, settings, rid, known, prepared.read_version, tally)
-        check_reject_ratio(tally, settings, "nothing was committed")
-        if delete_missing:
-            keep = PathFilter(settings.source.include, settings.source.exclude)
-            deleted_docs = missing_documents(
-                known, tally.seen_ids, plan.scanned_files, tally.protected_files, keep
-            )
-            renamed = renamed_documents(known, deleted_docs)
-            if renamed:
-                logger.warning(
-                    "stage=ingest docs_renamed=%d: %d document(s) changed id because file names with "
-                    "'#' or '%%' are now escaped (%%23, %%25); this version replaces them under the "
-                    "new id (a one-time migration, see README 'Document ids')",
-                    renamed,
-                    renamed,
-                )
-        extra = choice.table_metadata() if choice is not None else None
-        schema = table_schema(get_embedder(settings.model), settings, extra)
-        replace = sorted(set(tally.changed_text) | set(deleted_docs))
-        result = write_task(
-            opaque(tally.staged),
-            settings,
-            rid,
-            schema,
-            opaque(replace),
-            opaque(tally.exclude),
-            prepared.read_version,
+    if delete_missing:
+        keep = PathFilter(settings.source.include, settings.source.exclude)
+        deleted_docs = missing_documents(
+            known, tally.seen_ids, plan.scanned_files, tally.protected_files, keep
         )
-        if result.version is not None:
-            result = index_task(settings, rid, result)
-            audit_and_publish(settings, rid, result.version, audit)
-            query_path_task(settings)
-            if settings.retention.auto:
-                retention_task(settings)
-    if audit.served_version is None and outcome.status == "completed":
-        audit.served_version = Store(settings.store).serving_version()
-    summary = build_summary(
-        run_id=rid,
-        flow="sync",
-        settings=settings,
-        sources=[str(s) for s in sources],
-        started_at=started,
-        status=outcome.status,
-        exit_code=outcome.exit_code,
-        message=outcome.message,
-        prepared=prepared,
-        result=result,
-        tally=tally,
-        docs_deleted=len(deleted_docs) if result.version is not None else 0,
-        audit=audit,
-        backend_choice=choice,
+        renamed = renamed_documents(known, deleted_docs)
+        if renamed:
+            run.logger.warning(
+                "stage=ingest docs_renamed=%d: %d document(s) changed id because file names with "
+                "'#' or '%%' are now escaped (%%23, %%25); this version replaces them under the "
+                "new id (a one-time migration, see README 'Document ids')",
+                renamed,
+                renamed,
+            )
+    run.docs_deleted = len(deleted_docs)
+    replace = sorted(set(tally.changed_text) | set(deleted_docs))
+    return write_task(
+        opaque(tally.staged),
+        settings,
+        run.run_id,
+        run.schema(),
+        opaque(replace),
+        opaque(tally.exclude),
+        read_version,
     )
-    return final_state(outcome, summarize_task(opaque(summary), settings), logger)

@@ -1,4 +1,4 @@
-"""Arrow schemas of the data embedpipe moves and stores, and the typed run records."""
+"""Arrow schemas of the data embedpipe moves and stores, the typed run records and step results."""
 
 from embedpipe.schemas.arrow import (
     SCHEMA_VERSION,
@@ -6,6 +6,7 @@ from embedpipe.schemas.arrow import (
     canary_schema,
     checks_schema,
     chunks_schema,
+    doc_state_schema,
     docs_schema,
     rejects_schema,
     runs_schema,
@@ -22,6 +23,7 @@ from embedpipe.schemas.records import (
     Reject,
     RunSummary,
 )
+from embedpipe.schemas.steps import Audit, RunCounts
 from embedpipe.schemas.tables import (
     CANARY_TABLE,
     CHECKS_TABLE,
@@ -39,16 +41,19 @@ __all__ = [
     "RUNS_TABLE",
     "SCHEMA_VERSION",
     "VECTOR_CACHE_TABLE",
+    "Audit",
     "C",
     "CheckReport",
     "CheckResult",
     "ChunkingIdentity",
     "ModelIdentity",
     "Reject",
+    "RunCounts",
     "RunSummary",
     "canary_schema",
     "checks_schema",
     "chunks_schema",
+    "doc_state_schema",
     "docs_schema",
     "rejects_schema",
     "runs_schema",

@@ -77,6 +77,13 @@ def docs_schema() -> pa.Schema:
     )
 
 
+def doc_state_schema() -> pa.Schema:
+    """Schema of what the table knows of each document: one row per (source, path, doc_id)."""
+    return pa.schema(
+        _doc_fields(), metadata={"embedpipe.schema": "doc_state", "embedpipe.schema_version": SCHEMA_VERSION}
+    )
+
+
 def segments_schema() -> pa.Schema:
     """Schema of chunks before embedding (no vector yet)."""
     return pa.schema(
@@ -243,14 +250,22 @@ def vector_matrix(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return flat.reshape(n, flat.size // n if n else 0).astype(np.float32, copy=False)
 
 
-def search_hits(rows: Any) -> list[dict[str, Any]]:
-    """Search results as ``embedpipe search --json`` prints them: cosine similarity as ``score``."""
+def search_hits(rows: Any, score: str = "_distance") -> list[dict[str, Any]]:
+    """Search results as ``embedpipe search --json`` prints them.
+
+    Args:
+        rows: Result rows (mappings) with the doc id, chunk id, text and the ``score`` column.
+        score: The column scoring each row: ``_distance`` (a cosine distance, given as the cosine
+            similarity), ``_score`` (BM25) or ``_relevance_score`` (reciprocal rank fusion).
+    """
+    # RRF scores are small (at most 2 / 61): they keep more digits to keep their order readable.
+    digits = 9 if score == "_relevance_score" else 6
     return [
         {
             C.DOC_ID: r[C.DOC_ID],
             C.CHUNK_ID: r[C.CHUNK_ID],
             C.TEXT: r[C.TEXT],
-            "score": round(1.0 - float(r["_distance"]), 6),
+            "score": round(1.0 - float(r[score]) if score == "_distance" else float(r[score]), digits),
         }
         for r in rows
     ]

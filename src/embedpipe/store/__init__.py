@@ -8,6 +8,7 @@ in its own module:
 - :mod:`~embedpipe.store.state`: reads of a pinned version (document state, rows, vectors, search);
 - :mod:`~embedpipe.store.staging`: a run's shards, staged outside the served table;
 - :mod:`~embedpipe.store.commit`: one atomic commit per run, the stale-head check, the ``serving`` tag;
+- :mod:`~embedpipe.store.scalar_index`: the scalar indexes on the columns runs filter by;
 - :mod:`~embedpipe.store.ledger`: the runs, rejects, checks and canary tables;
 - :mod:`~embedpipe.store.retention`: versions, rollback, compaction and cleanup;
 - :mod:`~embedpipe.store.indexes`: the vector, full-text and scalar indexes' upkeep and listing
@@ -15,8 +16,9 @@ in its own module:
 
 Beside it: :mod:`~embedpipe.store.reader` (read-only access through Lance alone, for search),
 :mod:`~embedpipe.store.vector_cache`, :mod:`~embedpipe.store.lock` (the table run lock) and
-:mod:`~embedpipe.store.objectstore` (S3 settings for Lance and pyarrow). Nothing here imports
-Prefect, and nothing imports LanceDB before a table is opened.
+:mod:`~embedpipe.store.objectstore` (S3 settings for Lance and pyarrow). Filters are expressions
+(:mod:`~embedpipe.store.filters`), never hand-quoted SQL. Nothing here imports Prefect, and
+nothing imports LanceDB before a table is opened.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from embedpipe.store.commit import CommitMixin, CommitResult
 from embedpipe.store.identity import IdentityMixin, model_mismatch
 from embedpipe.store.indexes import IndexMixin, IndexRefresh
 from embedpipe.store.ledger import LedgerMixin
-from embedpipe.store.reader import RUN_ID_TAG, SERVING_TAG, sql_quote
+from embedpipe.store.reader import RUN_ID_TAG, SERVING_TAG
 from embedpipe.store.retention import RetentionMixin
 from embedpipe.store.staging import STAGING_DIR, StagedShard, StagingMixin
 from embedpipe.store.state import DocState, Scope, StateMixin, vector_query
@@ -47,7 +49,6 @@ __all__ = [
     "StagedShard",
     "Store",
     "model_mismatch",
-    "sql_quote",
     "vector_query",
 ]
 

@@ -21,9 +21,10 @@ import pyarrow as pa
 
 from embedpipe.errors import StaleReadError
 from embedpipe.schemas import CHECKS_TABLE, C
-from embedpipe.store.reader import RUN_ID_TAG, SERVING_TAG, resolve_target, sql_quote
+from embedpipe.store.filters import docs_filter, eq
+from embedpipe.store.reader import RUN_ID_TAG, SERVING_TAG, resolve_target
+from embedpipe.store.scalar_index import ScalarIndexMixin, only_indexed_since
 from embedpipe.store.staging import StagedShard, StagingMixin
-from embedpipe.store.state import docs_filter
 
 if TYPE_CHECKING:
     from lancedb.table import Table
@@ -40,7 +41,7 @@ class CommitResult:
     deleted: int
 
 
-class CommitMixin(StagingMixin):
+class CommitMixin(StagingMixin, ScalarIndexMixin):
     """Commits, the stale-head check and the ``serving`` tag (part of :class:`~embedpipe.store.Store`)."""
 
     def verify_head(self, table: Table | None, run_id: str, read_version: int | None) -> int | None:
@@ -52,14 +53,18 @@ class CommitMixin(StagingMixin):
             read_version: The version the run read (``None``: there was no table).
 
         Returns:
-            ``None`` when the head is still ``read_version``; the version this run already
-            committed (a retried write whose first attempt landed), tagged with its run id.
+            ``None`` when the head is still ``read_version``, or moved on only by index commits
+            (they change no row, so the delta is still current: a retried write whose first
+            attempt created the scalar indexes); the version this run already committed (a
+            retried write whose first attempt landed), tagged with its run id.
 
         Raises:
             StaleReadError: Another writer committed since ``read_version``: nothing is written.
         """
         head = None if table is None else int(table.version)
         if head == read_version:
+            return None
+        if table is not None and read_version is not None and only_indexed_since(table, read_version):
             return None
         tags = table.tags.list() if table is not None else {}
         mine = int(tags[run_id]["version"]) if run_id in tags else None
@@ -89,6 +94,7 @@ class CommitMixin(StagingMixin):
         exclude: dict[str, list[str]] | None = None,
         read_version: int | None = None,
         verify: bool = False,
+        scalar_indexes: int | None = None,
     ) -> CommitResult:
         """Apply a run's changes to the table as exactly one new version, tagged with the run id.
 
@@ -106,6 +112,10 @@ class CommitMixin(StagingMixin):
             read_version: The version the run computed its changes against (with ``verify``).
             verify: Refuse the commit when the table's head is no longer ``read_version``
                 (see :meth:`verify_head`).
+            scalar_indexes: First create the scalar indexes an existing table lacks once it has
+                this many rows (:meth:`~embedpipe.store.scalar_index.ScalarIndexMixin.ensure_scalar_indexes`),
+                as a version of its own before the commit, with the rows the run read; ``None``:
+                never. A new table gets them from the next run that writes to it.
 
         Returns:
             The new version (``None`` when there was nothing to change) and row counts.
@@ -131,12 +141,17 @@ class CommitMixin(StagingMixin):
                 reader = self._staged_reader(staged, schema, exclude or {}, counter)
                 table = self.db.create_table(name, data=reader, schema=schema)
             else:
+                if scalar_indexes is not None:
+                    # Before the commit, on the rows the run read: the commit is then the run's
+                    # one version, the one its checks judge and its publication serves.
+                    self.ensure_scalar_indexes(table, scalar_indexes)
                 reader = self._staged_reader(staged, schema, exclude or {}, counter)
                 builder = (
                     table.merge_insert(C.CHUNK_ID).when_matched_update_all().when_not_matched_insert_all()
                 )
-                if replace_docs:
-                    builder = builder.when_not_matched_by_source_delete(docs_filter(replace_docs))
+                replace = docs_filter(replace_docs)
+                if replace is not None:
+                    builder = builder.when_not_matched_by_source_delete(replace)
                 result = builder.execute(reader)
                 deleted = int(getattr(result, "num_deleted_rows", 0) or 0)
             version = int(table.version)
@@ -157,7 +172,8 @@ class CommitMixin(StagingMixin):
 
         Readers keep reading the previous version until this single commit lands; the previous
         versions stay available for ``rollback`` until retention removes them. With ``verify``, a
-        table that moved on since ``read_version`` is refused (:meth:`verify_head`).
+        table that moved on since ``read_version`` is refused (:meth:`verify_head`). Scalar
+        indexes the new content lacks are created by the next run that writes to it.
         """
         counter = [0]
         name = self.settings.table
@@ -203,7 +219,7 @@ class CommitMixin(StagingMixin):
         checks = self.open_table(CHECKS_TABLE)
         if checks is None:
             return False
-        flt = f"`{C.TABLE}` = {sql_quote(self.settings.table)}"
+        flt = eq(C.TABLE, self.settings.table)
         return bool(checks.search().where(flt).select([C.TABLE]).limit(1).to_list())
 
     def resolve_version(self, target: str | int | None, table: Table | None = None) -> int:

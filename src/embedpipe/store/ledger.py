@@ -28,7 +28,7 @@ from embedpipe.schemas import (
     runs_schema,
 )
 from embedpipe.store.connection import StoreBase
-from embedpipe.store.reader import sql_quote
+from embedpipe.store.filters import all_of, eq, isin
 
 
 class LedgerMixin(StoreBase):
@@ -105,8 +105,13 @@ class LedgerMixin(StoreBase):
         rows = (
             table.search()
             .where(
-                f"`{C.TABLE}` = {sql_quote(self.settings.table)} AND table_version = {int(version)} "
-                "AND status <> 'error' AND status <> 'skipped'"
+                all_of(
+                    [
+                        eq(C.TABLE, self.settings.table),
+                        eq("table_version", int(version)),
+                        ~isin("status", ["error", "skipped"]),
+                    ]
+                )
             )
             .select(["check", "statistic", C.AT])
             .limit(None)
@@ -124,9 +129,13 @@ class LedgerMixin(StoreBase):
         checks = self.open_table(CHECKS_TABLE)
         if checks is None:
             return []
-        flt = (
-            f"`{C.TABLE}` = {sql_quote(self.settings.table)} AND table_version = {int(version)} "
-            "AND severity = 'fail' AND (status = 'fail' OR status = 'error')"
+        flt = all_of(
+            [
+                eq(C.TABLE, self.settings.table),
+                eq("table_version", int(version)),
+                eq("severity", "fail"),
+                isin("status", ["fail", "error"]),
+            ]
         )
         rows = checks.search().where(flt).select(["check"]).limit(None).to_list()
         return sorted({r["check"] for r in rows})
@@ -163,7 +172,7 @@ class LedgerMixin(StoreBase):
             return None, {}
         rows = (
             table.search()
-            .where(f"{C.MODEL_ID} = {sql_quote(model_id)} AND `{C.TABLE}` = {sql_quote(self.settings.table)}")
+            .where(eq(C.MODEL_ID, model_id) & eq(C.TABLE, self.settings.table))
             .select(["table_version", "probe_hash", C.VECTOR, C.AT])
             .limit(None)
             .to_arrow()

@@ -14,9 +14,10 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from embedpipe.config import StoreSettings
 from embedpipe.errors import (
@@ -26,14 +27,15 @@ from embedpipe.errors import (
     VersionNotFoundError,
 )
 from embedpipe.schemas import CHECKS_TABLE, RUNS_TABLE, C, ModelIdentity, search_hits
+from embedpipe.store import fulltext
 from embedpipe.store.connection import StoreBase
 
 SERVING_TAG = "serving"
 
 
-def sql_quote(value: str) -> str:
-    """A SQL string literal for a Lance filter."""
-    return "'" + value.replace("'", "''") + "'"
+def _this_table(table: str) -> pc.Expression:
+    """Record rows of one chunks table, as a typed expression (no SQL text to quote)."""
+    return pc.field(C.TABLE) == pa.scalar(table, pa.string())
 
 
 def resolve_target(
@@ -181,8 +183,7 @@ class TableReader:
         checks = self.dataset(CHECKS_TABLE)
         if checks is None:
             return False
-        flt = f"`{C.TABLE}` = {sql_quote(self.table)}"
-        return checks.to_table(columns=[C.TABLE], filter=flt, limit=1).num_rows > 0
+        return checks.to_table(columns=[C.TABLE], filter=_this_table(self.table), limit=1).num_rows > 0
 
     def serving_version(self, ds: Any = None) -> int | None:
         """The version the ``serving`` tag points at, or ``None`` when nothing was published."""
@@ -235,23 +236,34 @@ class TableReader:
     @staticmethod
     def search(ds: Any, vector: Any, k: int) -> list[dict[str, Any]]:
         """Nearest chunks by cosine similarity, best first; the rows of ``Store.search``."""
-        import numpy as np
+        return search_hits(_vector_rows(ds, vector, k))
 
-        from embedpipe.store.vector_index import search_params
+    def text_search(self, ds: Any, query: str, k: int) -> list[dict[str, Any]]:
+        """Best chunks by BM25 over the full-text index, best first; the rows of ``Store.text_search``.
 
-        rows = ds.to_table(
-            columns=[C.DOC_ID, C.CHUNK_ID, C.TEXT, "_distance"],
-            disable_scoring_autoprojection=True,
-            nearest={
-                "column": C.VECTOR,
-                "q": np.asarray(vector, dtype=np.float32),
-                "k": int(k),
-                "metric": "cosine",
-                # the served version's own index search parameters (tuned to index.min_recall)
-                **search_params(ds.metadata),
-            },
-        ).to_pylist()
-        return search_hits(rows)
+        Raises:
+            IndexMissingError: The version has no full-text index.
+        """
+        fulltext.require_text_index(ds, "text", self.table)
+        return search_hits(_text_rows(ds, query, k), "_score")
+
+    def hybrid_search(self, ds: Any, vector: Any, query: str, k: int) -> list[dict[str, Any]]:
+        """Vector and BM25 rankings fused by reciprocal rank fusion, best first; the rows of
+        LanceDB's hybrid query with ``RRFReranker`` (``Store.hybrid_search``).
+
+        Raises:
+            IndexMissingError: The version has no full-text index.
+        """
+        fulltext.require_text_index(ds, "hybrid", self.table)
+        by_row: dict[Any, dict[str, Any]] = {}
+        vector_ids: list[Any] = []
+        text_ids: list[Any] = []
+        for ids, rows in ((vector_ids, _vector_rows(ds, vector, k)), (text_ids, _text_rows(ds, query, k))):
+            for r in rows:
+                ids.append(r[fulltext.ROW_ID])
+                by_row.setdefault(r[fulltext.ROW_ID], r)
+        fused = fulltext.rrf_fuse(vector_ids, text_ids, k)
+        return search_hits([{**by_row[row], "_relevance_score": s} for row, s in fused], "_relevance_score")
 
     def versions(self) -> list[dict[str, Any]]:
         """Versions of the chunks table with their tags and the run that created each.
@@ -273,4 +285,33 @@ class TableReader:
                 f"table={name} not found in database uri={self.uri}; it is written by the first "
                 f"{'run' if name == RUNS_TABLE else 'check'}"
             )
-        return ds.to_table(filter=f"`{C.TABLE}` = {sql_quote(self.table)}")
+        return ds.to_table(filter=_this_table(self.table))
+
+
+_HIT_COLUMNS = [C.DOC_ID, C.CHUNK_ID, C.TEXT]
+
+
+def _hit_rows(ds: Any, score: str, **scan: Any) -> list[dict[str, Any]]:
+    """The hit columns and the ``score`` column (``_distance`` or ``_score``) of one Lance scan."""
+    table = ds.to_table(
+        columns=[*_HIT_COLUMNS, score], with_row_id=True, disable_scoring_autoprojection=True, **scan
+    )
+    return cast("list[dict[str, Any]]", table.to_pylist())
+
+
+def _vector_rows(ds: Any, vector: Any, k: int) -> list[dict[str, Any]]:
+    import numpy as np
+
+    from embedpipe.store.vector_index import search_params
+
+    q = np.asarray(vector, dtype=np.float32)
+    # the version's own index search parameters (tuned to index.min_recall when it was trained)
+    nearest = {"column": C.VECTOR, "q": q, "k": int(k), "metric": "cosine", **search_params(ds.metadata)}
+    return _hit_rows(ds, "_distance", nearest=nearest)
+
+
+def _text_rows(ds: Any, query: str, k: int) -> list[dict[str, Any]]:
+    from lance.query import MatchQuery
+
+    match = MatchQuery(fulltext.query_text(query), C.TEXT)
+    return _hit_rows(ds, "_score", full_text_query=match, limit=int(k))

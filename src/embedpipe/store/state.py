@@ -1,8 +1,9 @@
 """Reading a table at a pinned version: per-document state, stored rows and vectors, search.
 
 Everything here reads a table pinned at one version (:meth:`StateMixin.snapshot`), so a run
-computes its changes against one consistent state. Filters are built for bounded lists of keys
-(documents are keyed by ``(source, doc_id)``: a doc_id is only unique within its source).
+computes its changes against one consistent state. Filters are expressions
+(:mod:`embedpipe.store.filters`) over bounded lists of keys (documents are keyed by
+``(source, doc_id)``: a doc_id is only unique within its source).
 """
 
 from __future__ import annotations
@@ -11,15 +12,18 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from embedpipe.schemas import C, search_hits, vector_matrix
+from embedpipe.schemas import C, doc_state_schema, search_hits, vector_matrix
+from embedpipe.store import fulltext
 from embedpipe.store.connection import StoreBase
-from embedpipe.store.reader import sql_quote
+from embedpipe.store.filters import IN_LIST, any_of, batched, docs_filter, eq, isin
 
 if TYPE_CHECKING:
-    from lancedb.query import LanceVectorQueryBuilder
+    from lancedb.expr import Expr
+    from lancedb.query import LanceHybridQueryBuilder, LanceQueryBuilder, LanceVectorQueryBuilder
     from lancedb.table import Table
 
 
@@ -33,7 +37,7 @@ class Scope:
 
 @dataclass(frozen=True)
 class DocState:
-    """What the table knows of one document."""
+    """What the table knows of one document (a row of :func:`~embedpipe.schemas.doc_state_schema`)."""
 
     doc_hash: str
     size: int
@@ -41,34 +45,57 @@ class DocState:
     metadata: str | None
 
 
-_IN_LIST = 2000
+_HIT_COLUMNS = [C.DOC_ID, C.CHUNK_ID, C.TEXT]
+_STATE_KEYS = [C.SOURCE, C.PATH, C.DOC_ID]
+_STATE_BATCH = 131072
+_ROW = "__row"
 
 
-def _in_filter(column: str, values: Sequence[str]) -> str:
-    return f"{column} IN ({', '.join(sql_quote(v) for v in sorted(set(values)))})"
-
-
-def docs_filter(docs: Sequence[tuple[str, str]]) -> str:
-    """A filter matching these (source, doc_id) pairs: doc_ids are only unique within a source."""
-    by_source: dict[str, list[str]] = {}
-    for source, doc_id in docs:
-        by_source.setdefault(source, []).append(doc_id)
-    return " OR ".join(
-        f"({C.SOURCE} = {sql_quote(src)} AND {_in_filter(C.DOC_ID, ids)})"
-        for src, ids in sorted(by_source.items())
-    )
-
-
-def _scopes_filter(scopes: Sequence[Scope]) -> str:
+def scopes_filter(scopes: Sequence[Scope]) -> Expr | None:
+    """Rows under these scanned sources (or single files of them); ``None`` when none can match."""
     clauses = []
     for sc in scopes:
-        clause = f"{C.SOURCE} = {sql_quote(sc.source)}"
+        clause = eq(C.SOURCE, sc.source)
         if sc.paths is not None:
             if not sc.paths:
                 continue
-            clause += f" AND {_in_filter(C.PATH, sc.paths)}"
-        clauses.append(f"({clause})")
-    return " OR ".join(clauses)
+            clause = clause & isin(C.PATH, sc.paths)
+        clauses.append(clause)
+    return any_of(clauses)
+
+
+def first_per_document(rows: pa.Table) -> pa.Table:
+    """One row per (source, path, doc_id): the first of each (chunks of a document share these).
+
+    Grouping only an integer row number (its minimum per key) and then taking those rows is several
+    times faster than asking the grouping for the first value of every string column.
+    """
+    numbered = rows.append_column(_ROW, pa.array(np.arange(rows.num_rows, dtype=np.int64)))
+    first = numbered.group_by(_STATE_KEYS, use_threads=False).aggregate([(_ROW, "min")]).column(f"{_ROW}_min")
+    return rows.take(pc.take(first, pc.sort_indices(first)))
+
+
+def drop_repeats(rows: pa.Table) -> pa.Table:
+    """``rows`` less each row whose key equals the previous row's key.
+
+    A document's chunks are written together, so they mostly sit next to each other: this cheap
+    vectorised pass leaves about one row per document for the hash grouping that follows.
+    """
+    if rows.num_rows < 2:
+        return rows
+    same = None
+    for k in _STATE_KEYS:
+        col = rows.column(k)
+        eq_prev = pc.equal(col.slice(1), col.slice(0, rows.num_rows - 1))
+        same = eq_prev if same is None else pc.and_(same, eq_prev)
+    keep = pa.concat_arrays([pa.array([True]), pc.invert(pc.fill_null(same, False)).combine_chunks()])
+    return rows.filter(keep)
+
+
+def where_in(table: Table, column: str, values: Sequence[str], columns: Sequence[str]) -> LanceQueryBuilder:
+    """A query of ``columns`` of the rows whose ``column`` is one of ``values``: an ``isin`` filter,
+    which a scalar index on ``column`` answers (see ``explain_plan``) instead of a scan."""
+    return table.search().where(isin(column, values)).select(list(columns)).limit(None)
 
 
 def vector_query(table: Table, vector: Any, params: dict[str, int] | None = None) -> LanceVectorQueryBuilder:
@@ -93,6 +120,14 @@ def vector_query(table: Table, vector: Any, params: dict[str, int] | None = None
     return query
 
 
+def _match_query(query: str) -> Any:
+    """The query as LanceDB's match query on the text column: plain words, never query syntax."""
+    from lancedb.query import MatchQuery
+
+    # pydantic dataclass: its keyword fields have defaults the type checker does not see
+    return MatchQuery(fulltext.query_text(query), C.TEXT)  # type: ignore[call-arg]
+
+
 class StateMixin(StoreBase):
     """Reads of a pinned table (part of :class:`~embedpipe.store.Store`)."""
 
@@ -103,31 +138,36 @@ class StateMixin(StoreBase):
             table.checkout(int(table.version))
         return table
 
-    def doc_state(
-        self, table: Table | None, scopes: Sequence[Scope]
-    ) -> dict[tuple[str, str], dict[str, DocState]]:
-        """Per (source, path), the documents the table holds and their content state.
+    def doc_state(self, table: Table | None, scopes: Sequence[Scope]) -> pa.Table:
+        """What a pinned table holds of each document under ``scopes``, one row per document.
+
+        A columnar scan of the few document-level columns, reduced batch by batch (repeats of the
+        previous row dropped), then grouped to one row per (source, path, doc_id): no Python
+        object is made per chunk or per document.
 
         Args:
             table: A pinned table (:meth:`snapshot`).
             scopes: Which sources (or single files) to read state for.
+
+        Returns:
+            A table of :func:`~embedpipe.schemas.doc_state_schema`.
         """
-        out: dict[tuple[str, str], dict[str, DocState]] = {}
-        flt = _scopes_filter(scopes)
-        if table is None or not flt:
-            return out
-        cols = [C.SOURCE, C.PATH, C.DOC_ID, C.DOC_HASH, C.SIZE, C.MTIME, C.METADATA]
-        for batch in table.search().where(flt).select(cols).limit(None).to_batches(65536):
-            for src, path, doc_id, h, size, mtime, md in zip(
-                *(batch.column(c).to_pylist() for c in cols), strict=True
-            ):
-                docs = out.setdefault((src, path), {})
-                if doc_id not in docs:
-                    docs[doc_id] = DocState(doc_hash=h, size=size, mtime=mtime, metadata=md)
-        return out
+        schema = doc_state_schema()
+        flt = scopes_filter(scopes)
+        if table is None or flt is None:
+            return schema.empty_table()
+        query = table.search().where(flt).select(schema.names).limit(None)
+        parts = [drop_repeats(pa.Table.from_batches([b])) for b in query.to_batches(_STATE_BATCH)]
+        if not parts:
+            return schema.empty_table()
+        return first_per_document(pa.concat_tables(parts)).select(schema.names).cast(schema)
 
     def vectors_for_hashes(self, table: Table | None, hashes: Sequence[str]) -> dict[str, Any]:
-        """Stored vectors of chunks with these text hashes (any document), for reuse."""
+        """Stored vectors of chunks with these text hashes (any document), for reuse.
+
+        Looked up in bounded ``isin`` batches that the ``chunk_hash`` scalar index answers
+        (:mod:`embedpipe.store.scalar_index`), so a shard's lookup reads only matching rows.
+        """
         out: dict[str, Any] = {}
         if table is None:
             return out
@@ -142,9 +182,10 @@ class StateMixin(StoreBase):
         """All stored chunk rows of these (source, doc_id) documents."""
         parts = []
         uniq = sorted(set(docs))
-        for i in range(0, len(uniq), _IN_LIST):
-            flt = docs_filter(uniq[i : i + _IN_LIST])
-            parts.append(table.search().where(flt).select(schema.names).limit(None).to_arrow())
+        for i in range(0, len(uniq), IN_LIST):
+            flt = docs_filter(uniq[i : i + IN_LIST])
+            if flt is not None:
+                parts.append(table.search().where(flt).select(schema.names).limit(None).to_arrow())
         if not parts:
             return schema.empty_table()
         return pa.concat_tables([p.select(schema.names).cast(schema) for p in parts])
@@ -177,11 +218,7 @@ class StateMixin(StoreBase):
         self, table: Table, column: str, values: Sequence[str], columns: Sequence[str]
     ) -> pa.Table:
         """Rows of a pinned table whose ``column`` is one of ``values`` (queried in bounded IN lists)."""
-        parts = []
-        uniq = sorted(set(values))
-        for i in range(0, len(uniq), _IN_LIST):
-            flt = _in_filter(column, uniq[i : i + _IN_LIST])
-            parts.append(table.search().where(flt).select(list(columns)).limit(None).to_arrow())
+        parts = [where_in(table, column, part, columns).to_arrow() for part in batched(values)]
         if not parts:
             return pa.table({c: pa.array([], type=table.schema.field(c).type) for c in columns})
         return pa.concat_tables(parts)
@@ -193,3 +230,43 @@ class StateMixin(StoreBase):
         table = table if table is not None else self.require_table(name)
         rows = vector_query(table, vector).limit(k).select([C.DOC_ID, C.CHUNK_ID, C.TEXT]).to_list()
         return search_hits(rows)
+
+    def text_search(
+        self, query: str, k: int, name: str | None = None, table: Table | None = None
+    ) -> list[dict[str, Any]]:
+        """Best chunks by BM25 over the full-text index, best first (``score`` is the BM25 score).
+
+        Raises:
+            IndexMissingError: The table (version) has no full-text index.
+        """
+        table = table if table is not None else self.require_table(name)
+        fulltext.require_text_index(table.to_lance(), "text", table.name)
+        rows = table.search(_match_query(query), query_type="fts").limit(k).select(_HIT_COLUMNS).to_list()
+        return search_hits(rows, "_score")
+
+    def hybrid_search(
+        self, vector: Any, query: str, k: int, name: str | None = None, table: Table | None = None
+    ) -> list[dict[str, Any]]:
+        """LanceDB's hybrid query: the vector and BM25 rankings fused by ``RRFReranker``, best
+        first (``score`` is the reciprocal-rank-fusion score).
+
+        Raises:
+            IndexMissingError: The table (version) has no full-text index.
+        """
+        from lancedb.rerankers import RRFReranker
+
+        table = table if table is not None else self.require_table(name)
+        fulltext.require_text_index(table.to_lance(), "hybrid", table.name)
+        builder = cast(
+            "LanceHybridQueryBuilder", table.search(query_type="hybrid", vector_column_name=C.VECTOR)
+        )
+        rows = (
+            builder.vector(vector)
+            .text(_match_query(query))
+            .distance_type("cosine")
+            .rerank(RRFReranker(K=fulltext.RRF_K))
+            .limit(k)
+            .select(_HIT_COLUMNS)
+            .to_list()
+        )
+        return search_hits(rows, "_relevance_score")

@@ -29,21 +29,27 @@ import pyarrow.fs as pafs
 from embedpipe.errors import EmbedpipeError
 from embedpipe.schemas import VECTOR_CACHE_TABLE, C, ModelIdentity, vector_cache_schema, vector_matrix
 from embedpipe.store import objectstore
-from embedpipe.store.reader import sql_quote
+from embedpipe.store.filters import batched, isin
 
 if TYPE_CHECKING:
+    from lancedb.expr import Expr
+
     from embedpipe.store import Store
 
 log = logging.getLogger(__name__)
 
-_IN_LIST = 2000
 _WRITE_ROWS = 32768
 """Rows per upsert: bounds the memory of a stash of a large table (one commit each)."""
 _SCAN_ROWS = 65536
 
 
-def _ts_literal(ts: datetime) -> str:
-    return "timestamp " + sql_quote(ts.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f"))
+def _older_than(ts: datetime, key: str | None = None) -> Expr:
+    """Rows cached before ``ts`` (and, with ``key``, those cached at ``ts`` with a smaller key)."""
+    from lancedb.expr import col, lit
+
+    at = lit(ts.astimezone(UTC))
+    older = col("cached_at") < at
+    return older if key is None else older | ((col("cached_at") == at) & (col("key") < lit(key)))
 
 
 class VectorCache:
@@ -67,9 +73,8 @@ class VectorCache:
         if table is None:
             return out
         prefix = identity.vector_key + ":"
-        keys = sorted({prefix + h for h in hashes})
-        for i in range(0, len(keys), _IN_LIST):
-            flt = f"key IN ({', '.join(sql_quote(k) for k in keys[i : i + _IN_LIST])})"
+        for keys in batched(prefix + h for h in hashes):
+            flt = isin("key", keys)  # answered by the BTREE on key
             rows = table.search().where(flt).select([C.CHUNK_HASH, C.VECTOR]).limit(None).to_arrow()
             vectors = vector_matrix(rows.column(C.VECTOR))  # one model key: one dimension
             for j, h in enumerate(rows.column(C.CHUNK_HASH).to_pylist()):
@@ -104,7 +109,7 @@ class VectorCache:
             if identity is None or head.count_rows() == 0:
                 return 0
             where = self._discarded_rows(head, by, identity)
-            if where == "":
+            if isinstance(where, str):
                 return 0
             return self.put(identity, self._head_batches(head, where), reason)
         except Exception as e:  # an optimisation must not block a rollback or a fall-back
@@ -118,7 +123,7 @@ class VectorCache:
             )
             return 0
 
-    def _discarded_rows(self, head: Any, by: int | None, identity: ModelIdentity) -> str | None:
+    def _discarded_rows(self, head: Any, by: int | None, identity: ModelIdentity) -> Expr | str | None:
         """A filter of the head rows the replacing content lacks (``None``: all, ``""``: none).
 
         Against a version with vectors of the same model, those are the rows of the runs that
@@ -135,10 +140,10 @@ class VectorCache:
         if other is None or other.vector_key != identity.vector_key:
             return None
         runs = sorted(self.store.run_ids(head) - self.store.run_ids(target))
-        return f"{C.RUN_ID} IN ({', '.join(sql_quote(r) for r in runs)})" if runs else ""
+        return isin(C.RUN_ID, runs) if runs else ""
 
     @staticmethod
-    def _head_batches(head: Any, where: str | None) -> Iterator[pa.RecordBatch]:
+    def _head_batches(head: Any, where: Expr | None) -> Iterator[pa.RecordBatch]:
         query = head.search()
         if where is not None:
             query = query.where(where)
@@ -280,8 +285,9 @@ class VectorCache:
         try:
             before = int(table.count_rows())
             cutoff = now - timedelta(days=self.settings.ttl_days)
-            if before and table.count_rows(f"cached_at < {_ts_literal(cutoff)}"):
-                table.delete(f"cached_at < {_ts_literal(cutoff)}")
+            expired = _older_than(cutoff)
+            if before and table.search().where(expired).select(["key"]).limit(1).to_arrow().num_rows:
+                table.delete(expired)
             rows = int(table.count_rows())
             if rows > self.settings.max_rows:
                 order = (
@@ -294,8 +300,7 @@ class VectorCache:
                 last = self.settings.max_rows - 1
                 key, ts = order.column("key")[last].as_py(), order.column("cached_at")[last].as_py()
                 # Everything after the last row kept, in (newest first, then key) order.
-                at = _ts_literal(ts)
-                table.delete(f"cached_at < {at} OR (cached_at = {at} AND key < {sql_quote(key)})")
+                table.delete(_older_than(ts, key))
                 rows = int(table.count_rows())
         except Exception as e:
             raise self.store._error(f"cannot trim table={VECTOR_CACHE_TABLE}", e) from e

@@ -18,7 +18,15 @@ from embedpipe.tasks._common import RETRYING, TASK_DEFAULTS
 @task(name="audit-sample", **RETRYING)
 def sample_task(settings: Settings, run_id: str, version: int, baseline: str | None = None) -> AuditContext:
     """Draw the fixed-seed samples of ``version`` and its reference version."""
-    ctx = load_context(Store(settings.store), settings.checks, settings.model, run_id, version, baseline)
+    ctx = load_context(
+        Store(settings.store),
+        settings.checks,
+        settings.model,
+        run_id,
+        version,
+        baseline,
+        search_mode=settings.index.search_mode,
+    )
     get_run_logger().info(
         "stage=audit-sample version=%d rows=%d sample=%d reference=%s (%s)",
         version,

@@ -17,7 +17,7 @@ from embedpipe.embedding.embedder import Embedder, get_embedder
 from embedpipe.errors import ModelError
 from embedpipe.incremental import chunk_hashes, refresh_rows
 from embedpipe.progress import NullProgress, Progress, chunks_progress
-from embedpipe.schemas import C, Reject, chunks_schema, vector_matrix
+from embedpipe.schemas import C, Reject, RunCounts, chunks_schema, vector_matrix
 from embedpipe.store import Store
 from embedpipe.tasks._common import TASK_DEFAULTS
 from embedpipe.tasks.chunking import Chunks, chunking_identity
@@ -33,12 +33,9 @@ class Embedded:
 
     shard: int
     table: pa.Table
-    embedded: int
-    reused: int
-    refreshed: int
-    truncated: int
-    seconds: float
-    rejects: list[Reject] = field(default_factory=list)
+    counts: RunCounts
+    """Chunks embedded, reused, refreshed and truncated, the model's seconds, and the rejects of
+    documents left out (see ``dropped``)."""
     dropped: list[tuple[str, str]] = field(default_factory=list)
     """(source, doc_id) of documents left out because the model gave one of their chunks a
     non-finite vector; their stored rows stay as they were."""
@@ -207,18 +204,16 @@ def embed_shard(
         chunks.token_ids if getattr(embedder, "takes_ids", False) else None,
     )
     fresh, rejects, dropped, dropped_files = quarantine_nonfinite(fresh)
+    counts = RunCounts(embedded=embedded, truncated=truncated, seconds=seconds, rejects=rejects)
+    counts.reused = max(0, fresh.num_rows - embedded)
     parts = [fresh]
-    refreshed = 0
     if table is not None and meta.num_rows:
         keys = list(zip(meta.column(C.SOURCE).to_pylist(), meta.column(C.DOC_ID).to_pylist(), strict=True))
         stored = store.rows_for_docs(table, keys, schema)
         parts.append(refresh_rows(stored, meta))
-        refreshed = stored.num_rows
-    out = pa.concat_tables(parts) if refreshed else fresh
-    reused = max(0, fresh.num_rows - embedded)
-    return Embedded(
-        chunks.shard, out, embedded, reused, refreshed, truncated, seconds, rejects, dropped, dropped_files
-    )
+        counts.refreshed = stored.num_rows
+    out = pa.concat_tables(parts) if counts.refreshed else fresh
+    return Embedded(chunks.shard, out, counts, dropped, dropped_files)
 
 
 @task(name="embed", **TASK_DEFAULTS)
@@ -227,11 +222,11 @@ def embed_task(
 ) -> Embedded:
     """Embed one shard's new and changed chunks with the process's model."""
     out = embed_shard(chunks, docs, settings, run_id, read_version)
-    if out.truncated:
+    if out.counts.truncated:
         get_run_logger().warning(
             "stage=embed shard=%d truncated=%d chunks exceed the model's max_seq_length",
             chunks.shard,
-            out.truncated,
+            out.counts.truncated,
         )
     return out
 
@@ -258,7 +253,10 @@ def reembed_rows(
             f"the model produced non-finite vectors for {len(rejects)} stored documents, e.g. "
             f"{rejects[0].path}; the reindex stopped and the table keeps serving the previous index"
         )
-    return Embedded(shard, out, embedded, out.num_rows - embedded, 0, truncated, seconds)
+    reused = out.num_rows - embedded
+    return Embedded(
+        shard, out, RunCounts(embedded=embedded, reused=reused, truncated=truncated, seconds=seconds)
+    )
 
 
 @task(name="re-embed", **TASK_DEFAULTS)

@@ -9,9 +9,11 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from embedpipe.config import Settings
-from embedpipe.schemas import RunSummary
+from embedpipe.embedding.auto import BackendChoice
+from embedpipe.schemas import Audit, RunCounts, RunSummary
 from embedpipe.store import CommitResult, Store
 from embedpipe.tasks._common import RETRYING
+from embedpipe.tasks.prepare import Prepared
 
 
 def build_summary(
@@ -23,16 +25,24 @@ def build_summary(
     started_at: datetime,
     status: str,
     message: str | None,
-    prepared: Any,
+    prepared: Prepared | None,
     result: CommitResult,
-    tally: Any,
+    counts: RunCounts,
     docs_deleted: int,
     reused_chunk_texts: bool | None = None,
-    audit: Any = None,
+    audit: Audit | None = None,
     exit_code: int = 0,
-    backend_choice: Any = None,
+    backend_choice: BackendChoice | None = None,
 ) -> RunSummary:
-    """Assemble the typed summary of a run from what its stages reported."""
+    """Assemble the typed summary of a run from what its stages reported.
+
+    Args:
+        prepared: What the run started from (``None``: it failed before the model was loaded).
+        result: The commit (``version=None``: nothing committed).
+        counts: The documents and chunks counted, and the rejects.
+        audit: The checks of the new version (``None``: none ran).
+        backend_choice: What ``model.backend = "auto"`` chose (``None``: an explicit backend).
+    """
     finished = datetime.now(UTC)
     duration = (finished - started_at).total_seconds()
     identity = prepared.identity if prepared is not None else None
@@ -49,26 +59,26 @@ def build_summary(
         started_at=started_at,
         finished_at=finished,
         duration_s=round(duration, 3),
-        docs_seen=tally.seen,
-        docs_rejected=len(tally.rejects),
-        docs_new=tally.new,
-        docs_changed=tally.changed,
-        docs_unchanged=tally.unchanged,
+        docs_seen=counts.seen,
+        docs_rejected=len(counts.rejects),
+        docs_new=counts.new,
+        docs_changed=counts.changed,
+        docs_unchanged=counts.unchanged,
         docs_deleted=docs_deleted,
         chunks_written=result.written,
         chunks_deleted=result.deleted,
-        chunks_reused=tally.reused,
-        chunks_embedded=tally.embedded,
-        chunks_truncated=tally.truncated,
-        embed_seconds=round(tally.seconds, 3),
-        chunks_per_s=round(tally.embedded / duration, 2) if duration > 0 else 0.0,
+        chunks_reused=counts.reused,
+        chunks_embedded=counts.embedded,
+        chunks_truncated=counts.truncated,
+        embed_seconds=round(counts.seconds, 3),
+        chunks_per_s=round(counts.embedded / duration, 2) if duration > 0 else 0.0,
         model=identity.name if identity else settings.model.name,
         model_id=identity.model_id if identity else "",
         dim=identity.dim if identity else 0,
         device=prepared.device if prepared is not None else "",
         backend=identity.backend if identity else settings.model.backend,
         precision=identity.precision if identity else "",
-        rejects=tally.rejects,
+        rejects=counts.rejects,
         reused_chunk_texts=reused_chunk_texts,
         checks=list(audit.results) if audit is not None else [],
         gate=audit.gate if audit is not None else None,

@@ -14,7 +14,7 @@ from prefect import get_run_logger, task
 
 from embedpipe.config import Settings
 from embedpipe.incremental import Known
-from embedpipe.schemas import Reject
+from embedpipe.schemas import RunCounts
 from embedpipe.sources.docids import file_of
 from embedpipe.sources.files import FileRef
 from embedpipe.store import StagedShard
@@ -31,22 +31,13 @@ class ShardOutcome:
 
     shard: int
     staged: StagedShard
-    seen: int = 0
-    rejects: list[Reject] = field(default_factory=list)
-    """Rejects of reading, chunking and embedding, in that order."""
+    counts: RunCounts = field(default_factory=RunCounts)
+    """Documents and chunks counted, and the rejects of reading, chunking and embedding, in order."""
     protected_files: set[tuple[str, str]] = field(default_factory=set)
     seen_ids: list[tuple[str, str]] = field(default_factory=list)
     changed_text: list[tuple[str, str]] = field(default_factory=list)
-    new: int = 0
-    changed: int = 0
-    unchanged: int = 0
     dropped: list[tuple[str, str]] = field(default_factory=list)
     dropped_files: set[tuple[str, str]] = field(default_factory=set)
-    embedded: int = 0
-    reused: int = 0
-    refreshed: int = 0
-    truncated: int = 0
-    seconds: float = 0.0
     split_ids: list[str] = field(default_factory=list)
     chunks: int = 0
 
@@ -54,47 +45,41 @@ class ShardOutcome:
 def outcome_of(docs: Documents, chunks: Chunks, emb: Embedded, staged: StagedShard) -> ShardOutcome:
     """The small summary of a processed shard that the flow adds to its tally."""
     d = docs.delta
+    counts = RunCounts(
+        seen=docs.seen,
+        new=d.new,
+        changed=d.changed,
+        unchanged=d.unchanged,
+        rejects=docs.rejects + chunks.rejects,
+    )
+    counts += emb.counts
     # A document rejected while chunking (too many chunks, nothing the model can read) keeps the
     # rows an earlier version stored for it: a reject never deletes, like a reject while embedding.
     chunk_dropped = [(r.source, r.path) for r in chunks.rejects]
     return ShardOutcome(
         shard=docs.shard,
         staged=staged,
-        seen=docs.seen,
-        rejects=docs.rejects + chunks.rejects + emb.rejects,
+        counts=counts,
         protected_files=set(docs.protected_files),
         seen_ids=list(d.seen),
         changed_text=list(d.changed_text),
-        new=d.new,
-        changed=d.changed,
-        unchanged=d.unchanged,
         dropped=list(emb.dropped) + chunk_dropped,
         dropped_files=set(emb.dropped_files) | {(src, file_of(doc)) for src, doc in chunk_dropped},
-        embedded=emb.embedded,
-        reused=emb.reused,
-        refreshed=emb.refreshed,
-        truncated=emb.truncated,
-        seconds=emb.seconds,
         split_ids=list(docs.split_ids),
         chunks=chunks.table.num_rows,
     )
 
 
 def process_shard(
-    shard_no: int,
-    refs: list[FileRef],
-    settings: Settings,
-    known: Known,
-    run_id: str,
-    read_version: int | None,
+    shard: int, refs: list[FileRef], settings: Settings, known: Known, run_id: str, read_version: int | None
 ) -> ShardOutcome:
     """Ingest, chunk, embed and stage one shard with the same functions the local runner's tasks call.
 
     Returns:
         The shard's outcome; its rows are in the run's staging area.
     """
-    docs = ingest_shard(shard_no, refs, settings, known)
-    chunks = chunk_table(docs.delta.to_chunk, shard_no, settings)
+    docs = ingest_shard(shard, refs, settings, known)
+    chunks = chunk_table(docs.delta.to_chunk, shard, settings)
     emb = embed_shard(chunks, docs, settings, run_id, read_version)
     staged = stage_embedded(emb, settings, run_id)
     return outcome_of(docs, chunks, emb, staged)
@@ -102,27 +87,22 @@ def process_shard(
 
 @task(name="shard", **RETRYING)
 def shard_task(
-    shard_no: int,
-    refs: list[FileRef],
-    settings: Settings,
-    known: Known,
-    run_id: str,
-    read_version: int | None,
+    shard: int, refs: list[FileRef], settings: Settings, known: Known, run_id: str, read_version: int | None
 ) -> ShardOutcome:
     """Process one shard where the task runs and stage its rows; return only its outcome."""
-    out = process_shard(shard_no, refs, settings, known, run_id, read_version)
+    out = process_shard(shard, refs, settings, known, run_id, read_version)
     log = get_run_logger()
     log.debug(
         "stage=shard shard=%d chunks=%d embedded=%d staged=%d",
-        shard_no,
+        shard,
         out.chunks,
-        out.embedded,
+        out.counts.embedded,
         out.staged.rows,
     )
-    if out.truncated:
+    if out.counts.truncated:
         log.warning(
             "stage=embed shard=%d truncated=%d chunks exceed the model's max_seq_length",
-            shard_no,
-            out.truncated,
+            shard,
+            out.counts.truncated,
         )
     return out

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from prefect import get_run_logger, task
 
 from embedpipe.config import Settings
@@ -84,23 +85,46 @@ def discover_task(sources: list[str], settings: Settings) -> Plan:
 # Kinds whose one document depends on the file's bytes alone (no reader settings such as
 # text_field or id_field): unchanged size and mtime mean unchanged content.
 _STAT_KINDS = frozenset({"text", "html"})
+_MTIME = pa.timestamp("us", tz="UTC")
 
 
-def _unchanged_by_stat(ref: FileRef, known: Known) -> list[str] | None:
-    """The stored doc ids of a single-document file whose size and mtime match the table's record."""
-    if ref.part is not None or ref.kind not in _STAT_KINDS:
-        return None
-    docs = known.get((ref.source, ref.path))
-    if not docs or len(docs) != 1:
-        return None
-    # the same conversion the reader stores (microsecond timestamps)
-    mtime = pa.scalar(
-        datetime.fromtimestamp(ref.mtime_ns / 1e9, tz=UTC), pa.timestamp("us", tz="UTC")
-    ).as_py()
-    (doc_id, state), *_ = docs.items()
-    if doc_id != make_doc_id(ref.path):  # stored under an id of an earlier form: read, and re-id
-        return None
-    return [doc_id] if state.size == ref.size and state.mtime == mtime else None
+def unchanged_by_stat(refs: Sequence[FileRef], known: Known) -> dict[int, str]:
+    """Single-document files whose size and mtime match the table's record: index in ``refs`` to doc_id.
+
+    A join of the listed files with the stored state grouped per file (one Python object per listed
+    file at most, none per stored document).
+    """
+    cand = [i for i, r in enumerate(refs) if r.part is None and r.kind in _STAT_KINDS]
+    if not cand or known.num_rows == 0:
+        return {}
+    per_file = known.group_by([C.SOURCE, C.PATH], use_threads=False).aggregate(
+        [(C.DOC_ID, "count"), (C.DOC_ID, "first"), (C.SIZE, "first"), (C.MTIME, "first")]
+    )
+    listed = pa.table(
+        {
+            C.SOURCE: [refs[i].source for i in cand],
+            C.PATH: [refs[i].path for i in cand],
+            "ref": pa.array(cand, pa.int64()),
+            # stored under an id of an earlier form: read, and re-id
+            "expected_id": [make_doc_id(refs[i].path) for i in cand],
+            "size": pa.array([refs[i].size for i in cand], pa.int64()),
+            # the same conversion the reader stores (microsecond timestamps)
+            "mtime": pa.array([datetime.fromtimestamp(refs[i].mtime_ns / 1e9, tz=UTC) for i in cand], _MTIME),
+        }
+    )
+    j = listed.join(per_file, [C.SOURCE, C.PATH], join_type="inner", use_threads=False)
+    same = pc.and_(
+        pc.and_(
+            pc.equal(j.column(f"{C.DOC_ID}_count"), 1),
+            pc.equal(j.column(f"{C.DOC_ID}_first"), j.column("expected_id")),
+        ),
+        pc.and_(
+            pc.equal(j.column(f"{C.SIZE}_first").cast(pa.int64()), j.column("size")),
+            pc.equal(j.column(f"{C.MTIME}_first").cast(_MTIME), j.column("mtime")),
+        ),
+    )
+    hit = j.filter(pc.fill_null(same, False))
+    return dict(zip(hit.column("ref").to_pylist(), hit.column(f"{C.DOC_ID}_first").to_pylist(), strict=True))
 
 
 def ingest_shard(shard_no: int, refs: list[FileRef], settings: Settings, known: Known) -> Documents:
@@ -109,14 +133,9 @@ def ingest_shard(shard_no: int, refs: list[FileRef], settings: Settings, known: 
     With ``source.skip_unchanged_files`` a plain-text, Markdown or HTML file whose size and mtime
     equal the table's record is not read at all (the quick check of make and rsync).
     """
-    skipped: list[tuple[str, str]] = []
-    to_read = []
-    for ref in refs:
-        ids = _unchanged_by_stat(ref, known) if settings.source.skip_unchanged_files else None
-        if ids is None:
-            to_read.append(ref)
-        else:
-            skipped += [(ref.source, d) for d in ids]
+    same = unchanged_by_stat(refs, known) if settings.source.skip_unchanged_files else {}
+    skipped = [(refs[i].source, same[i]) for i in sorted(same)]
+    to_read = [ref for i, ref in enumerate(refs) if i not in same]
     table, rejects, seen = read_documents(to_read, settings.source)
     files = {(r.source, r.path) for r in refs}
     protected = set()

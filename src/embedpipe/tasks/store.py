@@ -10,10 +10,15 @@ import pyarrow as pa
 from prefect import get_run_logger, task
 
 from embedpipe.config import Settings
-from embedpipe.schemas import segments_schema
-from embedpipe.store import CommitResult, DocState, Scope, StagedShard, Store
+from embedpipe.schemas import C, doc_state_schema, segments_schema
+from embedpipe.store import CommitResult, Scope, StagedShard, Store
 from embedpipe.tasks._common import RETRYING
 from embedpipe.tasks.embedding import Embedded
+
+
+def _scalar(settings: Settings) -> int | None:
+    """From how many rows writing runs keep the chunks table's scalar indexes (``None``: never)."""
+    return settings.index.scalar_min_rows if settings.index.enabled and settings.index.scalar else None
 
 
 def stage_embedded(embedded: Embedded, settings: Settings, run_id: str) -> StagedShard:
@@ -41,11 +46,24 @@ def write_task(
 ) -> CommitResult:
     """Commit the staged rows and removals as exactly one new table version tagged with the run id.
 
+    Missing scalar indexes (``index.scalar``, once the table has ``index.scalar_min_rows`` rows) are
+    created just before, as a version with the rows the run read; the run's commit, the version it
+    tags, checks and serves, then carries them.
+
     The commit is refused (:class:`~embedpipe.errors.StaleReadError`, not retried) when the table
     moved on since ``read_version``, the version the run's changes were computed against.
     """
     store = Store(settings.store)
-    result = store.commit(run_id, staged, schema, replace_docs, exclude, read_version, verify=True)
+    result = store.commit(
+        run_id,
+        staged,
+        schema,
+        replace_docs,
+        exclude,
+        read_version,
+        verify=True,
+        scalar_indexes=_scalar(settings),
+    )
     store.drop_staging(run_id)
     get_run_logger().info(
         "stage=write table=%s version=%s written=%d deleted=%d",
@@ -92,12 +110,11 @@ def retention_task(settings: Settings, compact: bool = False) -> dict[str, Any]:
 # --------------------------------------------------------------------------- table state
 
 
-def load_state(
-    settings: Settings, scopes: list[Scope], read_version: int | None
-) -> dict[tuple[str, str], dict[str, DocState]]:
-    """Per (source, path), the documents and content hashes stored at ``read_version``."""
+def load_state(settings: Settings, scopes: list[Scope], read_version: int | None) -> pa.Table:
+    """The documents stored at ``read_version`` under the scanned sources, one row per document
+    (:func:`~embedpipe.schemas.doc_state_schema`)."""
     if read_version is None:
-        return {}
+        return doc_state_schema().empty_table()
     store = Store(settings.store)
     table = store.require_table()
     table.checkout(read_version)
@@ -105,17 +122,11 @@ def load_state(
 
 
 @task(name="load-state", **RETRYING)
-def load_state_task(
-    settings: Settings, scopes: list[Scope], read_version: int | None
-) -> dict[tuple[str, str], dict[str, DocState]]:
+def load_state_task(settings: Settings, scopes: list[Scope], read_version: int | None) -> pa.Table:
     """Read the table's document state for the scanned sources."""
     known = load_state(settings, scopes, read_version)
-    get_run_logger().info(
-        "stage=load-state version=%s files=%d docs=%d",
-        read_version,
-        len(known),
-        sum(len(d) for d in known.values()),
-    )
+    files = known.group_by([C.SOURCE, C.PATH], use_threads=False).aggregate([]).num_rows
+    get_run_logger().info("stage=load-state version=%s files=%d docs=%d", read_version, files, known.num_rows)
     return known
 
 

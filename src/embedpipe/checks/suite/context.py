@@ -13,7 +13,8 @@ from embedpipe.config import ChecksSettings, ModelSettings
 from embedpipe.embedding.embedder import settings_for_table
 from embedpipe.errors import ConfigError, EmbedpipeError
 from embedpipe.schemas import C, ModelIdentity, vector_matrix
-from embedpipe.store import SERVING_TAG, Store, sql_quote
+from embedpipe.store import SERVING_TAG, Store
+from embedpipe.store.filters import isin
 
 SAMPLE_COLUMNS = [C.CHUNK_ID, C.CHUNK_HASH, C.TEXT, C.N_TOKENS, C.VECTOR]
 
@@ -65,6 +66,8 @@ class AuditContext:
     reference_stats: dict[str, float] = field(default_factory=dict)
     new_runs: list[str] | None = None
     """Runs whose rows are new since the reference (``None``: no reference, every row is new)."""
+    search_mode: str = "vector"
+    """The search mode served (``index.search_mode``): the golden-set gates judge this mode."""
 
     def require_new(self) -> Side:
         if len(self.new.vectors) < 5:
@@ -121,7 +124,7 @@ def reference_for(store: Store, table: Any, version: int, baseline: str | None) 
     return None, "first version of the table"
 
 
-def _sample_where(store: Store, table: Any, flt: str, n: int, seed: int, dim: int, version: int) -> Side:
+def _sample_where(store: Store, table: Any, flt: Any, n: int, seed: int, dim: int, version: int) -> Side:
     """A fixed-seed sample of the rows of a pinned table matching ``flt``."""
     ids = table.search().where(flt).select([C.CHUNK_ID]).limit(None).to_arrow().column(0).to_pylist()
     ids.sort()
@@ -160,6 +163,7 @@ def load_context(
     run_id: str,
     version: int,
     baseline: str | None = None,
+    search_mode: str = "vector",
 ) -> AuditContext:
     """Draw the fixed-seed samples of ``version`` and of its reference.
 
@@ -174,6 +178,7 @@ def load_context(
         run_id: The run doing the checks.
         version: The version to check.
         baseline: A tag or version to compare with instead of ``checks.baseline_tag``.
+        search_mode: The search mode served (``index.search_mode``), judged by the golden set.
 
     Raises:
         ConfigError: The baseline names no tag or version.
@@ -205,7 +210,7 @@ def load_context(
             version, int(table.count_rows()), store.sample_rows(table, n, seed, SAMPLE_COLUMNS), identity.dim
         )
     elif new_runs:
-        flt = f"{C.RUN_ID} IN ({', '.join(sql_quote(r) for r in new_runs)})"
+        flt = isin(C.RUN_ID, new_runs)
         new = _sample_where(store, table, flt, n, seed, identity.dim, version)
     else:
         empty = pa.table({c: pa.array([], type=table.schema.field(c).type) for c in SAMPLE_COLUMNS})
@@ -223,4 +228,5 @@ def load_context(
         reference_identity=ref_identity,
         reference_stats=stats,
         new_runs=new_runs,
+        search_mode=search_mode,
     )

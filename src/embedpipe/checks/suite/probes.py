@@ -23,7 +23,8 @@ from embedpipe.embedding.embedder import get_embedder
 from embedpipe.errors import CheckError
 from embedpipe.hashing import sha256_text
 from embedpipe.schemas import C
-from embedpipe.store import Store
+from embedpipe.search import SEARCH_MODES
+from embedpipe.store import Store, fulltext
 
 
 def _canary(family: str, ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str, Stat]:
@@ -72,13 +73,36 @@ def _against_reference(
     )
 
 
-def search_docs(store: Store, table: Any, vector: np.ndarray, k: int) -> list[str]:
-    """Document ids of the nearest chunks, best first, each document once (the search path users use)."""
-    hits = store.search(vector, k * 5, table=table)
+def search_docs(
+    store: Store, table: Any, vector: np.ndarray, k: int, mode: str = "vector", query: str = ""
+) -> list[str]:
+    """Document ids of the best chunks in one search mode, best first, each document once (the
+    search users get in that mode)."""
+    if mode == "text":
+        hits = store.text_search(query, k * 5, table=table)
+    elif mode == "hybrid":
+        hits = store.hybrid_search(vector, query, k * 5, table=table)
+    else:
+        hits = store.search(vector, k * 5, table=table)
     seen: dict[str, None] = {}
     for h in hits:
         seen.setdefault(h[C.DOC_ID], None)
     return list(seen)[:k]
+
+
+def _modes(store: Store, table: Any, served: str) -> tuple[list[str], str]:
+    """The search modes the golden set is measured in on ``table`` (the served one first), and a
+    note on the ones left out.
+
+    A version without a full-text index is served by vector search whatever ``served`` says (as
+    ``embedpipe search`` falls back), so that is what its gate judges.
+    """
+    if fulltext.has_text_index(table.to_lance()):
+        return [served, *(m for m in SEARCH_MODES if m != served)], ""
+    note = "; text and hybrid not measured: no full-text index"
+    if served != "vector":
+        note += f" (index.search_mode={served} falls back to vector; `embedpipe index` builds it)"
+    return ["vector"], note
 
 
 def _golden(family: str, ctx: AuditContext, checks: ChecksSettings, store: Store) -> dict[str, Stat]:
@@ -100,12 +124,22 @@ def _golden(family: str, ctx: AuditContext, checks: ChecksSettings, store: Store
         )
     embedder = get_embedder(ctx.model)
     k = checks.k
-    qv = embedder.encode([q.query for q in golden], batch_size=32)
-    ranked = [search_docs(store, table, v, max(k, 10)) for v in qv]
+    texts = [q.query for q in golden]
+    qv = embedder.encode(texts, batch_size=32)
+    modes, note = _modes(store, table, ctx.search_mode)
     # A relevant document the table lacks cannot be retrieved: it counts as a miss (as BEIR and
     # ir_measures score it), and the detail names it.
-    m = quality.retrieval_metrics(ranked, golden, k)
-    n = f"{len(golden)} queries"
+    per_mode = {
+        mode: quality.retrieval_metrics(
+            [search_docs(store, table, v, max(k, 10), mode, t) for v, t in zip(qv, texts, strict=True)],
+            golden,
+            k,
+        )
+        for mode in modes
+    }
+    served = modes[0]
+    m = per_mode[served]
+    n = f"{len(golden)} queries, {served} search"
     if missing:
         n += (
             f"; {len(missing)} of {len(wanted)} relevant doc_ids not in the table, scored as not "
@@ -114,16 +148,31 @@ def _golden(family: str, ctx: AuditContext, checks: ChecksSettings, store: Store
     if ctx.comparable and ctx.reference_version is not None:
         # Same model: measure the same golden set on the reference now (apples to apples, whatever
         # was recorded before); after a model change the recorded figures are all there is.
+        # A reference written before full-text indexes cannot be searched by text: its recorded
+        # figures stand.
         rt = store.open_version(ctx.reference_version)
-        ref_ranked = [search_docs(store, rt, v, max(k, 10)) for v in qv]
-        rm = quality.retrieval_metrics(ref_ranked, golden, k)
-        ctx.reference_stats.update(golden_recall=rm["recall"], golden_mrr=rm["mrr"], golden_ndcg=rm["ndcg"])
+        if served == "vector" or fulltext.has_text_index(rt.to_lance()):
+            ref_ranked = [
+                search_docs(store, rt, v, max(k, 10), served, t) for v, t in zip(qv, texts, strict=True)
+            ]
+            rm = quality.retrieval_metrics(ref_ranked, golden, k)
+            ctx.reference_stats.update(
+                golden_recall=rm["recall"], golden_mrr=rm["mrr"], golden_ndcg=rm["ndcg"]
+            )
+
+    def by_mode(metric: str) -> str:
+        return "; per mode: " + ", ".join(f"{mode} {v[metric]:.4f}" for mode, v in per_mode.items()) + note
+
     return {
         "golden_recall": _against_reference(
-            "golden_recall", m["recall"], ctx, checks, f"recall@{k} over {n}"
+            "golden_recall", m["recall"], ctx, checks, f"recall@{k} over {n}{by_mode('recall')}"
         ),
-        "golden_mrr": _against_reference("golden_mrr", m["mrr"], ctx, checks, f"MRR over {n}"),
-        "golden_ndcg": _against_reference("golden_ndcg", m["ndcg"], ctx, checks, f"nDCG@10 over {n}"),
+        "golden_mrr": _against_reference(
+            "golden_mrr", m["mrr"], ctx, checks, f"MRR over {n}{by_mode('mrr')}"
+        ),
+        "golden_ndcg": _against_reference(
+            "golden_ndcg", m["ndcg"], ctx, checks, f"nDCG@10 over {n}{by_mode('ndcg')}"
+        ),
     }
 
 

@@ -15,7 +15,8 @@ from embedpipe.checks.suite.context import AuditContext, Skip
 from embedpipe.checks.suite.run import at_least
 from embedpipe.config import ChecksSettings
 from embedpipe.schemas import C
-from embedpipe.store import Store, sql_quote, vector_query
+from embedpipe.store import Store, vector_query
+from embedpipe.store.filters import isin
 
 NEIGHBOUR_SAMPLE = 1000
 INDEX_QUERIES = 50
@@ -30,7 +31,7 @@ def _integrity(family: str, ctx: AuditContext, checks: ChecksSettings, store: St
             raise Skip(f"no rows are new since version {ctx.reference_version}")
         # Every row the reference does not hold, whichever run wrote it: rows carried over from an
         # unserved version are scanned too.
-        q = q.where(f"{C.RUN_ID} IN ({', '.join(sql_quote(r) for r in ctx.new_runs)})")
+        q = q.where(isin(C.RUN_ID, ctx.new_runs))
     vtype = table.schema.field(C.VECTOR).type
     stat = scan_vectors(q.to_batches(16384), C.VECTOR, ctx.identity.dim, ctx.identity.normalize, vtype)
     scope = "all rows" if ctx.new_runs is None else f"rows new since version {ctx.reference_version}"
