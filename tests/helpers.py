@@ -16,7 +16,13 @@ SAMPLE_CORPUS = ROOT / "examples" / "corpus"
 
 def make_settings(tmp_path: Path, **groups: dict[str, Any]) -> Settings:
     """Settings on a temporary database with the fake model unless ``model`` says otherwise."""
-    overrides: dict[str, Any] = {"store": {"uri": str(tmp_path / "db")}, "model": {"name": "fake:32"}}
+    # No full-text index unless a test asks (index={"fts": True}): building it is a table version of
+    # its own, and most tests count versions. The vector index waits for index.min_rows anyway.
+    overrides: dict[str, Any] = {
+        "store": {"uri": str(tmp_path / "db")},
+        "model": {"name": "fake:32"},
+        "index": {"fts": False},
+    }
     if str(groups.get("model", {}).get("name", "fake:")).startswith("fake:"):
         # The fake model is a bag of hashed words, not a semantic model: the bundled triplets and
         # scored pairs measure semantic quality, so tests of the fake model bring their own sets.

@@ -49,6 +49,8 @@ class DashboardData:
     max_seq_length: int | None = None
     map_points: dict[str, Any] = field(default_factory=dict)
     versions: list[dict[str, Any]] = field(default_factory=list)
+    indexes: list[dict[str, Any]] = field(default_factory=list)
+    """The served version's indexes: the rows of ``embedpipe index``."""
     served_version: int | None = None
     rejects: list[dict[str, Any]] = field(default_factory=list)
     model: str = ""
@@ -92,6 +94,7 @@ def collect(store: Store, sample: int = 2000, seed: int = 0) -> DashboardData:
     chunks = store.open_version(None)
     data.served_version = int(chunks.version)
     data.versions = list(reversed(store.versions()))[:30]
+    data.indexes = store.index_rows(chunks)
     identity = store.table_identity(table=chunks)
     md = {k.decode(): v.decode() for k, v in (chunks.schema.metadata or {}).items()}
     chunking = ChunkingIdentity.from_table_metadata(md)
@@ -344,10 +347,24 @@ def render(d: DashboardData, refresh_s: int | None = None) -> str:
         for v in d.versions
     ]
     rejects = [[r[C.AT], r[C.PATH], r[C.REASON]] for r in d.rejects]
+    indexes = [
+        [
+            i["name"],
+            i["column"],
+            i["type"],
+            ", ".join(f"{k}={v}" for k, v in sorted(i["params"].items()) if v is not None),
+            i["indexed_rows"],
+            i["unindexed_rows"],
+            "" if i["trained_at_version"] is None else i["trained_at_version"],
+            "" if i["recall"] is None else f"{i['recall']:.3f}",
+        ]
+        for i in d.indexes
+    ]
     return _template().render(
         d=d,
         figs=_figures(d),
         versions=versions,
+        indexes=indexes,
         rejects=rejects,
         refresh_s=int(refresh_s) if refresh_s else None,
         plotlyjs=get_plotlyjs(),

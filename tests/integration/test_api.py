@@ -69,7 +69,7 @@ def test_subflow_example_runs_sync_as_a_child_of_the_users_flow(tmp_path: Path, 
     )
     assert state.is_completed(), state.message
     out = state.result()
-    assert out["served_version"] == 1
+    assert out["served_version"] == 2  # 1: the commit, 2: its full-text index
     assert out["hits"][0]["doc_id"] == "ann.md"
     assert set(out["hits"][0]) == {"doc_id", "chunk_id", "text", "score"}
 
@@ -103,10 +103,11 @@ def test_reindex_and_check_through_the_api(tmp_path: Path, fake_model: None) -> 
     db = tmp_path / "db"
     embedpipe.sync(_corpus(tmp_path / "src"), db=db)
     rebuilt = embedpipe.reindex(db=db, chunk={"tokens": 64, "overlap": 8})
-    assert rebuilt.flow == "reindex" and rebuilt.table_version == 2 and rebuilt.served_version == 2
+    # sync: 1 (commit), 2 (full-text index); reindex: 3 (switch), 4 (its full-text index)
+    assert rebuilt.flow == "reindex" and rebuilt.table_version == 4 and rebuilt.served_version == 4
     report = embedpipe.check(db=db, version="serving")
     assert isinstance(report, embedpipe.CheckReport)
-    assert report.version == 2 and report.gate == "passed" and not report.published
+    assert report.version == 4 and report.gate == "passed" and not report.published
     with pytest.raises(ConfigError, match=r"golden file not found: path=.*missing\.jsonl"):
         embedpipe.check(db=db, version="serving", checks={"golden": [str(tmp_path / "missing.jsonl")]})
     with pytest.raises(VersionNotFoundError, match="no version or tag named '9'"):
@@ -149,7 +150,8 @@ def test_the_handle_reads_without_starting_prefect(tmp_path: Path, fake_model: N
     first = embedpipe.sync(_corpus(tmp_path / "src"), db=db)
     write(tmp_path / "src" / "new.md", "A third document, about vector databases.")
     second = embedpipe.sync(tmp_path / "src", db=db)
-    assert (first.table_version, second.table_version) == (1, 2)
+    # each run: its commit, then its full-text index version (audited, served, tagged with the run)
+    assert (first.table_version, second.table_version) == (2, 4)
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT)])
@@ -191,8 +193,8 @@ print(json.dumps({{
     assert out["loaded"] == []  # the handle never imported Prefect (nor LanceDB, nor torch)
     assert out["hits"][0]["doc_id"] == "ann.md" and len(out["hits"]) == 2
     assert out["old_docs"] == ["ann.md", "emb.md"]  # version 1 predates new.md
-    assert out["served"] == 2 and out["versions"] == [1, 2]
-    assert out["run_ids"] == [first.run_id, second.run_id]
+    assert out["served"] == 4 and out["versions"] == [1, 2, 3, 4]
+    assert out["run_ids"] == [None, first.run_id, None, second.run_id]
     assert sorted(out["runs"]) == sorted([first.run_id, second.run_id])
-    assert out["checked_versions"] == [1, 2]
+    assert out["checked_versions"] == [2, 4]
     assert out["mode_error"] == "mode='fuzzy' is not supported; supported: vector, text, hybrid"

@@ -71,7 +71,8 @@ def test_run_json_contract_versions_search_rollback(tmp_path: Path, prefect_harn
     assert first.returncode == 0, first.stderr
     summary = json.loads(first.stdout)  # stdout is exactly one JSON object
     assert set(summary) >= REQUIRED_RUN_KEYS
-    assert summary["table"] == "chunks" and summary["table_version"] == 1
+    # version 1: the commit; version 2: its full-text index (audited, served, tagged with the run)
+    assert summary["table"] == "chunks" and summary["table_version"] == 2
     assert summary["docs_seen"] == 4 and summary["docs_rejected"] == 1
     assert summary["rejects"][0]["path"] == "bad/blob.txt" and "binary" in summary["rejects"][0]["reason"]
     assert summary["chunks_written"] == summary["chunks_embedded"] > 3
@@ -87,14 +88,14 @@ def test_run_json_contract_versions_search_rollback(tmp_path: Path, prefect_harn
     second = embedpipe("run", str(src), "--db", "db", "--json", cwd=tmp_path, env=env)
     assert second.returncode == 0, second.stderr
     changed = json.loads(second.stdout)
-    assert changed["table_version"] == 2
+    assert changed["table_version"] == 4  # 3: the commit; 4: its rows folded into the FTS index
     assert (changed["docs_new"], changed["docs_deleted"], changed["docs_unchanged"]) == (1, 1, 2)
     assert changed["chunks_embedded"] == 1 and changed["chunks_deleted"] >= 1
 
     versions = embedpipe("versions", "--db", "db", "--json", cwd=tmp_path, env=env)
     rows = json.loads(versions.stdout)
-    assert [r["version"] for r in rows] == [1, 2]
-    assert rows[0]["run_id"] == summary["run_id"] and summary["run_id"] in rows[0]["tags"]
+    assert [r["version"] for r in rows] == [1, 2, 3, 4]
+    assert rows[1]["run_id"] == summary["run_id"] and summary["run_id"] in rows[1]["tags"]
     assert set(rows[0]) == {"version", "timestamp", "tags", "run_id"}
 
     found = embedpipe(
@@ -115,7 +116,7 @@ def test_run_json_contract_versions_search_rollback(tmp_path: Path, prefect_harn
 
     back = embedpipe("rollback", summary["run_id"], "--db", "db", cwd=tmp_path, env=env)
     assert back.returncode == 0, back.stderr
-    assert "restored version 1 as new version 3" in back.stdout
+    assert "restored version 2 as new version 5" in back.stdout
     missing = embedpipe("rollback", "42", "--db", "db", cwd=tmp_path, env=env)
     assert missing.returncode != 0
     assert missing.stderr.strip().splitlines() == [
@@ -197,7 +198,8 @@ def test_sigkill_mid_run_keeps_previous_version_and_next_run_recovers(
     assert proc.returncode == -signal.SIGKILL
 
     versions = json.loads(embedpipe("versions", "--db", "db", "--json", cwd=tmp_path, env=env).stdout)
-    assert [r["version"] for r in versions] == [v1["table_version"]]  # nothing partial became visible
+    # nothing partial became visible: the first run's commit and its full-text index version only
+    assert [r["version"] for r in versions] == list(range(1, v1["table_version"] + 1))
     import lancedb
 
     table = lancedb.connect(str(tmp_path / "db")).open_table("chunks")
@@ -213,7 +215,7 @@ def test_sigkill_mid_run_keeps_previous_version_and_next_run_recovers(
     cache = lancedb.connect(str(tmp_path / "db")).open_table("vector_cache").to_arrow()
     assert "failed-run" in set(cache.column("reason").to_pylist())
     done = json.loads(again.stdout)
-    assert done["table_version"] == v1["table_version"] + 1
+    assert done["table_version"] == v1["table_version"] + 2  # the commit, then its rows in the FTS index
     table = lancedb.connect(str(tmp_path / "db")).open_table("chunks")
     rows = table.to_arrow()
     ids = rows.column("chunk_id").to_pylist()
@@ -248,7 +250,8 @@ def test_reindex_and_compact_commands(tmp_path: Path, prefect_harness: str) -> N
     assert proc.returncode == 0, proc.stderr
     r = json.loads(proc.stdout)
     assert r["flow"] == "reindex" and r["status"] == "completed"
-    assert r["table"] == "chunks" and r["table_version"] == first["table_version"] + 1
+    # the switch, then its full-text index
+    assert r["table"] == "chunks" and r["table_version"] == first["table_version"] + 2
     assert r["previous_version"] == first["table_version"]
     assert r["model"] == "sentence-transformers/all-MiniLM-L6-v2" and r["dim"] == 384
     assert r["reused_chunk_texts"] is False  # the chunking changed, so the sources were read again
@@ -285,7 +288,7 @@ def test_reindex_and_compact_commands(tmp_path: Path, prefect_harness: str) -> N
     )
     assert compact.returncode == 0, compact.stderr
     report = json.loads(compact.stdout)
-    assert report["chunks"]["versions_before"] == 2 and report["chunks"]["versions_after"] == 1
+    assert report["chunks"]["versions_before"] == 4 and report["chunks"]["versions_after"] == 1
     hits = json.loads(
         embedpipe("search", "vector index", "--db", "db", "--json", cwd=tmp_path, env=env).stdout
     )
@@ -305,7 +308,7 @@ def test_checks_gate_the_sample_corpus_with_the_real_model(tmp_path: Path, prefe
     )
     assert first.returncode == 0, first.stderr
     s = json.loads(first.stdout)
-    assert s["served_version"] == s["table_version"] == 1 and s["gate"] == "passed"
+    assert s["served_version"] == s["table_version"] == 2 and s["gate"] == "passed"  # 2: the FTS index
     checks = {c["check"]: c for c in s["checks"]}
     assert checks["triplets"]["status"] == "pass" and checks["triplets"]["statistic"] >= 0.9
     assert checks["pairs_spearman"]["status"] == "pass" and checks["pairs_spearman"]["statistic"] >= 0.7
@@ -316,7 +319,7 @@ def test_checks_gate_the_sample_corpus_with_the_real_model(tmp_path: Path, prefe
     again = embedpipe("check", "--db", "db", "--golden", golden, "--json", cwd=tmp_path, env=env)
     assert again.returncode == 0, again.stderr
     report = json.loads(again.stdout)
-    assert report["version"] == 1 and report["gate"] == "passed" and report["served_version"] == 1
+    assert report["version"] == 2 and report["gate"] == "passed" and report["served_version"] == 2
     by = {c["check"]: c for c in report["checks"]}
     # same model, same machine: the canary re-embeds bit-for-bit (or within float noise)
     assert by["canary"]["status"] == "pass" and by["canary"]["statistic"] > 0.9999

@@ -45,7 +45,7 @@ def test_failed_gate_and_lock_timeout_print_one_reason(tmp_path: Path) -> None:
         tmp_path / "golden.jsonl", '{"query": "what is an embedding", "relevant": {"missing.md": 2}}\n'
     )
     gate = embedpipe("run", str(src), "--db", "db", "--golden", str(golden), cwd=tmp_path, env=_env(tmp_path))
-    assert_one_reason(gate, 7, "checks failed on table=chunks version 1")
+    assert_one_reason(gate, 7, "checks failed on table=chunks version 2")  # 1: commit, 2: FTS index
 
     settings = StoreSettings(uri=str(tmp_path / "db"))
     with hold(FileTableLock(settings), settings, "cccccccc-0000-0000-0000-000000000008", "reindex"):

@@ -66,7 +66,7 @@ def test_commands_that_embed_nothing_never_import_torch(tmp_path: Path, prefect_
     assert first["rc"] == 0, proc.stderr
     assert "torch" in first["modules"]  # chunks were embedded: the probe sees the model load
     summary = json.loads(proc.stdout)
-    assert summary["table_version"] == 1 and summary["chunks_embedded"] > 0
+    assert summary["table_version"] == 2 and summary["chunks_embedded"] > 0  # 2: the full-text index
 
     noop, proc = probe(tmp_path, env, "run", str(src), "--db", "db", "--json")
     assert noop["rc"] == 0, proc.stderr

@@ -50,16 +50,17 @@ def test_two_syncs_at_once_leave_one_consistent_version(tmp_path: Path, prefect_
         assert p.returncode == 0, err
     runs = sorted((json.loads(out) for out, _ in outs), key=lambda s: s["table_version"] is None)
     winner, second = runs
-    assert winner["table_version"] == 1 and winner["chunks_embedded"] == winner["chunks_written"] > 3
-    # The second run waited, read version 1, and found nothing to do.
-    assert second["previous_version"] == 1 and second["table_version"] is None
+    # version 1: the winner's commit; version 2: its full-text index
+    assert winner["table_version"] == 2 and winner["chunks_embedded"] == winner["chunks_written"] > 3
+    # The second run waited, read version 2, and found nothing to do.
+    assert second["previous_version"] == 2 and second["table_version"] is None
     assert second["chunks_embedded"] == 0 and second["docs_unchanged"] == 3
     ids = chunk_ids(tmp_path / "db")
     assert len(ids) == len(set(ids)) == winner["chunks_written"]
     versions = embedpipe("versions", "--db", "db", "--json", cwd=tmp_path, env=env)
     rows = json.loads(versions.stdout)
-    assert [r["version"] for r in rows] == [1] and rows[0]["run_id"] == winner["run_id"]
-    assert "serving" in rows[0]["tags"]
+    assert [r["version"] for r in rows] == [1, 2] and rows[1]["run_id"] == winner["run_id"]
+    assert "serving" in rows[1]["tags"]
 
     # A run that finds the table locked, with lock_timeout_s=0, fails at once and writes nothing.
     write(src / "en" / "new.md", "A brand new document about vector search.")
@@ -84,4 +85,4 @@ def test_two_syncs_at_once_leave_one_consistent_version(tmp_path: Path, prefect_
     assert f"pid={os.getpid()}" in error[0] and "wrote nothing" in error[0]
     assert sorted(chunk_ids(tmp_path / "db")) == sorted(ids)
     table = lancedb.connect(str(tmp_path / "db")).open_table("chunks")
-    assert [int(v["version"]) for v in table.list_versions()] == [1]
+    assert [int(v["version"]) for v in table.list_versions()] == [1, 2]

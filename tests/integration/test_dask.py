@@ -82,7 +82,8 @@ def test_two_local_workers_match_a_single_process_run(
     assert "2 worker(s)" in dask.stderr and "127.0.0.1" in dask.stderr
     assert "Traceback" not in dask.stderr and "ERROR" not in dask.stderr, dask.stderr
     s_local, s_dask = json.loads(local.stdout), json.loads(dask.stdout)
-    assert s_dask["status"] == "completed" and s_dask["table_version"] == 1
+    # 1: the commit, 2: its full-text index
+    assert s_dask["status"] == "completed" and s_dask["table_version"] == 2
     assert s_dask["gate"] == "passed"  # the checks ran (in the flow process) and served it
     for key in ("docs_seen", "docs_new", "chunks_written", "chunks_embedded", "chunks_truncated"):
         assert s_dask[key] == s_local[key], key
@@ -97,14 +98,15 @@ def test_two_local_workers_match_a_single_process_run(
     assert ids_d == ids_l and texts_d == texts_l
     cosine = (vec_l * vec_d).sum(axis=1)
     assert cosine.min() >= 0.9999, cosine.min()
-    assert _versions(tmp_path / "dask") == 1  # workers staged in parallel, the flow committed once
+    # workers staged in parallel, the flow committed once (then built the full-text index)
+    assert _versions(tmp_path / "dask") == 2
     assert not any((tmp_path / "dask" / "_embedpipe_staging").rglob("*.arrow"))  # staging cleaned
 
     again = on_dask()
     assert again.returncode == 0, again.stderr
     s_again = json.loads(again.stdout)
     assert s_again["chunks_embedded"] == 0 and s_again["docs_unchanged"] == s_local["docs_seen"]
-    assert s_again["table_version"] is None and _versions(tmp_path / "dask") == 1
+    assert s_again["table_version"] is None and _versions(tmp_path / "dask") == 2
 
 
 def test_existing_cluster_by_address(tmp_path: Path, corpus: Path, prefect_harness: str) -> None:
@@ -129,7 +131,7 @@ def test_existing_cluster_by_address(tmp_path: Path, corpus: Path, prefect_harne
         assert res.returncode == 0, res.stderr
         assert f"an existing Dask cluster at {addr}: 1 worker(s)" in res.stderr
         summary = json.loads(res.stdout)
-        assert summary["table_version"] == 1 and summary["chunks_written"] > 6
+        assert summary["table_version"] == 2 and summary["chunks_written"] > 6  # 2: the FTS index
         # The cluster outlives the run: the CLI connected to it and did not close it.
         assert len(cluster.scheduler_info["workers"]) == 1
     ids, _, vectors = _table(tmp_path / "db")

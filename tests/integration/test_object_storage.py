@@ -140,7 +140,8 @@ def test_cli_sync_search_incremental_into_s3(tmp_path: Path, s3: S3Server, prefe
         return res
 
     first = json.loads(cmd("run", str(src), "--json", "--no-checks").stdout)
-    assert first["table_version"] == 1 and first["docs_new"] == 3 and first["docs_rejected"] == 0
+    # 1: the commit, 2: its full-text index
+    assert first["table_version"] == 2 and first["docs_new"] == 3 and first["docs_rejected"] == 0
     assert first["chunks_written"] == first["chunks_embedded"] >= 3
     keys = s3.keys(f"{prefix}/db/")
     assert any(k.startswith(f"{prefix}/db/chunks.lance/_versions/") for k in keys)
@@ -154,10 +155,10 @@ def test_cli_sync_search_incremental_into_s3(tmp_path: Path, s3: S3Server, prefe
 
     write(src / "note.txt", "Lance commits each version with a conditional put. A new second sentence.")
     edited = json.loads(cmd("run", str(src), "--json", "--no-checks").stdout)
-    assert edited["table_version"] == 2 and edited["docs_changed"] == 1 and edited["docs_unchanged"] == 2
+    assert edited["table_version"] == 4 and edited["docs_changed"] == 1 and edited["docs_unchanged"] == 2
     settings = s3_settings(tmp_path, s3, db)
     versions = Store(settings.store).versions()
-    assert [v["version"] for v in versions] == [1, 2] and versions[1]["run_id"] == edited["run_id"]
+    assert [v["version"] for v in versions] == [1, 2, 3, 4] and versions[3]["run_id"] == edited["run_id"]
 
     # (c) the secret is nowhere: not in any output, the runs table, or any object the runs wrote
     assert all(s3.secret not in out for out in outputs)
@@ -176,7 +177,7 @@ def test_cli_sync_search_incremental_into_s3(tmp_path: Path, s3: S3Server, prefe
     assert wrong not in bad.stdout + bad.stderr and not bad.stdout  # refused before the flow starts
     assert bad.stderr.startswith("embedpipe: error: cannot open database") and bad.stderr.count("\n") == 1
     assert "access denied" in bad.stderr
-    assert [v["version"] for v in Store(settings.store).versions()] == [1, 2]  # nothing written
+    assert [v["version"] for v in Store(settings.store).versions()] == [1, 2, 3, 4]  # nothing written
 
 
 def _prefect_logs_free_of(secret: str, flow_run_ids: list[str]) -> bool:

@@ -34,7 +34,7 @@ DEFAULT_GATES = {
     "triplets": ("fail", 0.9, 0.02),
     "pairs_spearman": ("fail", 0.7, 0.02),
     "neighbour_stability": ("fail", 0.9, None),
-    "index_recall": ("warn", 0.9, None),
+    "index_recall": ("fail", 0.95, None),  # issue 15: a fail gate at index.min_recall
 }
 
 

@@ -47,6 +47,28 @@ def hostile_data() -> dashboard.DashboardData:
     tags = ["serving", HOSTILE]
     d.versions = [{"version": 2, "timestamp": datetime(2024, 5, 1), "tags": tags, "run_id": None}]
     d.served_version, d.model = 2, "m"
+    d.indexes = [
+        {
+            "name": "vector_idx",
+            "column": "vector",
+            "type": "IVF_HNSW_SQ",
+            "params": {"num_partitions": 4, "nprobes": 2, "refine_factor": None},
+            "indexed_rows": 900,
+            "unindexed_rows": 12,
+            "trained_at_version": 2,
+            "recall": 0.98,
+        },
+        {
+            "name": HOSTILE,
+            "column": "text",
+            "type": "FTS",
+            "params": {"base_tokenizer": HOSTILE},
+            "indexed_rows": 912,
+            "unindexed_rows": 0,
+            "trained_at_version": None,
+            "recall": None,
+        },
+    ]
     d.rejects = [{"at": datetime(2024, 5, 1), "path": f"evil/{HOSTILE}.txt", "reason": HOSTILE}]
     return d
 
@@ -64,6 +86,9 @@ def test_hostile_document_text_is_escaped_everywhere() -> None:
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page  # in the title, header and tables
     assert "&#34;double&#34; &#39;single&#39; &amp;" in page  # quotes too: safe inside attributes
     assert '<meta http-equiv="refresh" content="30">' in page
+    # the indexes table: the rows of `embedpipe index`, escaped like everything else
+    assert "<td>IVF_HNSW_SQ</td><td>nprobes=2, num_partitions=4</td><td>900</td><td>12</td><td>2</td>" in page
+    assert "<td>0.980</td>" in page and "<td>FTS</td><td>base_tokenizer=&lt;script&gt;" in page
     block = DATA_BLOCK.search(page)
     assert block is not None
     # The data block holds no markup at all: < > & ' are \u escapes, so nothing can end it early.
@@ -81,7 +106,13 @@ def test_page_without_data_shows_the_empty_states() -> None:
     page = dashboard.render(dashboard.DashboardData(table="t", generated_at="now"))
     assert figures(page) == {}
     assert "http-equiv" not in page and 'class="chart"' not in page
-    for empty in ("No runs recorded yet.", "No chunks yet.", "No table yet.", "No rejects."):
+    for empty in (
+        "No runs recorded yet.",
+        "No chunks yet.",
+        "No table yet.",
+        "No rejects.",
+        "No indexes: searches scan the table exactly.",
+    ):
         assert f'<p class="empty">{empty}</p>' in page
     assert "table t · serving version None · model  · 0 runs · generated now" in page
 

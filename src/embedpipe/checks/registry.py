@@ -135,7 +135,7 @@ FAMILIES: tuple[Family, ...] = (
         (Check("neighbour_stability", "neighbours", "fail", 0.9),),
         f"{_SUITE}.table:_neighbours",
     ),
-    Family("index", (Check("index_recall", "index", "warn", 0.9),), f"{_SUITE}.table:_index_recall"),
+    Family("index", (Check("index_recall", "index", "fail", 0.95),), f"{_SUITE}.table:_index_recall"),
 )
 """Every family in the order the suite runs them (and reports their results)."""
 

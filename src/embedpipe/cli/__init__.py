@@ -5,7 +5,7 @@ stderr. Exit status is 0 on success and non-zero with a one-line reason on failu
 
 The package by concern: :mod:`~embedpipe.cli.parser` (arguments and the settings they override),
 :mod:`~embedpipe.cli.runs` (run, reindex, check: the commands that run a flow),
-:mod:`~embedpipe.cli.tables` (search, versions, rollback, compact, dashboard),
+:mod:`~embedpipe.cli.tables` (search, versions, rollback, compact, index, dashboard),
 :mod:`~embedpipe.cli.serving` (Prefect's server, the serve command) and
 :mod:`~embedpipe.cli.output` (what is printed, and a finished flow's exit status). Every heavy
 import (Prefect, LanceDB, torch) stays inside the command that needs it, so that ``--help``,
@@ -23,7 +23,14 @@ from embedpipe.cli.parser import FLAG_OF, build_parser
 from embedpipe.cli.runs import cmd_check, cmd_reindex, cmd_run
 from embedpipe.cli.serving import PREFECT_DEFAULTS as _PREFECT_DEFAULTS
 from embedpipe.cli.serving import cmd_serve, running_server, stop_prefect_server
-from embedpipe.cli.tables import cmd_compact, cmd_dashboard, cmd_rollback, cmd_search, cmd_versions
+from embedpipe.cli.tables import (
+    cmd_compact,
+    cmd_dashboard,
+    cmd_index,
+    cmd_rollback,
+    cmd_search,
+    cmd_versions,
+)
 from embedpipe.errors import EmbedpipeError
 
 __all__ = ["COMMANDS", "FLAG_OF", "_PREFECT_DEFAULTS", "TerminalProgress", "build_parser", "main"]
@@ -37,6 +44,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "dashboard": cmd_dashboard,
     "versions": cmd_versions,
     "rollback": cmd_rollback,
+    "index": cmd_index,
     "serve": cmd_serve,
 }
 

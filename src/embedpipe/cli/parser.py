@@ -254,6 +254,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dash.add_argument("--sample", type=int, default=2000, help="chunks drawn for the embedding map")
 
+    index = sub.add_parser(
+        "index", help="list the table's indexes (vector, full-text, scalar); --rebuild retrains them"
+    )
+    index.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="retrain the vector index and rebuild the full-text one now, then check and serve the result",
+    )
+    _store_args(index)
+    index.add_argument("--json", action="store_true", help="print the indexes as one JSON list")
+
     rollback = sub.add_parser("rollback", help="restore a version or tag as the latest version, and serve it")
     rollback.add_argument("target", help="version number or tag (a run id)")
     rollback.add_argument(

@@ -99,6 +99,67 @@ def cmd_compact(args: argparse.Namespace) -> int:
     return 0
 
 
+def index_text(rows: list[dict[str, Any]]) -> str:
+    """The readable table of ``embedpipe index``."""
+    if not rows:
+        return "no indexes (searches scan exactly)"
+    lines = [
+        f"{'name':<16} {'column':<12} {'type':<12} {'indexed':>9} {'unindexed':>9} "
+        f"{'trained@':>8} {'recall':>6}"
+    ]
+    for r in rows:
+        recall = "-" if r["recall"] is None else f"{r['recall']:.3f}"
+        trained = "-" if r["trained_at_version"] is None else str(r["trained_at_version"])
+        lines.append(
+            f"{r['name']:<16} {r['column']:<12} {r['type']:<12} {r['indexed_rows']!s:>9} "
+            f"{r['unindexed_rows']!s:>9} {trained:>8} {recall:>6}"
+        )
+    return "\n".join(lines)
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    """``embedpipe index``: the served version's indexes; ``--rebuild`` retrains them, then checks
+    the new version and serves it when its gates pass (exit 7 when they do not)."""
+    from embedpipe.config import get_settings
+    from embedpipe.store import Store
+
+    settings = get_settings(overrides(args), args.config, FLAG_OF)
+    store = Store(settings.store)
+    store.require_table()  # before the lock, whose file would create the folder
+    if not args.rebuild:
+        rows = store.index_rows(store.open_version(None))
+        emit(rows, args.json, index_text(rows))
+        return 0
+    with _table_lock(settings, "index"):
+        done = store.refresh_indexes(settings.index, retrain=True, k=settings.checks.k)
+    if done.version is None:
+        rows = store.index_rows(store.open_version("latest"))
+        emit(rows, args.json, index_text(rows))
+        return 0
+    for action in done.actions:
+        print(f"embedpipe: {action}", file=sys.stderr)
+    from embedpipe.cli.output import install_log_filter
+    from embedpipe.cli.serving import flow_runs, start_prefect_server
+
+    server = start_prefect_server()
+    install_log_filter()
+    from embedpipe.flows._server import served_by
+    from embedpipe.flows.check import check
+
+    with served_by(server, flow_runs):
+        state = check(settings, version=str(done.version), publish=True, return_state=True)
+        flow_runs.append(str(state.state_details.flow_run_id))
+    checked: Any = state.result(raise_on_failure=False)
+    rows = store.index_rows(store.open_version(done.version))
+    emit(rows, args.json, index_text(rows))
+    if getattr(checked, "gate", None) == "failed":
+        from embedpipe.errors import GateFailed
+
+        print(f"embedpipe: error: {getattr(checked, 'message', checked)}", file=sys.stderr)
+        return GateFailed.exit_code
+    return 0
+
+
 def cmd_dashboard(args: argparse.Namespace) -> int:
     """``embedpipe dashboard``: write the HTML dashboard, or serve it with ``--serve``."""
     from pathlib import Path

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field, PrivateAttr, field_validator
 
 from embedpipe.checks.registry import CHECKS, Severity
 from embedpipe.config._base import _Group
@@ -58,6 +58,9 @@ class ChecksSettings(_Group):
         default_factory=dict, description="Per-check overrides of severity, threshold and max_drop."
     )
 
+    _min_recall: float | None = PrivateAttr(None)
+    """``index.min_recall``, shared by the root settings: the index_recall gate's default threshold."""
+
     @field_validator("gates")
     @classmethod
     def _known_checks(cls, value: dict[str, GateSettings]) -> dict[str, GateSettings]:
@@ -69,6 +72,8 @@ class ChecksSettings(_Group):
     def gate(self, name: str) -> tuple[str, float, float | None]:
         """The effective (severity, threshold, max_drop) of check ``name`` (defaults: the check registry)."""
         severity, threshold, max_drop = CHECKS[name].gate
+        if name == "index_recall" and self._min_recall is not None:
+            threshold = self._min_recall
         g = self.gates.get(name)
         if g is not None:
             severity = g.severity or severity

@@ -22,7 +22,7 @@ class IndexSettings(_Group):
 
     enabled: bool = Field(True, description="Create and refresh indexes in every writing run.")
     min_rows: int = Field(
-        100_000,
+        20_000,
         ge=1,
         le=10_000_000_000,
         description="Rows the table needs before a vector index is built; below it searches scan "
@@ -43,20 +43,29 @@ class IndexSettings(_Group):
     )
     vector_type: Literal["auto", "IVF_PQ", "IVF_HNSW_SQ", "IVF_FLAT"] = Field(
         "auto",
-        description="The vector index type as LanceDB names it; auto chooses from the row count and "
-        "dimension.",
+        description="The vector index type as LanceDB names it; auto is IVF_HNSW_SQ (it trains several "
+        "times faster than IVF_PQ on few cores for the same recall; see docs/indexes.md).",
     )
     nprobes: int | None = Field(
-        None, ge=1, le=100_000, description="Partitions probed per search; None: tuned by each refresh."
+        None,
+        ge=1,
+        le=100_000,
+        description="Partitions probed per search; None (with refine_factor None): tuned when the index "
+        "is trained, to reach min_recall. Setting either serves both exactly as set.",
     )
     refine_factor: int | None = Field(
-        None, ge=1, le=1_000, description="Re-rank factor over exact vectors; None: tuned by each refresh."
+        None,
+        ge=1,
+        le=1_000,
+        description="Re-rank factor over exact vectors; None (with nprobes None): tuned when the index is "
+        "trained. With nprobes set, None means no re-ranking.",
     )
     fts: bool = Field(True, description="Keep a full-text (BM25) index on the chunk text.")
     fts_tokenizer: Literal["ngram", "simple", "whitespace"] = Field(
         "ngram",
-        description="Base tokenizer of the full-text index (ngram handles Chinese and other text "
-        "without spaces; simple splits on punctuation and whitespace).",
+        description="Base tokenizer of the full-text index (ngram: 2- and 3-character n-grams, which "
+        "handles Chinese and other text without spaces; simple splits on punctuation and whitespace, "
+        "with English stemming, and matches a run of Chinese characters only whole).",
     )
     scalar: bool = Field(
         True,

@@ -62,6 +62,8 @@ class Settings(BaseSettings):
         # One S3 group serves both clients that may touch object storage (the store and the sources).
         self.store._s3 = self.s3
         self.source._s3 = self.s3
+        # The index_recall gate holds the served index to index.min_recall (one setting, one place).
+        self.checks._min_recall = self.index.min_recall
         return self
 
     @classmethod

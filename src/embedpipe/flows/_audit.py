@@ -23,17 +23,16 @@ def adopt_implicit_serving(store: Store, version: int) -> int | None:
     """The served version before ``version`` was written, making it explicit for older tables.
 
     A table written before checks existed (or with checks off) served its latest version without a
-    tag; its first checked version must have that one to fall back to.
+    tag; its first checked version must have that one to fall back to. Versions with the rows of
+    ``version`` (its commit, before its index versions) were never served: they do not count.
     """
     served = store.serving_version()
     if served is not None or store.audited():
         return served
-    earlier = sorted(
-        int(v["version"]) for v in store.require_table().list_versions() if int(v["version"]) < version
-    )
-    if not earlier:
+    earlier = store.last_other_version(version)
+    if earlier is None:
         return None
-    store.publish(earlier[-1], expect_serving=None)
+    store.publish(earlier, expect_serving=None)
     return store.serving_version()
 
 
@@ -66,6 +65,9 @@ def audit_and_publish(
     """
     store = Store(settings.store)
     served_before = adopt_implicit_serving(store, version) if writer else store.serving_version()
+    if writer:
+        # The run's index versions follow its commit: its tag names the last, the version audited.
+        store.move_run_tag(run_id, version)
     if not settings.checks.enabled:
         audit.gate = "skipped"
         if publish:

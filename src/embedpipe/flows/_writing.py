@@ -26,6 +26,7 @@ from embedpipe.flows._pipeline import Tally, final_state, guarded_run, opaque, r
 from embedpipe.schemas import Audit, RunSummary
 from embedpipe.store import CommitResult, Store
 from embedpipe.tasks.embedding import query_path_task, table_schema
+from embedpipe.tasks.index import index_task
 from embedpipe.tasks.prepare import Prepared, choose_backend_task, prepare_task
 from embedpipe.tasks.report import build_summary, summarize_task
 from embedpipe.tasks.store import retention_task
@@ -96,7 +97,9 @@ def writing_run(
         run = WritingRun(flow_name, settings, rid, logger, prepared, choice, tally)
         result = write(run)
         if result.version is not None:
-            # The new version is committed: anything it needs before its checks (an index) goes here.
+            # The new version is committed: its indexes are refreshed (new versions with the same rows)
+            # before its checks, so the gates judge the index that will be served.
+            result = index_task(settings, rid, result, retrain=flow_name == "reindex")
             audit_and_publish(settings, rid, result.version, audit)
             query_path_task(settings)
             if settings.retention.auto:

@@ -10,7 +10,9 @@ in its own module:
 - :mod:`~embedpipe.store.commit`: one atomic commit per run, the stale-head check, the ``serving`` tag;
 - :mod:`~embedpipe.store.scalar_index`: the scalar indexes on the columns runs filter by;
 - :mod:`~embedpipe.store.ledger`: the runs, rejects, checks and canary tables;
-- :mod:`~embedpipe.store.retention`: versions, rollback, compaction and cleanup.
+- :mod:`~embedpipe.store.retention`: versions, rollback, compaction and cleanup;
+- :mod:`~embedpipe.store.indexes`: the vector, full-text and scalar indexes' upkeep and listing
+  (the vector index's parameters, record and tuning: :mod:`~embedpipe.store.vector_index`).
 
 Beside it: :mod:`~embedpipe.store.reader` (read-only access through Lance alone, for search),
 :mod:`~embedpipe.store.vector_cache`, :mod:`~embedpipe.store.lock` (the table run lock) and
@@ -24,6 +26,7 @@ from __future__ import annotations
 from embedpipe.schemas import CANARY_TABLE, CHECKS_TABLE, REJECTS_TABLE, RUNS_TABLE, VECTOR_CACHE_TABLE
 from embedpipe.store.commit import CommitMixin, CommitResult
 from embedpipe.store.identity import IdentityMixin, model_mismatch
+from embedpipe.store.indexes import IndexMixin, IndexRefresh
 from embedpipe.store.ledger import LedgerMixin
 from embedpipe.store.reader import RUN_ID_TAG, SERVING_TAG
 from embedpipe.store.retention import RetentionMixin
@@ -41,6 +44,7 @@ __all__ = [
     "VECTOR_CACHE_TABLE",
     "CommitResult",
     "DocState",
+    "IndexRefresh",
     "Scope",
     "StagedShard",
     "Store",
@@ -49,7 +53,7 @@ __all__ = [
 ]
 
 
-class Store(RetentionMixin, CommitMixin, StagingMixin, LedgerMixin, StateMixin, IdentityMixin):
+class Store(IndexMixin, RetentionMixin, CommitMixin, StagingMixin, LedgerMixin, StateMixin, IdentityMixin):
     """LanceDB database access for one configured store; picklable, connects lazily.
 
     One object with the methods of every part (listed in the module docstring), because its

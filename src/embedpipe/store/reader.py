@@ -302,8 +302,12 @@ def _hit_rows(ds: Any, score: str, **scan: Any) -> list[dict[str, Any]]:
 def _vector_rows(ds: Any, vector: Any, k: int) -> list[dict[str, Any]]:
     import numpy as np
 
+    from embedpipe.store.vector_index import search_params
+
     q = np.asarray(vector, dtype=np.float32)
-    return _hit_rows(ds, "_distance", nearest={"column": C.VECTOR, "q": q, "k": int(k), "metric": "cosine"})
+    # the version's own index search parameters (tuned to index.min_recall when it was trained)
+    nearest = {"column": C.VECTOR, "q": q, "k": int(k), "metric": "cosine", **search_params(ds.metadata)}
+    return _hit_rows(ds, "_distance", nearest=nearest)
 
 
 def _text_rows(ds: Any, query: str, k: int) -> list[dict[str, Any]]:

@@ -98,11 +98,26 @@ def where_in(table: Table, column: str, values: Sequence[str], columns: Sequence
     return table.search().where(isin(column, values)).select(list(columns)).limit(None)
 
 
-def vector_query(table: Table, vector: Any) -> LanceVectorQueryBuilder:
-    """A cosine nearest-neighbour query for ``vector`` on the chunks' vector column."""
+def vector_query(table: Table, vector: Any, params: dict[str, int] | None = None) -> LanceVectorQueryBuilder:
+    """A cosine nearest-neighbour query for ``vector`` on the chunks' vector column.
+
+    Args:
+        table: The table (pinned at the version searched).
+        vector: The query vector.
+        params: Index search parameters (``nprobes``, ``refine_factor``); by default those the
+            table version records for its vector index (:func:`~embedpipe.store.vector_index.search_params`).
+    """
+    from embedpipe.store.vector_index import search_params
+
     # LanceDB's Table.search is typed for every query kind; a vector query gives a vector builder.
     query = cast("LanceVectorQueryBuilder", table.search(vector, vector_column_name=C.VECTOR))
-    return query.distance_type("cosine")
+    query = query.distance_type("cosine")
+    params = search_params(table.to_lance().metadata) if params is None else params
+    if "nprobes" in params:
+        query = query.nprobes(params["nprobes"])
+    if "refine_factor" in params:
+        query = query.refine_factor(params["refine_factor"])
+    return query
 
 
 def _match_query(query: str) -> Any:

@@ -117,9 +117,10 @@ def reference_for(store: Store, table: Any, version: int, baseline: str | None) 
     served = tags.get(SERVING_TAG)
     if served and int(served["version"]) != version:
         return int(served["version"]), "the served version"
-    earlier = sorted(v for v in versions if v < version)
-    if earlier:
-        return earlier[-1], "the version before it"
+    # the newest earlier version with other rows: index versions repeat the rows of their commit
+    earlier = store.last_other_version(version) if any(v < version for v in versions) else None
+    if earlier is not None:
+        return earlier, "the version before it"
     return None, "first version of the table"
 
 
