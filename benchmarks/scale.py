@@ -14,10 +14,13 @@ seconds):
 1. ``run`` into an empty database (full run, indexes built by the run when N >= index.min_rows);
 2. ``run`` again with nothing changed;
 3. ``run`` after editing 0.1% of the documents, deleting 0.1% and adding 0.1% (the refresh of
-   the indexes is part of it; ``index_s`` is the run's index step);
-4. ``index --rebuild --json``: a full build of every index, for the refresh/build ratio;
-5. in one process: search latency p50/p95 for each mode (100 queries, 10 results, after 5
-   warm-up queries), and ANN recall@10 of the served vector index against exact search.
+   the indexes is part of it);
+4. ``index --json``: the indexes the runs left;
+5. in one process: search latency p50/p95 for each mode (100 queries of 4 vocabulary words, 10
+   results, after 5 warm-up queries) through ``embedpipe.open``; ANN recall@10 and p50 of the
+   served vector index against exact search (100 queries at midpoints of stored vectors); then
+   ``Store.refresh_indexes(retrain=True)`` (a full build of every index, tuning included) and,
+   after adding 0.1% more rows, ``Store.refresh_indexes()`` (the incremental refresh).
 
 Then the growth exponent between sizes: log(t2/t1) / log(N2/N1) (1.0 = linear, 0 = constant).
 
@@ -175,15 +178,19 @@ def embedpipe(args: list[str], env: dict[str, str], cwd: Path) -> tuple[float, i
 
 
 SEARCH_SCRIPT = r"""
-import json, statistics, sys, time
+import json, resource, statistics, sys, time
 import numpy as np
+import pyarrow as pa
 import embedpipe
+from embedpipe.config import get_settings
 from embedpipe.schemas import C
+from embedpipe.store import Store
+from embedpipe.store.state import vector_query
 
 db, words, modes = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3].split(",")
+out = {"modes": {}}
 t = embedpipe.open(db=db)
 queries = [" ".join(words[i:i + 4]) for i in range(0, 4 * 105, 4)]
-out = {"modes": {}}
 for mode in modes:
     try:
         for q in queries[:5]:
@@ -195,35 +202,46 @@ for mode in modes:
         out["modes"][mode] = {"p50_ms": 1000 * statistics.median(lat), "p95_ms": 1000 * lat[94]}
     except Exception as e:
         out["modes"][mode] = {"error": f"{type(e).__name__}: {e}"[:300]}
-# ANN recall@10 against exact search, with the served search parameters, on stored vectors' midpoints
-from embedpipe.config import get_settings
-from embedpipe.store import Store
-st = Store(get_settings({"store": {"uri": db}}).store)
+out["search_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+# ANN recall@10 against exact search, with the served search parameters, at midpoints of pairs of
+# stored vectors (a stored vector would find itself)
+settings = get_settings({"store": {"uri": db}})
+st = Store(settings.store)
 table = st.require_table()
-version = st.serving_version() or table.version
-table.checkout(version)
-has_index = any(C.VECTOR in list(getattr(i, "columns", []) or []) for i in table.list_indices())
+table.checkout(st.serving_version() or table.version)
+has_index = any(C.VECTOR in list(i.columns) for i in table.list_indices())
+ds = table.to_lance()
+n = ds.count_rows()
+rng = np.random.default_rng(0)
 if has_index:
-    ds = table.to_lance()
-    rng = np.random.default_rng(0)
-    n = ds.count_rows()
-    idx = rng.choice(n, size=100, replace=False)
+    idx = rng.choice(n, size=200, replace=False)
     vecs = np.stack(ds.take(idx.tolist(), columns=[C.VECTOR]).column(C.VECTOR).to_numpy(zero_copy_only=False))
-    q = (vecs[:50] + vecs[50:]) / 2
-    from embedpipe.store.state import vector_query
     hits = tot = 0
     lat = []
-    for v in q:
+    for v in (vecs[:100] + vecs[100:]) / 2:
         s = time.perf_counter()
         ann = vector_query(table, v).limit(10).select([C.CHUNK_ID]).to_list()
         lat.append(time.perf_counter() - s)
         exact = vector_query(table, v).bypass_vector_index().limit(10).select([C.CHUNK_ID]).to_list()
-        a = {r[C.CHUNK_ID] for r in ann}; e = {r[C.CHUNK_ID] for r in exact}
-        hits += len(a & e); tot += len(e)
+        hits += len({r[C.CHUNK_ID] for r in ann} & {r[C.CHUNK_ID] for r in exact}); tot += len(exact)
     out["recall_at_10"] = hits / tot
-    out["vector_query_p50_ms"] = 1000 * statistics.median(lat)
+    out["ann_p50_ms"] = 1000 * statistics.median(lat)
 else:
     out["recall_at_10"] = None
+# index timings (this mutates the benchmark's table, so it comes last): a full build of every
+# index (retrain), then 0.1% more rows (copies of stored rows under new ids) and the refresh
+table = st.require_table()
+s = time.perf_counter(); done = st.refresh_indexes(settings.index, retrain=True)
+out["index_build_s"] = time.perf_counter() - s
+out["index_build_actions"] = done.actions
+extra = ds.take(rng.choice(n, size=max(1, n // 1000), replace=False).tolist())
+ids = pa.array([f"scale-added-{i}" for i in range(extra.num_rows)])
+for col in (C.CHUNK_ID, C.DOC_ID):
+    extra = extra.set_column(extra.schema.get_field_index(col), col, ids)
+st.require_table().add(extra)
+s = time.perf_counter(); done = st.refresh_indexes(settings.index)
+out["index_refresh_s"] = time.perf_counter() - s
+out["index_refresh_actions"] = done.actions
 print(json.dumps(out))
 """
 
@@ -252,11 +270,7 @@ def run_size(n: int, work: Path, model: Path, vocab: list[str], env: dict[str, s
             rec["flow_s"] = summary.get("duration_s")
             rec["embedded"] = summary.get("chunks_embedded")
             rec["status"] = summary.get("status")
-            rec["index_s"] = (
-                (summary.get("index") or {}).get("seconds")
-                if isinstance(summary.get("index"), dict)
-                else None
-            )
+            rec["version"] = summary.get("table_version")
         r[name] = rec
         print(f"[{n:,}] {name}: {json.dumps(rec, default=str)}", flush=True)
         return summary
@@ -268,11 +282,11 @@ def run_size(n: int, work: Path, model: Path, vocab: list[str], env: dict[str, s
     changed = change_corpus(corpus, n, vocab)
     r["change"] = changed
     step("change", run)
-    wall, rss, rebuilt = embedpipe(["index", "--rebuild", "--db", str(db), "--json"], env, work)
-    r["rebuild"] = {"wall_s": wall, "rss": rss, "indexes": rebuilt}
-    print(f"[{n:,}] index --rebuild: {wall:.1f}s wall", flush=True)
+    _, _, listed = embedpipe(["index", "--db", str(db), "--json"], env, work)
+    r["indexes"] = listed
+    print(f"[{n:,}] index: {json.dumps(listed)}", flush=True)
     words = [w for w in vocab if len(w) > 4][:500]
-    wall, rss, out = proc(
+    _wall, rss, out = proc(
         [sys.executable, "-c", SEARCH_SCRIPT, str(db), json.dumps(words), ",".join(MODES)], env, work
     )
     r["search"] = json.loads(out)
@@ -296,20 +310,22 @@ def report(results: list[dict[str, Any]]) -> None:
     )
     print(
         f"{'chunks':>9} | {'full flow/wall s':>17} | {'no-change flow/wall s':>21} | "
-        f"{'0.1% change flow/wall s':>23} | {'rebuild s':>9} | {'peak RSS GB full/none/change':>28}"
+        f"{'0.1% change flow/wall s':>23} | {'index build/refresh s':>21} | "
+        f"{'peak RSS GB full/none/change':>28}"
     )
     for r in results:
         f, z, c = r["full"], r["nochange"], r["change"]
         print(
             f"{r['n']:>9,} | {f['flow_s']:>7.1f}/{f['wall_s']:<9.1f} | "
             f"{z['flow_s']:>9.1f}/{z['wall_s']:<11.1f} | "
-            f"{c['flow_s']:>10.1f}/{c['wall_s']:<12.1f} | {r['rebuild']['wall_s']:>9.1f} | "
+            f"{c['flow_s']:>10.1f}/{c['wall_s']:<12.1f} | "
+            f"{r['search']['index_build_s']:>10.2f}/{r['search']['index_refresh_s']:<10.2f} | "
             f"{f['rss'] / gb:>8.2f}/{z['rss'] / gb:.2f}/{c['rss'] / gb:.2f}"
         )
     print(
         f"\n{'chunks':>9} | "
         + " | ".join(f"{m} p50/p95 ms" for m in MODES)
-        + " | ANN recall@10 | search RSS GB"
+        + " | ANN recall@10, p50 ms | search RSS GB"
     )
     for r in results:
         s = r["search"]
@@ -321,8 +337,8 @@ def report(results: list[dict[str, Any]]) -> None:
             )
         rec = s.get("recall_at_10")
         print(
-            f"{r['n']:>9,} | " + " | ".join(cells) + f" | {rec if rec is None else f'{rec:.3f}'} | "
-            f"{s['rss'] / gb:.2f}"
+            f"{r['n']:>9,} | " + " | ".join(cells) + f" | {rec if rec is None else f'{rec:.3f}'}, "
+            f"{s.get('ann_p50_ms', 0):.1f} | {s['search_rss'] / gb:.2f}"
         )
     if len(results) > 1:
         print("\ngrowth exponents (log ratio of times / log ratio of sizes; 1 = linear, 0 = constant):")

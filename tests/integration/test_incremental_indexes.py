@@ -1,5 +1,6 @@
 """Incremental runs on a table with scalar indexes: created by a writing run just before its commit,
-so the version it checks and serves carries them, and later runs keep one version per run.
+then the run's index step folds the commit's rows into them, so the version it checks and serves
+carries them up to date.
 
 Real Prefect (test harness) and real LanceDB; the deterministic fake model counts its calls.
 """
@@ -44,7 +45,8 @@ def test_a_run_indexes_the_table_before_its_audit_and_serves_that_version(tmp_pa
     (src / "doc 5's.md").unlink()
     s3 = run([src], settings)
     head = store.open_table()
-    assert s3.table_version == int(head.version) == 3  # version 2: the indexes on the rows it read
+    # version 2: the indexes on the rows it read; 3: the commit; 4: its rows folded into the indexes
+    assert s3.table_version == int(head.version) == 4
     assert int(head.tags.list()[s3.run_id]["version"]) == s3.table_version
     assert store.serving_version() == s3.table_version  # audited and published, with the indexes
     assert store.scalar_indexed_columns(head) == set(SCALAR_INDEXES)
@@ -54,7 +56,10 @@ def test_a_run_indexes_the_table_before_its_audit_and_serves_that_version(tmp_pa
     assert sorted(state.column(C.PATH).to_pylist()) == [f"doc {i}'s.md" for i in range(5)]
 
     write(src / "doc 1's.md", "\n\n".join(["Document 1, edited.", *PARAS]))
-    assert run([src], settings).table_version == 4  # the indexes exist: one version per run again
+    # the indexes exist: the commit (5) and the index step's refresh (6), audited and served
+    s4 = run([src], settings)
+    assert s4.table_version == 6 and store.serving_version() == 6
+    assert store.scalar_indexed_columns(store.open_table()) == set(SCALAR_INDEXES)
 
 
 def test_scalar_indexes_can_be_turned_off(tmp_path: Path) -> None:
