@@ -85,7 +85,7 @@ def main() -> int:
     try:
         wall, _, _, out = timed(commands(db)["run (no change)"], env, work)
         first = json.loads(out)
-        assert first["status"] == "completed" and first["table_version"] == 1, first
+        assert first["status"] == "completed" and first["table_version"] is not None, first
         print(
             f"setup: first run of {first['docs_seen']} documents, {first['chunks_embedded']} chunks "
             f"embedded, {wall:.1f}s (not timed below)"

@@ -79,7 +79,7 @@ class IndexSettings(_Group):
         "version); below it a filter scans a few columns in milliseconds.",
     )
     search_mode: Literal["vector", "text", "hybrid"] = Field(
-        "hybrid",
+        "vector",
         description="The search mode served by default and judged by the golden-set gate; a version "
         "without a full-text index is searched by vector (see docs/search.md for the golden-set "
         "figures behind the default).",
