@@ -32,6 +32,39 @@ def make_settings(tmp_path: Path, **groups: dict[str, Any]) -> Settings:
     return get_settings(overrides)
 
 
+def chunked(
+    tmp_path: Path,
+    files: dict[str, str],
+    *,
+    model: str = "fake:16",
+    budget: int = 20,
+    src_name: str = "src",
+    **groups: dict[str, Any],
+) -> tuple[Settings, Any, Any, Any, str]:
+    """Write ``files`` under ``tmp_path/src_name``, read and chunk them with the fake ``model``.
+
+    Returns:
+        The settings, the embedder, the chunks (Arrow), the table schema and the source root.
+    """
+    from embedpipe.chunking import chunk_documents
+    from embedpipe.config import ModelSettings
+    from embedpipe.sources.discover import discover
+    from embedpipe.sources.parse import read_documents
+    from embedpipe.tasks.embedding import table_schema
+    from tests.fakes import FakeEmbedder
+
+    settings = make_settings(tmp_path, model={"name": model}, **groups)
+    src = tmp_path / src_name
+    for name, body in files.items():
+        write(src / name, body)
+    refs, _ = discover([str(src)], settings.source, split_bytes=1 << 30)
+    docs, rejects, _ = read_documents(refs, settings.source)
+    assert not rejects
+    embedder = FakeEmbedder(ModelSettings(name=model))
+    chunks, _ = chunk_documents(docs, embedder.tokenizer, budget, 2)
+    return settings, embedder, chunks, table_schema(embedder, settings), str(src.resolve())
+
+
 def write(path: Path, content: str | bytes) -> Path:
     """Write a test document, creating folders."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,20 +13,17 @@ from typing import Any
 import pytest
 
 import embedpipe
-from embedpipe.chunking import chunk_documents
 from embedpipe.cli import main
 from embedpipe.config import ModelSettings, Settings
 from embedpipe.errors import ConfigError, IndexMissingError
 from embedpipe.schemas import C
 from embedpipe.search import Searcher
-from embedpipe.sources.discover import discover
-from embedpipe.sources.parse import read_documents
 from embedpipe.store import Store
 from embedpipe.store.fulltext import MAX_QUERY_CHARS, RRF_K, rrf_fuse
 from embedpipe.store.reader import TableReader
-from embedpipe.tasks.embedding import embed_chunks, table_schema
+from embedpipe.tasks.embedding import embed_chunks
 from tests.fakes import FakeEmbedder
-from tests.helpers import make_settings, write
+from tests.helpers import chunked
 
 RUN = "11111111-1111-1111-1111-111111111111"
 DOCS = {
@@ -73,16 +70,7 @@ HOSTILE = [
 
 def _table(tmp_path: Path, *, fts: str | None = "ngram", **groups: dict[str, Any]) -> Settings:
     """A one-version table of DOCS embedded by the fake model, with a full-text index by ``fts``."""
-    settings = make_settings(tmp_path, model={"name": "fake:16"}, **groups)
-    src = tmp_path / "src"
-    for name, body in DOCS.items():
-        write(src / name, body)
-    refs, _ = discover([str(src)], settings.source, split_bytes=1 << 30)
-    docs, rejects, _ = read_documents(refs, settings.source)
-    assert not rejects
-    embedder = FakeEmbedder(ModelSettings(name="fake:16"))
-    chunks, _ = chunk_documents(docs, embedder.tokenizer, 24, 2)
-    schema = table_schema(embedder, settings)
+    settings, embedder, chunks, schema, _src = chunked(tmp_path, DOCS, budget=24, **groups)
     table, *_ = embed_chunks(chunks, embedder, 8, RUN, schema)
     store = Store(settings.store)
     store.commit(RUN, [store.stage(RUN, 0, table)], schema)

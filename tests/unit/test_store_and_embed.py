@@ -11,33 +11,21 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from embedpipe.chunking import chunk_documents
 from embedpipe.config import ModelSettings
 from embedpipe.errors import ModelMismatchError, TableNotFoundError, VersionNotFoundError
 from embedpipe.schemas import C
-from embedpipe.sources.discover import discover
-from embedpipe.sources.parse import read_documents
 from embedpipe.store import STAGING_DIR, Store
-from embedpipe.tasks.embedding import embed_chunks, table_schema
+from embedpipe.tasks.embedding import embed_chunks
 from tests.fakes import FakeEmbedder
-from tests.helpers import commit_at_once, make_settings, write
+from tests.helpers import chunked, commit_at_once, make_settings
 
 RUN_A = "11111111-1111-1111-1111-111111111111"
 RUN_B = "22222222-2222-2222-2222-222222222222"
 
 
 def build(tmp_path: Path, files: dict[str, str], model: str = "fake:16", budget: int = 20):
-    settings = make_settings(tmp_path, model={"name": model})
-    src = tmp_path / "src"
-    for name, body in files.items():
-        write(src / name, body)
-    refs, _ = discover([str(src)], settings.source, split_bytes=1 << 30)
-    docs, rejects, _ = read_documents(refs, settings.source)
-    assert not rejects
-    embedder = FakeEmbedder(ModelSettings(name=model))
-    chunks, _ = chunk_documents(docs, embedder.tokenizer, budget, 2)
-    schema = table_schema(embedder, settings)
-    return settings, embedder, chunks, schema, str(src.resolve()), sorted(f for f in files)
+    settings, embedder, chunks, schema, src = chunked(tmp_path, files, model=model, budget=budget)
+    return settings, embedder, chunks, schema, src, sorted(f for f in files)
 
 
 def test_embed_keeps_row_order_and_counts_truncation(tmp_path: Path) -> None:

@@ -12,18 +12,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from embedpipe.chunking import chunk_documents
-from embedpipe.config import ModelSettings
 from embedpipe.errors import StaleReadError
 from embedpipe.schemas import C, doc_state_schema
-from embedpipe.sources.discover import discover
-from embedpipe.sources.parse import read_documents
 from embedpipe.store import Scope, Store
 from embedpipe.store.scalar_index import SCALAR_INDEXES
 from embedpipe.store.state import drop_repeats, first_per_document, where_in
-from embedpipe.tasks.embedding import embed_chunks, table_schema
-from tests.fakes import FakeEmbedder
-from tests.helpers import make_settings, write
+from embedpipe.tasks.embedding import embed_chunks
+from tests.helpers import chunked
 
 RUN_A = "11111111-1111-1111-1111-111111111111"
 RUN_B = "22222222-2222-2222-2222-222222222222"
@@ -34,18 +29,9 @@ INJECTIONS = ["' OR '1'='1", "x') OR (1=1", "%", "\\", "'; --", "ü" * 10_000]
 
 
 def chunk_rows(tmp_path: Path, files: dict[str, str], run_id: str, src_name: str = "src"):
-    settings = make_settings(tmp_path, model={"name": "fake:16"})
-    src = tmp_path / src_name
-    for name, body in files.items():
-        write(src / name, body)
-    refs, _ = discover([str(src)], settings.source, split_bytes=1 << 30)
-    docs, rejects, _ = read_documents(refs, settings.source)
-    assert not rejects
-    embedder = FakeEmbedder(ModelSettings(name="fake:16"))
-    chunks, _ = chunk_documents(docs, embedder.tokenizer, 20, 2)
-    schema = table_schema(embedder, settings)
+    settings, embedder, chunks, schema, src = chunked(tmp_path, files, src_name=src_name)
     table, *_ = embed_chunks(chunks, embedder, 8, run_id, schema)
-    return settings, schema, table, str(src.resolve())
+    return settings, schema, table, src
 
 
 def commit(store: Store, run_id: str, table: pa.Table, schema: pa.Schema, **kw):
