@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,13 +48,28 @@ def _wait(what: str, check, timeout: float, procs: list[subprocess.Popen]) -> No
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def _api(url: str, path: str, body: dict | None = None) -> object:
+# Prefect's own client retries these: the server answers 503 while its sqlite database is busy
+# (a serve process and the API writing at once on a loaded 2-core runner), 429/502 under load.
+_RETRY_CODES = {429, 502, 503}
+
+
+def _api(url: str, path: str, body: dict | None = None, attempts: int = 6) -> object:
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(
-        url + path, data=data, headers={"content-type": "application/json"}, method="POST" if data else "GET"
-    )
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return json.loads(r.read() or b"null")
+    for attempt in range(attempts):
+        req = urllib.request.Request(
+            url + path,
+            data=data,
+            headers={"content-type": "application/json"},
+            method="POST" if data else "GET",
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return json.loads(r.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            if exc.code not in _RETRY_CODES or attempt == attempts - 1:
+                raise
+            time.sleep(min(2**attempt, 8))
+    raise AssertionError("unreachable")
 
 
 def _healthy(url: str) -> bool:
