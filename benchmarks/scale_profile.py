@@ -3,9 +3,9 @@
 Builds ``benchmarks/scale.py``'s synthetic corpus of ``--size`` one-chunk documents (half small
 ``.txt`` files, half JSONL records) and, with its tiny random model, one real ``embedpipe run``
 into a fresh database (not timed). Then, in this process and without Prefect, times the steps a
-run that changes nothing goes through: planning (listing and stat of the sources), reading the
-table's per-document state, splitting it per shard, and ingesting every shard (the size/mtime skip
-of text files, reading and hashing record files); and prints a cProfile of the ingest. The rest
+run that changes nothing goes through: reading the table's per-document state, planning (listing
+and stat of the sources, leaving out the files the table holds unchanged), and ingesting what is
+left (nothing, when nothing changed); and prints a cProfile of the planning. The rest
 of a no-change run's flow time is Prefect's (its tasks, the flow's start and end): compare with
 the ``no-change`` row of ``benchmarks/scale.py`` at the same size.
 
@@ -60,37 +60,43 @@ def main() -> int:
     os.environ["HF_HUB_OFFLINE"] = "1"
     from embedpipe.config import get_settings
     from embedpipe.incremental import split_state
+    from embedpipe.sources.parse import reader_identity
     from embedpipe.store import Store
-    from embedpipe.tasks.sources import ingest_shard, make_plan
+    from embedpipe.tasks.sources import ingest_shard, make_plan, source_scopes
     from embedpipe.tasks.store import load_state
 
     settings = get_settings({"store": {"uri": str(db)}, "model": {"name": str(model)}})
     store = Store(settings.store)
+    table = store.snapshot()
+    assert table is not None
+    records = store.table_reader(table) == reader_identity(settings.source)
     t = time.perf_counter()
-    plan = make_plan([str(corpus)], settings)
-    plan_s = time.perf_counter() - t
-    t = time.perf_counter()
-    known = load_state(settings, plan.scopes, store.serving_version())
+    known = load_state(settings, source_scopes([str(corpus)], settings), store.serving_version())
     state_s = time.perf_counter() - t
+    prof = cProfile.Profile()
+    t = time.perf_counter()
+    prof.enable()
+    plan = make_plan([str(corpus)], settings, known, records)
+    prof.disable()
+    plan_s = time.perf_counter() - t
     t = time.perf_counter()
     states = split_state(known, plan.shards)
     split_s = time.perf_counter() - t
-    prof = cProfile.Profile()
     changed = 0
     t = time.perf_counter()
-    prof.enable()
     for i, (refs, shard_known) in enumerate(zip(plan.shards, states, strict=True)):
         docs = ingest_shard(i, refs, settings, shard_known)
         changed += docs.delta.to_chunk.num_rows + docs.delta.meta_only.num_rows
-    prof.disable()
     ingest_s = time.perf_counter() - t
     figures = {
         "documents": args.size,
-        "shards": len(plan.shards),
-        "plan_s": round(plan_s, 2),
+        "files_listed": plan.files,
+        "files_unchanged": plan.unchanged.num_rows if plan.unchanged is not None else 0,
+        "shards_left": len(plan.shards),
         "load_state_s": round(state_s, 2),
+        "plan_s": round(plan_s, 2),
         "split_state_s": round(split_s, 2),
-        "ingest_all_shards_s": round(ingest_s, 2),
+        "ingest_left_shards_s": round(ingest_s, 2),
         "documents_changed": changed,
     }
     print(json.dumps(figures))

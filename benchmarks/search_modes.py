@@ -10,7 +10,7 @@ Chinese ones alone. Latency: p50 of ``Searcher.search`` (the ``embedpipe search`
 directly, the query embedded by the table's model) over the golden queries, after one warm-up
 pass; vector mode is the baseline of the ratios.
 
-    python benchmarks/search_modes.py [--tokenizers ngram simple] [--repeat 5]
+    python benchmarks/search_modes.py [--tokenizers icu ngram simple] [--repeat 5]
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def build(db: Path):  # type: ignore[no-untyped-def]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokenizers", nargs="+", default=["ngram", "simple"])
+    parser.add_argument("--tokenizers", nargs="+", default=["icu", "ngram", "simple"])
     parser.add_argument("--repeat", type=int, default=5, help="timed passes over the golden queries")
     args = parser.parse_args()
 
@@ -66,6 +66,7 @@ def main() -> None:
     from embedpipe.schemas import C
     from embedpipe.search import Searcher
     from embedpipe.store import Store
+    from embedpipe.store.vector_index import fts_config
 
     golden = quality.load_golden([str(GOLDEN)])
     zh = [i for i, q in enumerate(golden) if any("\u4e00" <= ch <= "\u9fff" for ch in q.query)]
@@ -82,7 +83,8 @@ def main() -> None:
         print(f"{head}   {'zh recall':>9} {'zh mrr':>7}")
         for tok in args.tokenizers:
             table = store.require_table()
-            table.create_fts_index(C.TEXT, base_tokenizer=tok, replace=True)
+            # the index embedpipe builds for index.fts_tokenizer = tok
+            table.create_index(C.TEXT, config=fts_config(tok), replace=True)
             table = store.require_table()
             for mode in MODES:
                 if mode == "vector" and tok != args.tokenizers[0]:

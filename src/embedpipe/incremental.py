@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TypeAlias
 
 import numpy as np
@@ -21,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from embedpipe.schemas import C, doc_state_schema
-from embedpipe.sources.docids import is_legacy_id
+from embedpipe.sources.docids import escape_path, is_legacy_id, make_doc_id
 from embedpipe.sources.files import FileRef
 from embedpipe.sources.globs import PathFilter
 
@@ -116,6 +117,96 @@ def classify(docs: pa.Table, known: Known) -> Delta:
     )
 
 
+# Kinds whose one document depends on the file's bytes alone: unchanged size and mtime mean an
+# unchanged document. Every other kind (JSON, JSONL, CSV, Parquet) holds records read with
+# ``source.text_field``/``id_field``: its stat answers only while those are what the table was
+# written with (:func:`embedpipe.sources.parse.reader_identity`).
+WHOLE_FILE_KINDS = frozenset({"text", "html"})
+_MTIME = pa.timestamp("us", tz="UTC")
+
+
+@dataclass
+class Unchanged:
+    """Listed files the table already holds as they are now: they are not read again."""
+
+    refs: list[int]
+    """Indexes in the listed refs of the files to skip."""
+    files: pa.Table
+    """Their (source, path)."""
+    docs: int
+    """How many stored documents they hold."""
+
+
+def unchanged_files(refs: Sequence[FileRef], known: Known, records: bool) -> Unchanged:
+    """Listed files whose size and mtime equal the table's record (the quick check of make and rsync).
+
+    A join of the listed files with the stored state grouped per file: one Python object per
+    listed file at most, none per stored document. A whole-file document must be stored under
+    the id its path makes now (one row). A record file (``records``: the reader settings are
+    the table's) must have every stored document carrying its current size and mtime, and a
+    path without ``#`` or ``%`` (whose record ids changed form once, see
+    :mod:`embedpipe.sources.docids`).
+
+    Args:
+        refs: Listed files, not split into parts.
+        known: The stored state of the scanned sources.
+        records: Whether record files may be skipped too.
+    """
+    cand = [
+        i
+        for i, r in enumerate(refs)
+        if r.part is None and (r.kind in WHOLE_FILE_KINDS or (records and escape_path(r.path) == r.path))
+    ]
+    if not cand or known.num_rows == 0:
+        none = pa.table({C.SOURCE: pa.array([], pa.string()), C.PATH: pa.array([], pa.string())})
+        return Unchanged([], none, 0)
+    per_file = known.group_by([C.SOURCE, C.PATH], use_threads=False).aggregate(
+        [
+            (C.DOC_ID, "count"),
+            (C.DOC_ID, "first"),
+            (C.SIZE, "min"),
+            (C.SIZE, "max"),
+            (C.MTIME, "min"),
+            (C.MTIME, "max"),
+        ]
+    )
+    listed = pa.table(
+        {
+            C.SOURCE: [refs[i].source for i in cand],
+            C.PATH: [refs[i].path for i in cand],
+            "ref": pa.array(cand, pa.int64()),
+            "whole": pa.array([refs[i].kind in WHOLE_FILE_KINDS for i in cand], pa.bool_()),
+            # a whole file stored under the id of an earlier form: read, and re-id
+            "expected_id": [make_doc_id(refs[i].path) for i in cand],
+            "size": pa.array([refs[i].size for i in cand], pa.int64()),
+            # the same conversion the reader stores (microsecond timestamps)
+            "mtime": pa.array([datetime.fromtimestamp(refs[i].mtime_ns / 1e9, tz=UTC) for i in cand], _MTIME),
+        }
+    )
+    j = listed.join(per_file, [C.SOURCE, C.PATH], join_type="inner", use_threads=False)
+    same_stat = pc.and_(
+        pc.and_(
+            pc.equal(j.column(f"{C.SIZE}_min").cast(pa.int64()), j.column("size")),
+            pc.equal(j.column(f"{C.SIZE}_max").cast(pa.int64()), j.column("size")),
+        ),
+        pc.and_(
+            pc.equal(j.column(f"{C.MTIME}_min").cast(_MTIME), j.column("mtime")),
+            pc.equal(j.column(f"{C.MTIME}_max").cast(_MTIME), j.column("mtime")),
+        ),
+    )
+    one_current_doc = pc.and_(
+        pc.equal(j.column(f"{C.DOC_ID}_count"), 1),
+        pc.equal(j.column(f"{C.DOC_ID}_first"), j.column("expected_id")),
+    )
+    same_ids = pc.or_(pc.invert(j.column("whole")), one_current_doc)
+    hit = j.filter(pc.fill_null(pc.and_(same_stat, same_ids), False)).sort_by("ref")
+    return Unchanged(
+        hit.column("ref").to_pylist(),
+        hit.select([C.SOURCE, C.PATH]),
+        int(pc.sum(hit.column(f"{C.DOC_ID}_count")).as_py() or 0),
+    )
+
+
 def split_state(known: Known, shards: Sequence[Sequence[FileRef]]) -> list[pa.Table]:
     """The state of each shard's files, in one pass over the state (not one per shard).
 
@@ -157,6 +248,7 @@ def missing_documents(
     scanned_files: set[tuple[str, str]],
     protected_files: set[tuple[str, str]],
     keep: PathFilter,
+    unchanged: pa.Table | None = None,
 ) -> list[tuple[str, str]]:
     """Documents the table holds under the scanned sources that the run no longer found.
 
@@ -169,11 +261,16 @@ def missing_documents(
         scanned_files: (source, path) of every file discovery listed.
         protected_files: Files with any reject: their missing records are kept, not deleted.
         keep: The run's include/exclude filter: a file it excludes was not scanned, so it stays.
+        unchanged: (source, path) of files not read because they are unchanged
+            (:func:`unchanged_files`): their documents are all still there.
 
     Returns:
         (source, doc_id) of the documents to delete, sorted.
     """
-    gone = _keyed(known.select(_KEYS), seen, "left anti")
+    state = known.select(_KEYS)
+    if unchanged is not None and unchanged.num_rows:
+        state = state.join(unchanged, [C.SOURCE, C.PATH], join_type="left anti", use_threads=False)
+    gone = _keyed(state, seen, "left anti")
     out = []
     for src, path, doc_id in zip(*(gone.column(k).to_pylist() for k in _KEYS), strict=True):
         if (src, path) in protected_files:

@@ -306,3 +306,42 @@ def test_unchanged_files_are_not_read_again_unless_told(tmp_path: Path) -> None:
     os.utime(src / "doc2.md")
     _, s4 = run([src], settings)
     assert s4.docs_changed == 1 and s4.chunks_embedded == 0  # metadata-only: the new mtime
+
+
+def test_unchanged_record_files_are_skipped_while_the_reader_settings_hold(tmp_path: Path) -> None:
+    """A JSONL file with the same size and mtime is not re-read, unless text_field/id_field changed."""
+    src = tmp_path / "src"
+    rec = src / "r.jsonl"
+    write(
+        rec,
+        '{"id": "a", "text": "alpha one", "body": "first body"}\n{"id": "b", "text": "beta two", "body": "second body"}\n',
+    )
+    settings = settings_for(tmp_path)
+    _, s1 = run([src], settings)
+    assert (s1.docs_new, s1.status) == (2, "completed")
+    table = Store(settings.store).open_table()
+    recorded = table.to_lance().schema.metadata[b"embedpipe.reader"]
+    assert json.loads(recorded) == {"version": 1, "text_field": "text", "id_field": "id"}
+
+    # same length, other text, mtime put back: an unchanged file, not read
+    st = rec.stat()
+    rec.write_text(rec.read_text().replace("alpha one", "alpha 111"))
+    os.utime(rec, ns=(st.st_atime_ns, st.st_mtime_ns))
+    _, s2 = run([src], settings)
+    assert (s2.docs_unchanged, s2.docs_changed, s2.docs_deleted, s2.table_version) == (2, 0, 0, None), s2
+    assert {r[C.TEXT] for r in rows(settings)} == {"alpha one", "beta two"}
+
+    # other reader settings: every record file is read again, and the table records them
+    body = settings_for(tmp_path, source={"text_field": "body"})
+    _, s3 = run([src], body)
+    assert (s3.docs_changed, s3.status) == (2, "completed"), s3
+    assert {r[C.TEXT] for r in rows(body)} == {"first body", "second body"}
+    table = Store(body.store).open_table()
+    assert json.loads(table.to_lance().schema.metadata[b"embedpipe.reader"])["text_field"] == "body"
+    assert s3.table_version == int(table.version)
+    # ... and from then on the file is skipped again
+    _, s4 = run([src], body)
+    assert (s4.docs_unchanged, s4.table_version) == (2, None), s4
+    # back to the first settings: read again, and the edit made above is found
+    _, s5 = run([src], settings)
+    assert s5.docs_changed == 2 and {r[C.TEXT] for r in rows(settings)} == {"alpha 111", "beta two"}

@@ -8,11 +8,17 @@ from datetime import UTC, datetime
 import pyarrow as pa
 
 from embedpipe.hashing import sha256_text
-from embedpipe.incremental import classify, empty_state, missing_documents, refresh_rows, split_state
+from embedpipe.incremental import (
+    classify,
+    empty_state,
+    missing_documents,
+    refresh_rows,
+    split_state,
+    unchanged_files,
+)
 from embedpipe.schemas import C, doc_state_schema, docs_schema
 from embedpipe.sources.files import FileRef
 from embedpipe.sources.globs import PathFilter
-from embedpipe.tasks.sources import unchanged_by_stat
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 T1 = datetime(2026, 1, 2, tzinfo=UTC)
@@ -153,7 +159,7 @@ def test_split_state_gives_each_shard_its_files_state_in_one_pass() -> None:
     assert [p.num_rows for p in split_state(empty_state(), shards)] == [0, 0, 0]
 
 
-def test_unchanged_by_stat_needs_one_current_id_same_size_and_mtime() -> None:
+def test_unchanged_whole_files_need_one_current_id_same_size_and_mtime() -> None:
     t0_ns = int(T0.timestamp() * 1e9)
     known = state(
         doc("same.txt", "abc"),
@@ -167,8 +173,52 @@ def test_unchanged_by_stat_needs_one_current_id_same_size_and_mtime() -> None:
         ref("touched.txt", 3, t0_ns + 1_000_000),
         ref("grown.txt", 4, t0_ns),
         ref("a#b.txt", 3, t0_ns),
-        ref("r.jsonl", 3, t0_ns, kind="jsonl"),  # many documents per file: always read
+        ref("r.jsonl", 3, t0_ns, kind="jsonl"),  # a record file: only with records=True
         ref("new.txt", 3, t0_ns),
     ]
-    assert unchanged_by_stat(refs, known) == {0: "same.txt"}
-    assert unchanged_by_stat(refs, empty_state()) == {}
+    same = unchanged_files(refs, known, records=False)
+    assert same.refs == [0] and same.docs == 1
+    assert same.files.to_pylist() == [{C.SOURCE: "/s", C.PATH: "same.txt"}]
+    assert unchanged_files(refs, empty_state(), records=True).refs == []
+
+
+def record(doc_id: str, size: int, mtime: datetime = T0) -> dict:
+    d = doc(doc_id, "text of " + doc_id, mtime=mtime)
+    d[C.SIZE] = size  # every record carries its file's size and mtime
+    return d
+
+
+def test_unchanged_record_files_need_the_reader_settings_and_every_record_current() -> None:
+    t0_ns = int(T0.timestamp() * 1e9)
+    known = state(
+        record("r.jsonl#1", 90),
+        record("r.jsonl#2", 90),
+        record("mixed.jsonl#1", 90),
+        record("mixed.jsonl#2", 80),  # stored from an older size: the file changed since
+        record("rows.csv#a", 50),
+        record("a%b.jsonl#1", 90),  # a path whose record ids changed form once: read
+    )
+    refs = [
+        ref("r.jsonl", 90, t0_ns, kind="jsonl"),
+        ref("mixed.jsonl", 90, t0_ns, kind="jsonl"),
+        ref("rows.csv", 50, t0_ns + 1_000, kind="csv"),  # mtime moved by a microsecond
+        ref("a%b.jsonl", 90, t0_ns, kind="jsonl"),
+        ref("big.jsonl", 90, t0_ns, kind="jsonl", part=(0, 10, 0)),  # a part: never skipped
+    ]
+    same = unchanged_files(refs, known, records=True)
+    assert same.refs == [0] and same.docs == 2
+    assert unchanged_files(refs, known, records=False).refs == []
+
+
+def test_missing_documents_keeps_the_documents_of_unchanged_files() -> None:
+    known = state(doc("a.txt", "x"), record("r.jsonl#1", 9), record("r.jsonl#2", 9), doc("gone.txt", "x"))
+    scanned = {("/s", "a.txt"), ("/s", "r.jsonl")}
+    unchanged = pa.table({C.SOURCE: ["/s", "/s"], C.PATH: ["a.txt", "r.jsonl"]})
+    keep = PathFilter(["**/*"], [])
+    assert missing_documents(known, [], scanned, set(), keep, unchanged) == [("/s", "gone.txt")]
+    assert missing_documents(known, [], scanned, set(), keep) == [
+        ("/s", "a.txt"),
+        ("/s", "gone.txt"),
+        ("/s", "r.jsonl#1"),
+        ("/s", "r.jsonl#2"),
+    ]

@@ -73,7 +73,7 @@ def test_below_min_rows_only_the_fts_index_is_made(tmp_path: Path) -> None:
     assert done.version is not None and done.record is None
     listed = store.index_rows(store.require_table())
     assert [(r["name"], r["column"], r["type"]) for r in listed] == [("text_idx", C.TEXT, "FTS")]
-    assert listed[0]["params"]["base_tokenizer"] == "ngram" and listed[0]["unindexed_rows"] == 0
+    assert listed[0]["params"]["base_tokenizer"] == "icu" and listed[0]["unindexed_rows"] == 0
     # nothing changed: no new version
     assert store.refresh_indexes(settings.index).version is None
 
@@ -139,7 +139,10 @@ def test_a_coarse_index_measures_a_low_recall(tmp_path: Path) -> None:
     assert vector_row(store)["recall"] >= tuned.index.min_recall
 
 
-@pytest.mark.parametrize(("tokenizer", "found"), [("ngram", {"切块", "向量", "嵌入模型"}), ("simple", set())])
+@pytest.mark.parametrize(
+    ("tokenizer", "found"),
+    [("icu", {"切块", "向量", "嵌入模型"}), ("ngram", {"切块", "向量", "嵌入模型"}), ("simple", set())],
+)
 def test_fts_tokenizer_on_chinese(tmp_path: Path, tokenizer: str, found: set[str]) -> None:
     settings = make_settings(tmp_path, index={"fts": True, "fts_tokenizer": tokenizer})
     texts = [

@@ -61,11 +61,12 @@ class IndexSettings(_Group):
         "trained. With nprobes set, None means no re-ranking.",
     )
     fts: bool = Field(True, description="Keep a full-text (BM25) index on the chunk text.")
-    fts_tokenizer: Literal["ngram", "simple", "whitespace"] = Field(
-        "ngram",
-        description="Base tokenizer of the full-text index (ngram: 2- and 3-character n-grams, which "
-        "handles Chinese and other text without spaces; simple splits on punctuation and whitespace, "
-        "with English stemming, and matches a run of Chinese characters only whole).",
+    fts_tokenizer: Literal["icu", "ngram", "simple", "whitespace"] = Field(
+        "icu",
+        description="Base tokenizer of the full-text index (icu: Unicode word boundaries, with ICU's "
+        "built-in dictionary for Chinese, Japanese and Thai, and English stemming; ngram: 2- and "
+        "3-character n-grams, many times slower to search; simple splits on punctuation and "
+        "whitespace, with English stemming, and matches a run of Chinese characters only whole).",
     )
     scalar: bool = Field(
         True,

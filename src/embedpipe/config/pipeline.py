@@ -38,8 +38,9 @@ class SourceSettings(_UsesS3):
     )
     skip_unchanged_files: bool = Field(
         True,
-        description="Do not re-read .txt/.md/.html files whose size and mtime match the table's record "
-        "(false: read and hash every file on every run).",
+        description="Do not re-read files whose size and mtime match the table's record (record files: "
+        "while text_field and id_field are those the table was written with; false: read and hash "
+        "every file on every run).",
     )
 
 

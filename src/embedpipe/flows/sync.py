@@ -1,7 +1,7 @@
 """The sync flow: compare the sources with the table, then write only what changed, as one version.
 
-prepare → discover → load-state → per shard (ingest → chunk → embed → stage) → write → checks →
-publish → summarize.
+prepare → load-state → discover (unchanged files left out) → per shard (ingest → chunk → embed →
+stage) → write → checks → publish → summarize.
 Unchanged documents are skipped, only new chunk texts go through the model, stale and deleted
 chunks are removed, and nothing becomes visible until the single ``write`` commit. A run that
 changes nothing creates no version. A new version is then checked (one task per check family)
@@ -19,10 +19,11 @@ from embedpipe.config import Settings, get_settings
 from embedpipe.flows._pipeline import check_reject_ratio, opaque, run_shards
 from embedpipe.flows._writing import WritingRun, writing_run
 from embedpipe.incremental import missing_documents, renamed_documents
-from embedpipe.schemas import RunSummary
+from embedpipe.schemas import RunCounts, RunSummary
 from embedpipe.sources.globs import PathFilter
+from embedpipe.sources.parse import reader_identity
 from embedpipe.store import CommitResult
-from embedpipe.tasks.sources import discover_task
+from embedpipe.tasks.sources import discover_task, source_scopes
 from embedpipe.tasks.store import load_state_task, write_task
 
 
@@ -47,16 +48,20 @@ def sync(
 def _write_changes(run: WritingRun, sources: list[str], delete_missing: bool) -> CommitResult:
     """Stage what changed in ``sources`` since the version read, then commit it with the deletions."""
     settings, tally, read_version = run.settings, run.tally, run.prepared.read_version
-    plan = discover_task(sources, settings)
+    known = load_state_task(settings, source_scopes(sources, settings), read_version)
+    # Files the table holds as they are now are not read: record files only while the table was
+    # written with this run's reader settings (text_field, id_field).
+    records = run.prepared.reader == reader_identity(settings.source)
+    plan = discover_task(sources, settings, opaque(known), records)
     tally.add_rejects(plan.rejects)
-    known = load_state_task(settings, plan.scopes, read_version)
+    tally.counts += RunCounts(seen=plan.unchanged_docs, unchanged=plan.unchanged_docs)
     run_shards(plan, settings, run.run_id, known, read_version, tally)
     check_reject_ratio(tally, settings, "nothing was committed")
     deleted_docs: list[tuple[str, str]] = []
     if delete_missing:
         keep = PathFilter(settings.source.include, settings.source.exclude)
         deleted_docs = missing_documents(
-            known, tally.seen_ids, plan.scanned_files, tally.protected_files, keep
+            known, tally.seen_ids, plan.scanned_files, tally.protected_files, keep, plan.unchanged
         )
         renamed = renamed_documents(known, deleted_docs)
         if renamed:

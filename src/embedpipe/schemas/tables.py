@@ -19,3 +19,7 @@ VECTOR_CACHE_TABLE = "vector_cache"
 
 LEDGER_TABLES = (RUNS_TABLE, REJECTS_TABLE, CHECKS_TABLE, CANARY_TABLE, VECTOR_CACHE_TABLE)
 """Every table above."""
+
+READER_META_KEY = "embedpipe.reader"
+"""The chunks table's schema-metadata key recording which reader settings its documents were read
+with (:func:`embedpipe.sources.parse.reader_identity`)."""

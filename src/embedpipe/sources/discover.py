@@ -24,14 +24,15 @@ log = logging.getLogger(__name__)
 
 
 def discover(
-    sources: Sequence[str], settings: SourceSettings, split_bytes: int
+    sources: Sequence[str], settings: SourceSettings, split_bytes: int | None
 ) -> tuple[list[FileRef], list[Reject]]:
     """List the files to read under each source, in a stable order.
 
     Args:
         sources: Folders or single files.
         settings: Include/exclude globs and the size limit.
-        split_bytes: JSONL/Parquet files larger than this are split into parts of about this size.
+        split_bytes: JSONL/Parquet files larger than this are split into parts of about this size
+            (``None``: not yet, see :func:`split_large`).
 
     Returns:
         The file refs, and rejects for files that cannot be read at all (too large, unreadable,
@@ -58,11 +59,19 @@ def discover(
             if isinstance(ref_or_reject, Reject):
                 rejects.append(ref_or_reject)
                 continue
-            if ref_or_reject.kind in SPLITTABLE and ref_or_reject.size > split_bytes:
-                refs.extend(_split(ref_or_reject, split_bytes, settings))
-            else:
-                refs.append(ref_or_reject)
-    return refs, rejects
+            refs.append(ref_or_reject)
+    return (refs if split_bytes is None else split_large(refs, split_bytes, settings)), rejects
+
+
+def split_large(refs: Sequence[FileRef], split_bytes: int, settings: SourceSettings) -> list[FileRef]:
+    """``refs`` with every JSONL/Parquet file larger than ``split_bytes`` replaced by its parts."""
+    out: list[FileRef] = []
+    for ref in refs:
+        if ref.part is None and ref.kind in SPLITTABLE and ref.size > split_bytes:
+            out.extend(_split(ref, split_bytes, settings))
+        else:
+            out.append(ref)
+    return out
 
 
 def _split(ref: FileRef, split_bytes: int, settings: SourceSettings) -> list[FileRef]:

@@ -153,7 +153,7 @@ class SourceFS:
         if names is not None:
             return ((rel, self._stat(rel, walked=False)) for rel in names)
         # lazily: excluded files are never stat'ed
-        return ((rel, self._stat(rel)) for rel in self._walk(rejects, keep) if keep(rel))
+        return ((rel, self._stat(rel, full=full)) for rel, full in self._walk(rejects, keep) if keep(rel))
 
     def scope(self) -> tuple[str, list[str] | None]:
         """For an ``s3://`` root: the root itself, or its parent and name when it names one object.
@@ -181,7 +181,8 @@ class SourceFS:
             )
         return self.root, None
 
-    def _walk(self, rejects: list[Reject], keep: PathFilter) -> Iterator[str]:
+    def _walk(self, rejects: list[Reject], keep: PathFilter) -> Iterator[tuple[str, str]]:
+        """(path relative to the root, '/'-separated; local path) of every file under the root."""
         root = self.root
 
         def onerror(e: OSError) -> None:
@@ -190,6 +191,10 @@ class SourceFS:
 
         for dirpath, dirnames, filenames in os.walk(root, onerror=onerror, followlinks=False):
             dirnames.sort()
+            # the folder relative to the root, '/'-separated ('' for the root itself): one relpath
+            # per folder, not per file (a listing of a million files pays this per file otherwise)
+            here = os.path.relpath(dirpath, root).replace(os.sep, "/")
+            prefix = "" if here == "." else here + "/"
             for name in dirnames:  # folder symlinks are never followed; one leading out is reported
                 full = os.path.join(dirpath, name)
                 if os.path.islink(full):
@@ -199,13 +204,12 @@ class SourceFS:
                         reason = guard.outside_reason("folder")
                         rejects.append(Reject(path=rel, reason=reason, source=root))
             for name in sorted(filenames):
-                full = os.path.join(dirpath, name)
-                yield os.path.relpath(full, root).replace(os.sep, "/")
+                yield prefix + name, os.path.join(dirpath, name)
 
-    def _stat(self, rel: str, walked: bool = True) -> FileRef | Reject | None:
+    def _stat(self, rel: str, walked: bool = True, full: str | None = None) -> FileRef | Reject | None:
         """A ref for a file found under a folder, a reject, or ``None`` for a symlink whose target
         inside the root is read under its own path (see :mod:`embedpipe.sources.guard`)."""
-        full = self.uri(rel)
+        full = full if full is not None else self.uri(rel)
         try:
             st = os.lstat(full) if walked else os.stat(full)
         except OSError as e:

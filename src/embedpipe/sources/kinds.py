@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import PurePosixPath
-
 KINDS: dict[str, str] = {
     ".txt": "text",
     ".md": "text",
@@ -26,5 +24,11 @@ SPLITTABLE = frozenset({"jsonl", "parquet"})
 
 
 def kind_of(rel: str) -> str | None:
-    """The kind of the file at the '/'-separated path ``rel`` (extension case ignored), or ``None``."""
-    return KINDS.get(PurePosixPath(rel).suffix.lower())
+    """The kind of the file at the '/'-separated path ``rel`` (extension case ignored), or ``None``.
+
+    The extension is ``PurePosixPath(rel).suffix`` (a leading or trailing dot is none), taken
+    without building a path object: discovery calls this once per listed file.
+    """
+    name = rel[rel.rfind("/") + 1 :]
+    dot = name.rfind(".")
+    return KINDS.get(name[dot:].lower()) if 0 < dot < len(name) - 1 else None

@@ -25,6 +25,21 @@ from embedpipe.sources.docids import make_doc_id
 from embedpipe.sources.files import FileRef, SourceFS
 from embedpipe.sources.text import clean_text, decode_text, html_to_text
 
+READER_VERSION = 1
+"""Raised whenever a change to the parsers changes the documents a record file yields."""
+
+
+def reader_identity(settings: SourceSettings) -> str:
+    """What a record file's documents depend on besides its bytes: the parsers and their fields.
+
+    A run skips an unchanged JSON/JSONL/CSV/Parquet file only while this equals the table's record.
+    """
+    return json.dumps(
+        {"version": READER_VERSION, "text_field": settings.text_field, "id_field": settings.id_field},
+        sort_keys=True,
+    )
+
+
 # --------------------------------------------------------------------------- records
 
 Record = tuple[str | None, str, dict[str, Any] | None]

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from embedpipe.errors import StaleReadError
-from embedpipe.schemas import CHECKS_TABLE, C
+from embedpipe.schemas import CHECKS_TABLE, READER_META_KEY, C
 from embedpipe.store.filters import docs_filter, eq
 from embedpipe.store.reader import RUN_ID_TAG, SERVING_TAG, resolve_target
 from embedpipe.store.scalar_index import ScalarIndexMixin, only_indexed_since
@@ -154,6 +154,7 @@ class CommitMixin(StagingMixin, ScalarIndexMixin):
                     builder = builder.when_not_matched_by_source_delete(replace)
                 result = builder.execute(reader)
                 deleted = int(getattr(result, "num_deleted_rows", 0) or 0)
+                self._carry_schema_metadata(table, schema)
             version = int(table.version)
         except Exception as e:
             raise self._error(f"commit of run={run_id} into table={name} failed", e) from e
@@ -196,6 +197,22 @@ class CommitMixin(StagingMixin, ScalarIndexMixin):
             raise self._error(f"reindex commit of run={run_id} into table={name} failed", e) from e
         self._tag(table, run_id, version)
         return CommitResult(version, counter[0], previous_rows)
+
+    @staticmethod
+    def _carry_schema_metadata(table: Table, schema: pa.Schema) -> None:
+        """Record the run's reader identity on the table when it differs from the table's.
+
+        An upsert keeps the table's schema metadata; the reader identity (which settings the
+        documents were read with, :func:`embedpipe.sources.parse.reader_identity`) is the one
+        entry a later run may change. Only then does this add a version, with the same rows.
+        """
+        wanted = (schema.metadata or {}).get(READER_META_KEY.encode())
+        if wanted is None:
+            return
+        ds = table.to_lance()
+        if (ds.schema.metadata or {}).get(READER_META_KEY.encode()) != wanted:
+            ds.update_schema_metadata({READER_META_KEY: wanted.decode()})
+            table.checkout_latest()
 
     @staticmethod
     def _tag(table: Table, run_id: str, version: int) -> None:

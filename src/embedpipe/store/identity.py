@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from embedpipe.errors import ChunkingMismatchError, ModelMismatchError
-from embedpipe.schemas import C, ChunkingIdentity, ModelIdentity
+from embedpipe.schemas import READER_META_KEY, C, ChunkingIdentity, ModelIdentity
 from embedpipe.store.connection import StoreBase
 
 if TYPE_CHECKING:
@@ -73,6 +73,10 @@ class IdentityMixin(StoreBase):
 
     def table_chunking(self, table: Table) -> ChunkingIdentity | None:
         return ChunkingIdentity.from_table_metadata(self._metadata(table))
+
+    def table_reader(self, table: Table) -> str | None:
+        """The reader identity the table's documents were read with (``None``: not recorded)."""
+        return self._metadata(table).get(READER_META_KEY)
 
     def check_compatible(
         self,

@@ -25,6 +25,8 @@ class Prepared:
     device: str
     read_version: int | None
     """The table version the run compares the sources with (``None``: no table yet)."""
+    reader: str | None = None
+    """The reader identity recorded in that version (:func:`embedpipe.sources.parse.reader_identity`)."""
 
 
 def resolve_backend(settings: Settings) -> BackendChoice | None:
@@ -74,6 +76,7 @@ def prepare(settings: Settings, check: bool = True) -> Prepared:
         chunking=chunking,
         device=embedder.device,
         read_version=int(table.version) if table is not None else None,
+        reader=store.table_reader(table) if table is not None else None,
     )
 
 
