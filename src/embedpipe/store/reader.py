@@ -129,6 +129,7 @@ class TableReader:
         # The store knows the URI and storage options; it connects to LanceDB only when asked.
         self._store = StoreBase(settings)
         self.uri = self._store.uri
+        self._session: Any = None
 
     @property
     def table(self) -> str:
@@ -156,8 +157,18 @@ class TableReader:
         path = self._path(name)
         if "://" not in path and not os.path.isdir(path):
             return None
+        if self._session is None:
+            # One Lance session per reader: the datasets it opens share their index and metadata
+            # caches, so repeated searches (embedpipe.open, the dashboard) read an index once,
+            # not once per query (a fresh dataset per search re-read the vector index each time).
+            self._session = lance.Session()
         try:
-            return lance.dataset(path, version=version, storage_options=self._store.storage_options or None)
+            return lance.dataset(
+                path,
+                version=version,
+                storage_options=self._store.storage_options or None,
+                session=self._session,
+            )
         except Exception as e:
             if objectstore.is_s3(self.uri) and objectstore.explain(e)[1] != "other":
                 raise self._store._error(f"cannot open table={name} at uri={self.uri}", e) from e
