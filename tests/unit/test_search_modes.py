@@ -307,3 +307,20 @@ def test_golden_checks_without_text_index(tmp_path: Path) -> None:
     assert hybrid.status == "pass" and "vector search" in hybrid.detail, hybrid.detail
     assert "search_mode=hybrid falls back to vector" in hybrid.detail
     assert hybrid.statistic == vector.statistic
+
+
+def test_one_reader_shares_its_index_cache_across_searches(indexed: Settings) -> None:
+    """Searches through one reader (embedpipe.open, the dashboard) read the index once, not per query."""
+    reader = TableReader(indexed.store)
+    first = reader.open_version("latest")
+    before = first.session().index_cache_size_bytes()
+    reader.text_search(first, "cats purr", 3)  # loads the full-text index into the cache
+    cached = first.session().index_cache_size_bytes()
+    assert cached > before
+    again = reader.open_version("latest")
+    assert again is not first and again.session().is_same_as(first.session())
+    assert again.session().index_cache_size_bytes() == cached
+    # a reader of its own starts with an empty cache
+    other = TableReader(indexed.store).open_version("latest")
+    assert not other.session().is_same_as(first.session())
+    assert other.session().index_cache_size_bytes() == before
