@@ -40,7 +40,7 @@ from embedpipe.store import objectstore
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileRef:
     """One file (or one part of a large record file) to read."""
 
