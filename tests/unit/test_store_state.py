@@ -171,3 +171,26 @@ def test_state_reduction_keeps_the_first_row_of_each_document_even_when_rows_are
     one = first_per_document(kept)
     assert one.column(C.DOC_HASH).to_pylist() == ["h1", "h2", "h3"]  # per (source, path, doc_id)
     assert first_per_document(rows).column(C.DOC_HASH).to_pylist() == ["h1", "h2", "h3"]
+    # distinct doc_ids: already one row per document, returned as it is (no grouping)
+    distinct = rows.filter(pc.equal(rows.column(C.SOURCE), "s")).slice(1, 2)
+    assert first_per_document(distinct) is distinct
+
+
+def test_doc_state_is_one_row_per_document_across_batch_boundaries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A document's chunks split over two batches of the state scan still give one row."""
+    import embedpipe.store.state as state_module
+
+    files = {"a.txt": "alpha beta gamma. " * 30, "b.txt": "short one", "c.txt": "delta epsilon. " * 25}
+    settings, schema, table, src = chunk_rows(tmp_path, files, RUN_A)
+    store = Store(settings.store)
+    commit(store, RUN_A, table, schema)
+    whole = store.doc_state(store.snapshot(), [Scope(src)])
+    for batch in (1, 2, 3):
+        monkeypatch.setattr(state_module, "_STATE_BATCH", batch)
+        state = store.doc_state(store.snapshot(), [Scope(src)])
+        assert state.num_rows == len(files), batch
+        assert sorted(state.to_pylist(), key=lambda r: r[C.DOC_ID]) == sorted(
+            whole.to_pylist(), key=lambda r: r[C.DOC_ID]
+        )

@@ -118,7 +118,11 @@ def load_state(settings: Settings, scopes: list[Scope], read_version: int | None
     store = Store(settings.store)
     table = store.require_table()
     table.checkout(read_version)
-    return store.doc_state(table, scopes)
+    state = store.doc_state(table, scopes)
+    # The scan's freed buffers stay with Arrow's allocator; handing them back before listing the
+    # sources keeps them out of the run's peak (about 110 MB for a million documents).
+    pa.default_memory_pool().release_unused()
+    return state
 
 
 @task(name="load-state", **RETRYING)
