@@ -50,13 +50,15 @@ import pydoc
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import scale
 
 N_PAGES = 150
 # modules with side effects when imported (a browser, a GUI, a banner) or that need a display
@@ -97,31 +99,11 @@ def make_corpus(dest: Path) -> list[str]:
 
 # -- whole processes --------------------------------------------------------------------------
 
+
 # scale.py's wrapper: ru_maxrss of RUSAGE_CHILDREN is the largest process of the tree it waited for
-WRAPPER = (
-    "import json, resource, subprocess, sys;"
-    "p = subprocess.run(sys.argv[1:], capture_output=True, text=True);"
-    "r = resource.getrusage(resource.RUSAGE_CHILDREN);"
-    "print(json.dumps({'rc': p.returncode, 'rss_kb': r.ru_maxrss, 'out': p.stdout, 'err': p.stderr}))"
-)
-
-
 def measure(argv: list[str], env: dict[str, str], cwd: Path) -> dict[str, Any]:
-    """Run ``argv`` under ``/usr/bin/time -v`` inside the wrapper: wall s, both peak RSS, stdout."""
-    t = time.perf_counter()
-    p = subprocess.run(
-        [sys.executable, "-c", WRAPPER, "/usr/bin/time", "-v", *argv],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-    )
-    wall = time.perf_counter() - t
-    if p.returncode != 0:
-        raise SystemExit(f"wrapper failed: {p.stderr[-3000:]}")
-    res = json.loads(p.stdout)
-    if res["rc"] != 0:
-        raise SystemExit(f"{' '.join(argv)} exited {res['rc']}:\n{res['out'][-3000:]}\n{res['err'][-3000:]}")
+    """Run ``argv`` under ``/usr/bin/time -v`` inside scale.py's wrapper: wall s, both peak RSS, stdout."""
+    wall, res = scale.wrapped(["/usr/bin/time", "-v", *argv], env, cwd)
     m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", res["err"])
     return {
         "wall_s": wall,

@@ -153,12 +153,15 @@ WRAPPER = (
     "import json, resource, subprocess, sys;"
     "p = subprocess.run(sys.argv[1:], capture_output=True, text=True);"
     "r = resource.getrusage(resource.RUSAGE_CHILDREN);"
-    "print(json.dumps({'rc': p.returncode, 'rss_kb': r.ru_maxrss, 'out': p.stdout, 'err': p.stderr[-3000:]}))"
+    "print(json.dumps({'rc': p.returncode, 'rss_kb': r.ru_maxrss, 'out': p.stdout, 'err': p.stderr}))"
 )
+"""Runs its arguments as a child and prints its exit status, stdout, stderr and ``ru_maxrss`` of
+RUSAGE_CHILDREN: the peak RSS of the largest process of the tree it waited for."""
 
 
-def proc(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, int, str]:
-    """Run ``argv`` as a fresh process: wall seconds, peak RSS of its largest process, stdout."""
+def wrapped(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, dict[str, Any]]:
+    """Run ``argv`` as a fresh process under :data:`WRAPPER`: wall seconds and its result
+    (``rc``, ``rss_kb``, ``out``, ``err``); a failed command stops the benchmark with its output."""
     t = time.perf_counter()
     p = subprocess.run(
         [sys.executable, "-c", WRAPPER, *argv], env=env, cwd=cwd, capture_output=True, text=True
@@ -166,9 +169,15 @@ def proc(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, int, s
     wall = time.perf_counter() - t
     if p.returncode != 0:
         raise SystemExit(f"wrapper failed: {p.stderr[-3000:]}")
-    res = json.loads(p.stdout)
+    res: dict[str, Any] = json.loads(p.stdout)
     if res["rc"] != 0:
-        raise SystemExit(f"{' '.join(argv[2:])} exited {res['rc']}:\n{res['out'][-3000:]}\n{res['err']}")
+        raise SystemExit(f"{' '.join(argv)} exited {res['rc']}:\n{res['out'][-3000:]}\n{res['err'][-3000:]}")
+    return wall, res
+
+
+def proc(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, int, str]:
+    """Run ``argv`` as a fresh process: wall seconds, peak RSS of its largest process, stdout."""
+    wall, res = wrapped(argv, env, cwd)
     return wall, res["rss_kb"] * 1024, res["out"]
 
 
