@@ -60,7 +60,7 @@ def main() -> int:
     os.environ["HF_HUB_OFFLINE"] = "1"
     from embedpipe.config import get_settings
     from embedpipe.incremental import split_state
-    from embedpipe.sources.parse import reader_identity
+    from embedpipe.sources.parse import reader_identity, reader_map
     from embedpipe.store import Store
     from embedpipe.tasks.sources import ingest_shard, make_plan, source_scopes
     from embedpipe.tasks.store import load_state
@@ -69,7 +69,8 @@ def main() -> int:
     store = Store(settings.store)
     table = store.snapshot()
     assert table is not None
-    records = store.table_reader(table) == reader_identity(settings.source)
+    identity = reader_identity(settings.source)
+    records = {root for root, used in reader_map(store.table_reader(table)).items() if used == identity}
     t = time.perf_counter()
     known = load_state(settings, source_scopes([str(corpus)], settings), store.serving_version())
     state_s = time.perf_counter() - t

@@ -12,7 +12,7 @@ both packages rather than inside either.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TypeAlias
@@ -137,25 +137,26 @@ class Unchanged:
     """How many stored documents they hold."""
 
 
-def unchanged_files(refs: Sequence[FileRef], known: Known, records: bool) -> Unchanged:
+def unchanged_files(refs: Sequence[FileRef], known: Known, records: Collection[str] = ()) -> Unchanged:
     """Listed files whose size and mtime equal the table's record (the quick check of make and rsync).
 
     A join of the listed files with the stored state grouped per file: one Python object per
     listed file at most, none per stored document. A whole-file document must be stored under
-    the id its path makes now (one row). A record file (``records``: the reader settings are
-    the table's) must have every stored document carrying its current size and mtime, and a
-    path without ``#`` or ``%`` (whose record ids changed form once, see
+    the id its path makes now (one row). A record file (under a source of ``records``: read in
+    full with the run's reader settings) must have every stored document carrying its current
+    size and mtime, and a path without ``#`` or ``%`` (whose record ids changed form once, see
     :mod:`embedpipe.sources.docids`).
 
     Args:
         refs: Listed files, not split into parts.
         known: The stored state of the scanned sources.
-        records: Whether record files may be skipped too.
+        records: Source roots whose record files may be skipped too.
     """
     cand = [
         i
         for i, r in enumerate(refs)
-        if r.part is None and (r.kind in WHOLE_FILE_KINDS or (records and escape_path(r.path) == r.path))
+        if r.part is None
+        and (r.kind in WHOLE_FILE_KINDS or (r.source in records and escape_path(r.path) == r.path))
     ]
     if not cand or known.num_rows == 0:
         none = pa.table({C.SOURCE: pa.array([], pa.string()), C.PATH: pa.array([], pa.string())})

@@ -321,8 +321,8 @@ def test_unchanged_record_files_are_skipped_while_the_reader_settings_hold(tmp_p
     _, s1 = run([src], settings)
     assert (s1.docs_new, s1.status) == (2, "completed")
     table = Store(settings.store).open_table()
-    recorded = table.to_lance().schema.metadata[b"embedpipe.reader"]
-    assert json.loads(recorded) == {"version": 1, "text_field": "text", "id_field": "id"}
+    recorded = json.loads(table.to_lance().schema.metadata[b"embedpipe.reader"])
+    assert recorded == {str(src): {"version": 1, "text_field": "text", "id_field": "id"}}
 
     # same length, other text, mtime put back: an unchanged file, not read
     st = rec.stat()
@@ -338,7 +338,7 @@ def test_unchanged_record_files_are_skipped_while_the_reader_settings_hold(tmp_p
     assert (s3.docs_changed, s3.status) == (2, "completed"), s3
     assert {r[C.TEXT] for r in rows(body)} == {"first body", "second body"}
     table = Store(body.store).open_table()
-    assert json.loads(table.to_lance().schema.metadata[b"embedpipe.reader"])["text_field"] == "body"
+    assert json.loads(table.to_lance().schema.metadata[b"embedpipe.reader"])[str(src)]["text_field"] == "body"
     assert s3.table_version == int(table.version)
     # ... and from then on the file is skipped again
     _, s4 = run([src], body)

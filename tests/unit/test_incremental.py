@@ -176,10 +176,10 @@ def test_unchanged_whole_files_need_one_current_id_same_size_and_mtime() -> None
         ref("r.jsonl", 3, t0_ns, kind="jsonl"),  # a record file: only with records=True
         ref("new.txt", 3, t0_ns),
     ]
-    same = unchanged_files(refs, known, records=False)
+    same = unchanged_files(refs, known)
     assert same.refs == [0] and same.docs == 1
     assert same.files.to_pylist() == [{C.SOURCE: "/s", C.PATH: "same.txt"}]
-    assert unchanged_files(refs, empty_state(), records=True).refs == []
+    assert unchanged_files(refs, empty_state(), records={"/s"}).refs == []
 
 
 def record(doc_id: str, size: int, mtime: datetime = T0) -> dict:
@@ -205,9 +205,9 @@ def test_unchanged_record_files_need_the_reader_settings_and_every_record_curren
         ref("a%b.jsonl", 90, t0_ns, kind="jsonl"),
         ref("big.jsonl", 90, t0_ns, kind="jsonl", part=(0, 10, 0)),  # a part: never skipped
     ]
-    same = unchanged_files(refs, known, records=True)
+    same = unchanged_files(refs, known, records={"/s"})
     assert same.refs == [0] and same.docs == 2
-    assert unchanged_files(refs, known, records=False).refs == []
+    assert unchanged_files(refs, known).refs == []
 
 
 def test_missing_documents_keeps_the_documents_of_unchanged_files() -> None:
@@ -222,3 +222,19 @@ def test_missing_documents_keeps_the_documents_of_unchanged_files() -> None:
         ("/s", "r.jsonl#1"),
         ("/s", "r.jsonl#2"),
     ]
+
+
+def test_the_reader_record_follows_whole_roots_and_drops_a_root_read_in_part() -> None:
+    from embedpipe.sources.parse import reader_map, updated_reader_map
+
+    text = {"version": 1, "text_field": "text", "id_field": "id"}
+    body = {"version": 1, "text_field": "body", "id_field": "id"}
+    stored = {"/a": text, "/b": text}
+    # a whole root read with other settings records them; other roots keep theirs
+    assert updated_reader_map(stored, [("/a", True)], body) == {"/a": body, "/b": text}
+    # single files of a root read with other settings: its other files were not, so no record
+    assert updated_reader_map(stored, [("/a", False)], body) == {"/b": text}
+    # single files read with the recorded settings change nothing
+    assert updated_reader_map(stored, [("/a", False)], text) == stored
+    assert reader_map(None) == {} and reader_map("not json") == {} and reader_map('["x"]') == {}
+    assert reader_map('{"/a": {"text_field": "t"}, "/b": "old form"}') == {"/a": {"text_field": "t"}}

@@ -10,6 +10,7 @@ and served only when its gates pass (write, audit, publish; see :mod:`embedpipe.
 
 from __future__ import annotations
 
+import json
 from functools import partial
 
 from prefect import flow
@@ -19,9 +20,9 @@ from embedpipe.config import Settings, get_settings
 from embedpipe.flows._pipeline import check_reject_ratio, opaque, run_shards
 from embedpipe.flows._writing import WritingRun, writing_run
 from embedpipe.incremental import missing_documents, renamed_documents
-from embedpipe.schemas import RunCounts, RunSummary
+from embedpipe.schemas import READER_META_KEY, RunCounts, RunSummary
 from embedpipe.sources.globs import PathFilter
-from embedpipe.sources.parse import reader_identity
+from embedpipe.sources.parse import reader_identity, reader_map, updated_reader_map
 from embedpipe.store import CommitResult
 from embedpipe.tasks.sources import discover_task, source_scopes
 from embedpipe.tasks.store import load_state_task, write_task
@@ -48,10 +49,13 @@ def sync(
 def _write_changes(run: WritingRun, sources: list[str], delete_missing: bool) -> CommitResult:
     """Stage what changed in ``sources`` since the version read, then commit it with the deletions."""
     settings, tally, read_version = run.settings, run.tally, run.prepared.read_version
-    known = load_state_task(settings, source_scopes(sources, settings), read_version)
-    # Files the table holds as they are now are not read: record files only while the table was
-    # written with this run's reader settings (text_field, id_field).
-    records = run.prepared.reader == reader_identity(settings.source)
+    scopes = source_scopes(sources, settings)
+    known = load_state_task(settings, scopes, read_version)
+    # Files the table holds as they are now are not read; record files only under sources the
+    # table records as read in full with this run's reader settings (text_field, id_field).
+    identity = reader_identity(settings.source)
+    stored = reader_map(run.prepared.reader)
+    records = {root for root, read_with in stored.items() if read_with == identity}
     plan = discover_task(sources, settings, opaque(known), records)
     tally.add_rejects(plan.rejects)
     tally.counts += RunCounts(seen=plan.unchanged_docs, unchanged=plan.unchanged_docs)
@@ -74,11 +78,14 @@ def _write_changes(run: WritingRun, sources: list[str], delete_missing: bool) ->
             )
     run.docs_deleted = len(deleted_docs)
     replace = sorted(set(tally.changed_text) | set(deleted_docs))
+    read_with = updated_reader_map(stored, [(sc.source, sc.paths is None) for sc in scopes], identity)
+    schema = run.schema()
+    schema = schema.with_metadata({**(schema.metadata or {}), READER_META_KEY: json.dumps(read_with)})
     return write_task(
         opaque(tally.staged),
         settings,
         run.run_id,
-        run.schema(),
+        schema,
         opaque(replace),
         opaque(tally.exclude),
         read_version,

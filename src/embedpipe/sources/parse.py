@@ -29,15 +29,45 @@ READER_VERSION = 1
 """Raised whenever a change to the parsers changes the documents a record file yields."""
 
 
-def reader_identity(settings: SourceSettings) -> str:
+def reader_identity(settings: SourceSettings) -> dict[str, Any]:
     """What a record file's documents depend on besides its bytes: the parsers and their fields.
 
-    A run skips an unchanged JSON/JSONL/CSV/Parquet file only while this equals the table's record.
+    A run skips an unchanged JSON/JSONL/CSV/Parquet file only while this equals what the table
+    records for the file's source (:func:`reader_map`).
     """
-    return json.dumps(
-        {"version": READER_VERSION, "text_field": settings.text_field, "id_field": settings.id_field},
-        sort_keys=True,
-    )
+    return {"version": READER_VERSION, "text_field": settings.text_field, "id_field": settings.id_field}
+
+
+def reader_map(raw: str | None) -> dict[str, dict[str, Any]]:
+    """The table's record of which reader settings each source root was last read with in full.
+
+    Anything unreadable counts as no record (every record file is then read).
+    """
+    try:
+        found = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    if not isinstance(found, dict):
+        return {}
+    return {k: v for k, v in found.items() if isinstance(k, str) and isinstance(v, dict)}
+
+
+def updated_reader_map(
+    stored: dict[str, dict[str, Any]], scopes: Sequence[tuple[str, bool]], identity: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """``stored`` after a run that read ``scopes`` ((root, whole root?)) with ``identity``.
+
+    A whole root was read in full with these settings (its unchanged files were read with them
+    earlier): it records them. A run over single files of a root with other settings leaves the
+    root's other files as they were: its record is dropped, so the next run reads them all.
+    """
+    out = dict(stored)
+    for root, whole in scopes:
+        if whole:
+            out[root] = identity
+        elif out.get(root) != identity:
+            out.pop(root, None)
+    return out
 
 
 # --------------------------------------------------------------------------- records

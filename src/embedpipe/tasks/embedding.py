@@ -17,8 +17,7 @@ from embedpipe.embedding.embedder import Embedder, get_embedder
 from embedpipe.errors import ModelError
 from embedpipe.incremental import chunk_hashes, refresh_rows
 from embedpipe.progress import NullProgress, Progress, chunks_progress
-from embedpipe.schemas import READER_META_KEY, C, Reject, RunCounts, chunks_schema, vector_matrix
-from embedpipe.sources.parse import reader_identity
+from embedpipe.schemas import C, Reject, RunCounts, chunks_schema, vector_matrix
 from embedpipe.store import Store
 from embedpipe.tasks._common import TASK_DEFAULTS
 from embedpipe.tasks.chunking import Chunks, chunking_identity
@@ -89,7 +88,6 @@ def table_schema(embedder: Embedder, settings: Settings, extra: dict[str, str] |
     """
     md = embedder.identity.table_metadata()
     md.update(chunking_identity(embedder, settings).table_metadata())
-    md[READER_META_KEY] = reader_identity(settings.source)
     md.update(extra or {})
     return chunks_schema(embedder.identity.dim, md)
 

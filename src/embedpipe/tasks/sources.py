@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -61,7 +61,7 @@ def source_scopes(sources: Sequence[str], settings: Settings) -> list[Scope]:
 
 
 def make_plan(
-    sources: Sequence[str], settings: Settings, known: Known | None = None, records: bool = False
+    sources: Sequence[str], settings: Settings, known: Known | None = None, records: Collection[str] = ()
 ) -> Plan:
     """Discover files, leave out those the table holds unchanged, and group the rest into shards.
 
@@ -70,8 +70,8 @@ def make_plan(
         settings: Source and runtime settings (``runtime.shard_mb``, ``source.skip_unchanged_files``).
         known: The table's state for the scanned sources: with ``source.skip_unchanged_files``,
             files whose size and mtime match it are not read (:func:`~embedpipe.incremental.unchanged_files`).
-        records: Whether unchanged record files may be skipped too (the table was written with the
-            run's reader settings).
+        records: Source roots whose unchanged record files may be skipped too (the table records
+            them as read in full with the run's reader settings).
     """
     shard_bytes = int(settings.runtime.shard_mb * 1024 * 1024)
     refs, rejects = discover(sources, settings.source, split_bytes=None)
@@ -102,7 +102,7 @@ def make_plan(
 
 @task(name="discover", **RETRYING)
 def discover_task(
-    sources: list[str], settings: Settings, known: Known | None = None, records: bool = False
+    sources: list[str], settings: Settings, known: Known | None = None, records: Collection[str] = ()
 ) -> Plan:
     """Walk the sources, leave out unchanged files and plan the shards (see :func:`make_plan`)."""
     plan = make_plan(sources, settings, known, records)
