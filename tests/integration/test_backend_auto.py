@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import lance
 import pytest
@@ -29,9 +33,45 @@ def exports(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("auto-exports")
 
 
+# A process that decides (measuring on a fresh export folder) and then embeds with the choice.
+DECIDE = """
+import json, sys
+from embedpipe.config import ModelSettings
+from embedpipe.embedding import auto as bc
+from embedpipe.embedding.embedder import get_embedder
+model = ModelSettings(name=sys.argv[1], device="cpu", export_dir=sys.argv[2])
+choice = bc.choose_backend(model)
+get_embedder(model.model_copy(update={"backend": choice.backend})).encode(["an embedded text"], 8)
+heavy = sorted(m for m in ("torch", "transformers", "sentence_transformers") if m in sys.modules)
+print(json.dumps({"choice": choice.as_dict(), "heavy": heavy}))
+"""
+
+
 @pytest.fixture(scope="module")
-def decided(exports: Path) -> bc.BackendChoice:
-    return bc.choose_backend(ModelSettings(name=MODEL, device="cpu", export_dir=str(exports)))
+def decided_in_a_process(exports: Path) -> dict[str, Any]:
+    env = os.environ | {"HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", DECIDE, MODEL, str(exports)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        check=True,
+    )
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+@pytest.fixture(scope="module")
+def decided(decided_in_a_process: dict[str, Any]) -> bc.BackendChoice:
+    return bc.BackendChoice.from_dict(decided_in_a_process["choice"])
+
+
+def test_measuring_leaves_torch_out_of_the_process_that_runs(decided_in_a_process: dict[str, Any]) -> None:
+    """The candidates are measured in a child process; the process that then embeds with an exported
+    backend loads it from its verified export, never importing torch."""
+    if decided_in_a_process["choice"]["backend"] == "torch":
+        pytest.skip("torch was chosen on this machine")
+    assert decided_in_a_process["heavy"] == []
 
 
 def _corpus(base: Path) -> Path:

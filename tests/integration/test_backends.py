@@ -102,7 +102,10 @@ def test_onnx_export_is_made_once_then_reused(
     assert not existed and folder.is_dir()
     whash = embedder.identity.weights_hash
     assert folder == export_root / f"sentence-transformers_all-MiniLM-L6-v2-{whash[:16]}" / "onnx-r1"
-    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "model.onnx"]
+    # the export, and what loading it without torch needs (its tokenizer, the torch model's vectors)
+    names = sorted(p.name for p in folder.iterdir())
+    assert names[:3] == ["manifest.json", "model.onnx", "runner-check.json"], names
+    assert len(names) == 4 and names[3].startswith("tokenizer-") and names[3].endswith(".json")
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no temp folder left
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["weights_hash"] == whash and manifest["recipe"] == EXPORT_RECIPE
@@ -116,13 +119,13 @@ def test_onnx_export_is_made_once_then_reused(
     assert embedder.batch_tokens == 1024 and embedder.devices == ["cpu"]
 
     before = (folder / "model.onnx").stat()
-    caplog.set_level(logging.INFO, logger="embedpipe.embedding.exports")
+    caplog.set_level(logging.INFO, logger="embedpipe.embedding")
     second = SentenceTransformerEmbedder(model_settings(export_root, backend="onnx"))
     # the model (and its export) loads on the first encode, not when the embedder is made
     np.testing.assert_allclose(second.encode(SENTENCES, 8), embedder.encode(SENTENCES, 8), atol=1e-6)
     after = (folder / "model.onnx").stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
-    assert f"using cached onnx export {folder}" in caplog.text and "exported onnx" not in caplog.text
+    assert "via export and tokenizers (no torch)" in caplog.text and "exported onnx" not in caplog.text
 
 
 def _truncate(folder: Path) -> str:

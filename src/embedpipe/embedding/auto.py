@@ -49,7 +49,7 @@ from embedpipe.embedding.exports import (
     write_atomic,
 )
 from embedpipe.embedding.runners import require_backend
-from embedpipe.errors import EmbedpipeError
+from embedpipe.errors import ConfigError, EmbedpipeError, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -175,9 +175,64 @@ def choose_backend(
     cached = _read_cache(path, key)
     if cached is not None:
         return cached
-    choice = _measure(model, installed)
+    choice = _measure_apart(model, installed)
     _write_cache(path, key, choice)
     return choice
+
+
+def _measure_apart(model: ModelSettings, installed: list[str]) -> BackendChoice:
+    """:func:`_measure` in a child process of its own.
+
+    Measuring loads torch and every candidate (and makes their exports): several hundred MB that
+    a long run would otherwise carry to its end, although it then runs one backend, which loads
+    from its verified export without torch (:mod:`embedpipe.embedding.fastload`). The child's
+    exit hands all of it back. Its errors come back as the same error types.
+    """
+    import subprocess
+    import sys
+
+    request = json.dumps({"model": model.model_dump(mode="json"), "installed": installed})
+    code = "from embedpipe.embedding.auto import measure_main; measure_main()"
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code], input=request, capture_output=True, text=True, timeout=3600
+        )
+    except (OSError, subprocess.SubprocessError) as e:
+        raise ModelError(f"model.backend=auto: the measuring process failed: {type(e).__name__}: {e}") from e
+    for line in done.stderr.splitlines():  # its warnings (a candidate not usable here) stay warnings
+        level = logging.WARNING if line.startswith(("WARNING", "ERROR")) else logging.DEBUG
+        log.log(level, "auto measurement: %s", line)
+    lines = done.stdout.strip().splitlines()
+    try:
+        answer = json.loads(lines[-1]) if done.returncode == 0 and lines else None
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        tail = " | ".join(done.stderr.strip().splitlines()[-5:])
+        raise ModelError(
+            f"model.backend=auto: the measuring process exited with {done.returncode}: {tail[-800:]}"
+        )
+    if "error" in answer:
+        kind = {"ConfigError": ConfigError}.get(str(answer["error"]), ModelError)
+        raise kind(str(answer["message"]))
+    choice = BackendChoice.from_dict(answer["choice"])
+    log.info("model.backend=auto chose %s: %s", choice.backend, choice.reason)
+    return choice
+
+
+def measure_main() -> None:
+    """The measuring child process (:func:`_measure_apart`): a request on stdin, the choice (or
+    the error) as one JSON line on stdout; logs on stderr."""
+    import sys
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
+    request = json.loads(sys.stdin.read())
+    model = ModelSettings.model_validate(request["model"])
+    try:
+        answer: dict[str, Any] = {"choice": _measure(model, list(request["installed"])).as_dict()}
+    except EmbedpipeError as e:
+        answer = {"error": type(e).__name__, "message": str(e)}
+    print(json.dumps(answer), flush=True)
 
 
 def _installed(backend: str) -> bool:

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from embedpipe.config import ModelSettings
+from embedpipe.embedding import fastload
 from embedpipe.embedding.batching import default_batch_tokens, token_batches
 from embedpipe.embedding.card import (
     ModelCard,
@@ -37,7 +38,8 @@ from embedpipe.embedding.exports import (
     default_export_dir,
     ensure_export,
     openvino_precision,
-    verify_export,
+    reference_vectors,
+    verify_against,
 )
 from embedpipe.embedding.runners import OpenVINORunner, OrtRunner, TorchRunner, require_backend
 from embedpipe.errors import ModelError
@@ -134,6 +136,8 @@ class SentenceTransformerEmbedder:
         self.tokenizer: HFTokenCounter
         self.batch_tokens: int
         self.runner: Any = None
+        self.tokenizer_facts: dict[str, Any] | None = None
+        """The tokenizer's definition and settings once loaded (:func:`.fastload.tokenizer_facts`)."""
         self._describe()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -204,7 +208,20 @@ class SentenceTransformerEmbedder:
                 return
             self._load_model()
 
+    def _export_key(self) -> tuple[Path, ExportKey]:
+        s = self.settings
+        root = Path(s.export_dir).expanduser() if s.export_dir else default_export_dir()
+        return root, ExportKey(s.name, self._whash, "onnx-int8" if s.backend == "onnx-int8" else "onnx")
+
+    def _graph_runner(self, path: Path, tokenizer: Any, max_seq: int, lower: bool) -> Any:
+        s = self.settings
+        if s.backend == "openvino":
+            return OpenVINORunner(path, tokenizer, max_seq, self._precision, s.threads, lower)
+        return OrtRunner(path, tokenizer, max_seq, self.devices[0], s.threads, lower)
+
     def _load_model(self) -> None:
+        if self.settings.backend != "torch" and self._card is not None and self._load_without_torch():
+            return
         s = self.settings
         folder = self._folder
         try:
@@ -235,51 +252,87 @@ class SentenceTransformerEmbedder:
             )
         if self._card is None:
             write_card(self._card_path, card)
-        runner, precision = self._runner(model, folder, self._whash, self.devices, self._precision, max_seq)
+        runner, precision = self._runner(model, card)
         if self._card is None or precision != self.identity.precision:
             self._set_facts(card, precision)  # OpenVINO reports what it really compiled in
+        self._card = card
         self._model = model
+        self.tokenizer_facts = fastload.tokenizer_facts(model.tokenizer, _lowercases(model), card.tokenizer)
         self.runner = runner
+        self._log_loaded(precision, "sentence-transformers")
+
+    def _load_without_torch(self) -> bool:
+        """Load a verified export with the ``tokenizers`` package and its stored reference
+        (:mod:`embedpipe.embedding.fastload`): no torch, transformers or sentence-transformers.
+
+        Returns False (the caller then loads through sentence-transformers, which checks the export
+        against torch again) where there is no valid record or the export fails its check.
+        """
+        card = self._card
+        assert card is not None
+        root, key = self._export_key()
+        folder = key.folder(root)
+        record = fastload.read_record(folder, key)
+        if isinstance(record, str) or record["max_length"] != card.max_seq_length:
+            log.debug("loading model=%s through sentence-transformers: %s", key.name, record)
+            return False
+        try:
+            tokenizer, facts = fastload.load_tokenizer(folder, record)
+            if facts["definition"] != card.tokenizer:
+                log.debug("loading model=%s through sentence-transformers: its tokenizer changed", key.name)
+                return False
+            runner = self._graph_runner(folder / "model.onnx", tokenizer, card.max_seq_length, facts["lower"])
+            fastload.check_runner(runner.run, record, self.settings.backend)
+        except Exception as e:  # the path through torch gives the definitive answer (or error)
+            log.warning(
+                "loading %s without torch failed (%s: %s); loading it with torch", folder, type(e).__name__, e
+            )
+            return False
+        precision = runner.precision if self.settings.backend == "openvino" else self._precision
+        if precision != self.identity.precision:
+            self._set_facts(card, precision)
+        self.tokenizer_facts = facts
+        self.runner = runner
+        self._log_loaded(precision, "export and tokenizers (no torch)")
+        return True
+
+    def _log_loaded(self, precision: str, how: str) -> None:
+        s = self.settings
         log.info(
-            "model loaded name=%s backend=%s precision=%s devices=%s dim=%d max_seq=%d batch_tokens=%d",
+            "model loaded name=%s backend=%s precision=%s devices=%s dim=%d max_seq=%d batch_tokens=%d "
+            "via %s",
             s.name,
             s.backend,
             precision,
             ",".join(self.devices),
-            dim,
-            max_seq,
+            self.identity.dim,
+            self.identity.max_seq_length,
             self.batch_tokens,
+            how,
         )
 
-    def _runner(
-        self, model: Any, folder: Path, whash: str, devices: list[str], precision: str, max_seq: int
-    ) -> tuple[Any, str]:
+    def _runner(self, model: Any, card: ModelCard) -> tuple[Any, str]:
         s = self.settings
         if s.backend == "torch":
-            runner = TorchRunner.build(model, devices, precision)
+            runner = TorchRunner.build(model, self.devices, self._precision)
             runner.on_oom = self._shrink
-            return runner, precision
-        root = Path(s.export_dir).expanduser() if s.export_dir else default_export_dir()
-        kind = "onnx-int8" if s.backend == "onnx-int8" else "onnx"
-        key = ExportKey(s.name, whash, kind)
+            return runner, self._precision
+        root, key = self._export_key()
         made: dict[str, Any] = {}
-
-        lower = bool(getattr(model[0], "do_lower_case", False))
+        lower = _lowercases(model)
 
         def check(export: Path) -> None:
-            path = export / "model.onnx"
-            if s.backend == "openvino":
-                r: Any = OpenVINORunner(path, model.tokenizer, max_seq, precision, s.threads, lower)
-            else:
-                r = OrtRunner(path, model.tokenizer, max_seq, devices[0], s.threads, lower)
-            verify_export(r.run, model, s.backend)
-            made["runner"] = r
+            r = self._graph_runner(export / "model.onnx", model.tokenizer, card.max_seq_length, lower)
+            ref = reference_vectors(model)
+            verify_against(r.run, ref, s.backend)
+            made["runner"], made["ref"] = r, ref
 
-        ensure_export(model, folder, key, root, check)
+        folder = ensure_export(model, self._folder, key, root, check)
+        if isinstance(fastload.read_record(folder, key), str):
+            facts = fastload.tokenizer_facts(model.tokenizer, lower, card.tokenizer)
+            fastload.write_record(folder, key, facts, card.max_seq_length, made["ref"], model.tokenizer)
         runner = made["runner"]
-        if s.backend == "openvino":
-            precision = runner.precision
-        return runner, precision
+        return runner, (runner.precision if s.backend == "openvino" else self._precision)
 
     @property
     def takes_ids(self) -> bool:
@@ -338,6 +391,11 @@ class SentenceTransformerEmbedder:
             norms = np.linalg.norm(out, axis=1, keepdims=True)
             np.divide(out, norms, out=out, where=norms > 0)
         return out
+
+
+def _lowercases(model: Any) -> bool:
+    """Whether the sentence-transformers Transformer module lowercases texts before tokenizing."""
+    return bool(getattr(model[0], "do_lower_case", False))
 
 
 def settings_for_table(settings: ModelSettings, identity: ModelIdentity) -> ModelSettings:

@@ -377,20 +377,25 @@ def _quantize(src: Path, dst: Path) -> None:
         )
 
 
-def verify_export(run: Callable[[list[str]], np.ndarray], st_model: Any, kind: str) -> float:
-    """Lowest cosine between the runner's vectors and the torch model's on a few sentences.
+def reference_vectors(st_model: Any) -> np.ndarray:
+    """The torch model's unit vectors for :data:`VERIFY_TEXTS` (what an export must reproduce)."""
+    return np.asarray(
+        st_model.encode(
+            list(VERIFY_TEXTS), convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
+        ),
+        dtype=np.float32,
+    )
+
+
+def verify_against(run: Callable[[list[str]], np.ndarray], ref: np.ndarray, kind: str) -> float:
+    """Lowest cosine between the runner's vectors for :data:`VERIFY_TEXTS` and ``ref``.
 
     Raises:
         ModelError: Below the backend's floor: the export does not reproduce the model.
     """
-    texts = list(VERIFY_TEXTS)
-    ref = np.asarray(
-        st_model.encode(texts, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False),
-        dtype=np.float32,
-    )
-    got = run(texts)
+    got = run(list(VERIFY_TEXTS))
     got = got / np.maximum(np.linalg.norm(got, axis=1, keepdims=True), 1e-12)
-    cos = float((got * ref).sum(axis=1).min())
+    cos = float((got * ref).sum(axis=1).min()) if got.shape == ref.shape else float("nan")
     floor = VERIFY_MIN_COS[kind]
     if not np.isfinite(cos) or cos < floor:
         raise ModelError(
@@ -398,6 +403,15 @@ def verify_export(run: Callable[[list[str]], np.ndarray], st_model: Any, kind: s
             "verification sentences; use model.backend=torch for this model"
         )
     return cos
+
+
+def verify_export(run: Callable[[list[str]], np.ndarray], st_model: Any, kind: str) -> float:
+    """Lowest cosine between the runner's vectors and the torch model's on a few sentences.
+
+    Raises:
+        ModelError: Below the backend's floor: the export does not reproduce the model.
+    """
+    return verify_against(run, reference_vectors(st_model), kind)
 
 
 def ensure_export(

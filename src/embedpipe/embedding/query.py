@@ -212,8 +212,8 @@ def record_query_check(
         is logged as a warning).
     """
     folder = export_folder(settings, identity)
-    model = getattr(embedder, "_model", None)
-    if folder is None or model is None or not hasattr(model, "tokenizer"):
+    facts = getattr(embedder, "tokenizer_facts", None)
+    if folder is None or not facts:
         return None
     if not all(have_module(m) for m in ("onnx", "onnxruntime", "tokenizers")):
         log.info("query check skipped: onnx and onnxruntime are not installed")
@@ -224,8 +224,7 @@ def record_query_check(
             _ensure_fp32_export(embedder, identity, settings)
         if not (folder / "model.onnx").is_file():
             return None
-        tokenizer = model.tokenizer
-        definition = tokenizer.backend_tokenizer.to_str()
+        definition = facts["definition"]
         tok_file = f"query-tokenizer-{hashlib.sha256(definition.encode()).hexdigest()[:16]}.json"
         write_atomic(folder / tok_file, definition)
         record: dict[str, Any] = {
@@ -235,9 +234,9 @@ def record_query_check(
             "weights_hash": identity.weights_hash,
             "normalize": identity.normalize,
             "max_length": identity.max_seq_length,
-            "lower": bool(getattr(model[0], "do_lower_case", False)),
-            "pad_id": int(tokenizer.pad_token_id or 0),
-            "pad_token": str(tokenizer.pad_token or "[PAD]"),
+            "lower": bool(facts["lower"]),
+            "pad_id": int(facts["pad_id"]),
+            "pad_token": str(facts["pad_token"]),
             "tokenizer_file": tok_file,
             "model": _model_stamp(folder),
             "tolerance": tolerance(identity),
