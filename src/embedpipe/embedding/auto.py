@@ -27,6 +27,7 @@ measure again. The flows record it in the run summary and in the new table's sch
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import time
@@ -38,12 +39,11 @@ import numpy as np
 
 from embedpipe.config import ModelSettings, Settings
 from embedpipe.embedding.card import resolve_model_path, weights_hash
-from embedpipe.embedding.devices import choose_device
+from embedpipe.embedding.devices import choose_device, cpu_fingerprint
 from embedpipe.embedding.exports import (
     EXPORT_RECIPE,
     VERIFY_TEXTS,
     ExportKey,
-    cpu_fingerprint,
     default_export_dir,
     package_versions,
     write_atomic,
@@ -188,30 +188,10 @@ def _measure_apart(model: ModelSettings, installed: list[str]) -> BackendChoice:
     from its verified export without torch (:mod:`embedpipe.embedding.fastload`). The child's
     exit hands all of it back. Its errors come back as the same error types.
     """
-    import subprocess
-    import sys
+    from embedpipe.embedding.apart import run_apart
 
-    request = json.dumps({"model": model.model_dump(mode="json"), "installed": installed})
-    code = "from embedpipe.embedding.auto import measure_main; measure_main()"
-    try:
-        done = subprocess.run(
-            [sys.executable, "-c", code], input=request, capture_output=True, text=True, timeout=3600
-        )
-    except (OSError, subprocess.SubprocessError) as e:
-        raise ModelError(f"model.backend=auto: the measuring process failed: {type(e).__name__}: {e}") from e
-    for line in done.stderr.splitlines():  # its warnings (a candidate not usable here) stay warnings
-        level = logging.WARNING if line.startswith(("WARNING", "ERROR")) else logging.DEBUG
-        log.log(level, "auto measurement: %s", line)
-    lines = done.stdout.strip().splitlines()
-    try:
-        answer = json.loads(lines[-1]) if done.returncode == 0 and lines else None
-    except ValueError:
-        answer = None
-    if not isinstance(answer, dict):
-        tail = " | ".join(done.stderr.strip().splitlines()[-5:])
-        raise ModelError(
-            f"model.backend=auto: the measuring process exited with {done.returncode}: {tail[-800:]}"
-        )
+    request = {"model": model.model_dump(mode="json"), "installed": installed}
+    answer = run_apart("embedpipe.embedding.auto:measure_main", request, "model.backend=auto measuring")
     if "error" in answer:
         kind = {"ConfigError": ConfigError}.get(str(answer["error"]), ModelError)
         raise kind(str(answer["message"]))
@@ -221,18 +201,17 @@ def _measure_apart(model: ModelSettings, installed: list[str]) -> BackendChoice:
 
 
 def measure_main() -> None:
-    """The measuring child process (:func:`_measure_apart`): a request on stdin, the choice (or
-    the error) as one JSON line on stdout; logs on stderr."""
-    import sys
+    """The measuring child process (:func:`_measure_apart`): the choice, or the error it met."""
+    from embedpipe.embedding.apart import child_main
 
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
-    request = json.loads(sys.stdin.read())
-    model = ModelSettings.model_validate(request["model"])
-    try:
-        answer: dict[str, Any] = {"choice": _measure(model, list(request["installed"])).as_dict()}
-    except EmbedpipeError as e:
-        answer = {"error": type(e).__name__, "message": str(e)}
-    print(json.dumps(answer), flush=True)
+    def work(request: dict[str, Any]) -> dict[str, Any]:
+        model = ModelSettings.model_validate(request["model"])
+        try:
+            return {"choice": _measure(model, list(request["installed"])).as_dict()}
+        except EmbedpipeError as e:
+            return {"error": type(e).__name__, "message": str(e)}
+
+    child_main(work)
 
 
 def _installed(backend: str) -> bool:
@@ -326,6 +305,11 @@ def _measure(model: ModelSettings, installed: list[str]) -> BackendChoice:
             cand = get_embedder(settings)
             got_long, speed = _timed(cand, long_texts)
             got = _unit(np.concatenate([got_long, cand.encode(short_texts, batch_size=64)]))
+            precision = cand.identity.precision
+            # measured: freed before the next candidate loads (the run loads its choice afresh)
+            del cand
+            forget_embedder(settings)
+            gc.collect()
         except Exception as e:  # a backend that cannot load or export this model: not a candidate
             log.warning("model.backend=auto: %s is not usable here: %s: %s", backend, type(e).__name__, e)
             results.append(Candidate(backend, note=f"not usable: {type(e).__name__}: {e}"[:300]))
@@ -345,7 +329,7 @@ def _measure(model: ModelSettings, installed: list[str]) -> BackendChoice:
         results.append(
             Candidate(
                 backend,
-                cand.identity.precision,
+                precision,
                 round(speed, 2),
                 round(speed / torch_speed, 3),
                 round(mean_c, 6),
@@ -361,9 +345,7 @@ def _measure(model: ModelSettings, installed: list[str]) -> BackendChoice:
         else Candidate(**{**asdict(c), "note": _why_not(c, chosen)})
         for c in results
     )
-    for c in final:  # free the models that lost (a run keeps only the one it uses)
-        if c.backend != chosen.backend:
-            forget_embedder(model.model_copy(update={"backend": c.backend}))
+    forget_embedder(torch_settings)
     seconds = time.perf_counter() - t_start
     reason = (
         f"fastest backend passing the quality guard: {chosen.speedup:.2f}x torch on the probe texts"

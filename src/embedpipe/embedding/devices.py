@@ -5,7 +5,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -131,3 +134,54 @@ def resolve_precision(settings: ModelSettings, device: str) -> str:
         if not torch.cuda.is_bf16_supported():
             raise ConfigError("model.precision=bf16 is not supported by this GPU; use fp16 or fp32")
     return p
+
+
+def cpu_fingerprint() -> str:
+    """The CPU model, its feature flags and the cores this process may use (a short hash)."""
+    import platform
+
+    text = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith(("model name", "flags", "Features")):
+                    text += line
+                if not line.strip() and text:
+                    break
+    except OSError:
+        text = platform.processor() or platform.machine()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return hashlib.sha256(f"{text}|{cores}".encode()).hexdigest()[:16]
+
+
+def openvino_precision(root: Path) -> str:
+    """The precision OpenVINO compiles an ``auto`` model in on this CPU (``bf16`` or ``fp32``, ...).
+
+    Asked of OpenVINO once per CPU and OpenVINO version and remembered in ``root`` (the export
+    folder), so that a run which embeds nothing knows its identity without importing OpenVINO.
+    The runner reports the precision it really compiled in; the embedder corrects to that.
+    """
+    import importlib.metadata as md
+
+    key = f"{cpu_fingerprint()}|{md.version('openvino')}"
+    path = root / "openvino-precision.json"
+    try:
+        known = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(known, dict) and isinstance(known.get(key), str):
+            return str(known[key])
+    except (OSError, ValueError):
+        known = {}
+    sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
+    import openvino as ov
+
+    hinted = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT")
+    name = hinted.get_type_name() if hasattr(hinted, "get_type_name") else str(hinted)
+    precision = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(name, name)
+    from embedpipe.embedding.exports import write_atomic
+
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, json.dumps({**(known if isinstance(known, dict) else {}), key: precision}))
+    except OSError:
+        pass  # asked again next time
+    return precision

@@ -32,12 +32,17 @@ from embedpipe.embedding.card import (
     weights_hash,
     write_card,
 )
-from embedpipe.embedding.devices import check_graph_device, graph_device, resolve_devices, resolve_precision
+from embedpipe.embedding.devices import (
+    check_graph_device,
+    graph_device,
+    openvino_precision,
+    resolve_devices,
+    resolve_precision,
+)
 from embedpipe.embedding.exports import (
     ExportKey,
     default_export_dir,
     ensure_export,
-    openvino_precision,
     reference_vectors,
     verify_against,
 )

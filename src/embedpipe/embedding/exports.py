@@ -15,13 +15,12 @@ import logging
 import os
 import re
 import shutil
-import sys
 import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,55 +44,6 @@ VERIFY_TEXTS = (
     "close together; they are the base layer of semantic search and recommendation.",
 )
 VERIFY_MIN_COS = {"onnx": 0.9999, "onnx-int8": 0.97, "openvino": 0.99}
-
-
-def cpu_fingerprint() -> str:
-    """The CPU model, its feature flags and the cores this process may use (a short hash)."""
-    import platform
-
-    text = ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.startswith(("model name", "flags", "Features")):
-                    text += line
-                if not line.strip() and text:
-                    break
-    except OSError:
-        text = platform.processor() or platform.machine()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return hashlib.sha256(f"{text}|{cores}".encode()).hexdigest()[:16]
-
-
-def openvino_precision(root: Path) -> str:
-    """The precision OpenVINO compiles an ``auto`` model in on this CPU (``bf16`` or ``fp32``, ...).
-
-    Asked of OpenVINO once per CPU and OpenVINO version and remembered in ``root`` (the export
-    folder), so that a run which embeds nothing knows its identity without importing OpenVINO.
-    The runner reports the precision it really compiled in; the embedder corrects to that.
-    """
-    import importlib.metadata as md
-
-    key = f"{cpu_fingerprint()}|{md.version('openvino')}"
-    path = root / "openvino-precision.json"
-    try:
-        known = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(known, dict) and isinstance(known.get(key), str):
-            return str(known[key])
-    except (OSError, ValueError):
-        known = {}
-    sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
-    import openvino as ov
-
-    hinted = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT")
-    name = hinted.get_type_name() if hasattr(hinted, "get_type_name") else str(hinted)
-    precision = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(name, name)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, json.dumps({**(known if isinstance(known, dict) else {}), key: precision}))
-    except OSError:
-        pass  # asked again next time
-    return precision
 
 
 def default_export_dir() -> Path:
@@ -204,6 +154,32 @@ def cached_export_problem(folder: Path, key: ExportKey) -> str | None:
 
 
 def export_onnx(st_model: Any, folder: Path, key: ExportKey, model_dir: Path) -> None:
+    """Export the model in ``model_dir`` to ``folder/model.onnx`` (atomically), in a child process.
+
+    Tracing and optimizing the graph take about 850 MB more than the loaded model, which a
+    process does not give back; the child's exit does (:func:`export_here` is the export).
+    ``st_model`` is the caller's loaded model, unused here (the child loads its own copy).
+
+    Raises:
+        ModelError: The child failed; the message ends with its last lines of output.
+    """
+    from embedpipe.embedding.apart import run_apart
+
+    request = {"folder": str(folder), "model_dir": str(model_dir), "key": asdict(key)}
+    run_apart("embedpipe.embedding.exports:export_main", request, f"exporting model={key.name} to ONNX")
+
+
+def export_main() -> None:
+    """The exporting child process (:func:`export_onnx`)."""
+    from embedpipe.embedding.apart import child_main
+
+    def work(request: dict[str, Any]) -> None:
+        export_here(None, Path(request["folder"]), ExportKey(**request["key"]), Path(request["model_dir"]))
+
+    child_main(work)
+
+
+def export_here(st_model: Any, folder: Path, key: ExportKey, model_dir: Path) -> None:
     """Export the sentence-transformers pipeline to ``folder/model.onnx`` (atomically).
 
     The whole pipeline is traced (transformer, pooling, dense, normalise), so the graph outputs
@@ -304,6 +280,8 @@ def _eager_copy(model_dir: Path, st_model: Any) -> Any:
     except Exception:  # a model whose architecture has no eager switch: trace it as it is
         import copy
 
+        if st_model is None:
+            return SentenceTransformer(str(model_dir), device="cpu", local_files_only=True).eval()
         return copy.deepcopy(st_model).to("cpu").float().eval()
 
 
