@@ -99,10 +99,9 @@ def auto_kind(dim: int) -> str:
 
     Small vectors are scanned faster than an HNSW graph is walked: IVF_FLAT reads the probed
     partitions' vectors as they are (exact distances, so no re-ranking), and a short vector is
-    cheap to compare. IVF_HNSW_SQ searches one graph per probed partition and
-    needs re-ranking over its 8-bit codes to reach the recall gate, so its cost grows with the
-    partitions probed without the scan's cheap rows. A flat scan's cost grows with the
-    dimension, so above :data:`FLAT_MAX_DIM` the graph is kept.
+    cheap to compare. IVF_HNSW_SQ walks one graph per probed partition and needs re-ranking over
+    its 8-bit codes to reach the recall gate. A flat scan's cost grows with the dimension, so
+    above :data:`FLAT_MAX_DIM` the graph is kept.
     """
     return "IVF_FLAT" if dim <= FLAT_MAX_DIM else "IVF_HNSW_SQ"
 
