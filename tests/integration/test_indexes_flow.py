@@ -57,7 +57,9 @@ def test_sync_builds_refreshes_and_serves_the_indexed_version(tmp_path: Path) ->
     rows = by_column(settings)
     assert set(rows) == {C.VECTOR, C.TEXT} and all(set(r) == KEYS for r in rows.values())
     vec = rows[C.VECTOR]
-    assert vec["type"] == "IVF_HNSW_SQ" and vec["indexed_rows"] == 400 and vec["unindexed_rows"] == 0
+    # auto at dimension 64: a flat IVF index, searched without re-ranking
+    assert vec["type"] == "IVF_FLAT" and vec["indexed_rows"] == 400 and vec["unindexed_rows"] == 0
+    assert vec["params"]["refine_factor"] is None and vec["params"]["nprobes"] >= 1
     assert rows[C.TEXT]["type"] == "FTS"
     trained = vec["trained_at_version"]
     # an incremental run: its new rows are folded into the index, which is not retrained
@@ -106,11 +108,11 @@ def test_index_command_lists_and_rebuilds(
     db = ["--db", settings.store.uri]
     assert main(["index", *db, "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert isinstance(rows, list) and {r["type"] for r in rows} == {"IVF_HNSW_SQ", "FTS"}
+    assert isinstance(rows, list) and {r["type"] for r in rows} == {"IVF_FLAT", "FTS"}
     assert all(set(r) == KEYS for r in rows)
     assert main(["index", *db]) == 0
     text = capsys.readouterr().out
-    assert "vector_idx" in text and "IVF_HNSW_SQ" in text and "text_idx" in text
+    assert "vector_idx" in text and "IVF_FLAT" in text and "text_idx" in text
     before = next(r for r in rows if r["column"] == C.VECTOR)["trained_at_version"]
     assert main(["index", *db, "--rebuild", "--json"]) == 0
     rebuilt = json.loads(capsys.readouterr().out)

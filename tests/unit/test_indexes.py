@@ -25,6 +25,7 @@ from embedpipe.store.indexes import (
     vector_params,
 )
 from embedpipe.store.reader import TableReader
+from embedpipe.store.vector_index import FLAT_MAX_DIM
 from tests.helpers import make_settings
 
 DIM = 32
@@ -63,8 +64,17 @@ def test_params_grow_with_rows_and_respect_the_dimension() -> None:
     assert vector_params(10_000, 100, "IVF_PQ")[1]["num_sub_vectors"] == 10  # a divisor of 100
     assert vector_params(1_000_000, 384)[0] == "IVF_HNSW_SQ"
     assert vector_params(1_000_000, 384)[1] == {"num_partitions": 125}
+    # auto: small vectors get a flat scan of the probed partitions (sqrt(rows) of them)
+    assert vector_params(1_000_000, 64) == ("IVF_FLAT", {"num_partitions": 1000})
+    assert vector_params(1_000_000, FLAT_MAX_DIM)[0] == "IVF_FLAT"
+    assert vector_params(1_000_000, FLAT_MAX_DIM + 1)[0] == "IVF_HNSW_SQ"
     assert candidates("IVF_PQ", 100)[0] == {"nprobes": 2, "refine_factor": 10}
     assert candidates("IVF_PQ", 100)[-1] == {"nprobes": 100, "refine_factor": 30}
+    # exact distances in the probed partitions: re-ranking is never tried for IVF_FLAT
+    flat = candidates("IVF_FLAT", 1000)
+    assert [c["nprobes"] for c in flat] == [20, 50, 100, 200, 350, 500, 700, 1000]
+    assert all("refine_factor" not in c for c in flat)
+    assert {"nprobes": 4, "refine_factor": 10} in candidates("IVF_HNSW_SQ", 10)
 
 
 def test_below_min_rows_only_the_fts_index_is_made(tmp_path: Path) -> None:
@@ -78,11 +88,14 @@ def test_below_min_rows_only_the_fts_index_is_made(tmp_path: Path) -> None:
     assert store.refresh_indexes(settings.index).version is None
 
 
-def test_created_at_min_rows_then_refreshed_incrementally_then_retrained(tmp_path: Path) -> None:
-    settings, store, table = setup(tmp_path, 600, retrain_ratio=0.25)
+@pytest.mark.parametrize(("vector_type", "kind"), [("auto", "IVF_FLAT"), ("IVF_HNSW_SQ", "IVF_HNSW_SQ")])
+def test_created_at_min_rows_then_refreshed_incrementally_then_retrained(
+    tmp_path: Path, vector_type: str, kind: str
+) -> None:
+    settings, store, table = setup(tmp_path, 600, retrain_ratio=0.25, vector_type=vector_type)
     done = store.refresh_indexes(settings.index)
     row = vector_row(store)
-    assert row["type"] == "IVF_HNSW_SQ" and row["indexed_rows"] == 600 and row["unindexed_rows"] == 0
+    assert row["type"] == kind and row["indexed_rows"] == 600 and row["unindexed_rows"] == 0
     assert row["recall"] >= settings.index.min_recall
     assert row["trained_at_version"] is not None and row["trained_at_version"] <= done.version
     trained = row["trained_at_version"]
@@ -193,3 +206,47 @@ def test_delta_segments_are_merged_past_max_segments(tmp_path: Path, monkeypatch
         counts.append(store.require_table().index_stats("vector_idx").num_indices)
     assert counts[:2] == [2, 3] and counts[2] < 3, counts
     assert vector_row(store)["unindexed_rows"] == 0 and vector_row(store)["indexed_rows"] == 640
+
+
+def test_a_flat_index_is_tuned_by_nprobes_alone_and_reaches_the_gate(tmp_path: Path) -> None:
+    settings, store, _ = setup(tmp_path, 3000)  # auto at dimension 32: IVF_FLAT
+    done = store.refresh_indexes(settings.index)
+    record = VectorIndexRecord.from_metadata(store.require_table().to_lance().metadata)
+    assert record is not None and record.type == "IVF_FLAT", done.actions
+    assert record.refine_factor is None and record.nprobes is not None
+    assert record.recall is not None and record.recall >= settings.index.min_recall
+    parts = record.params["num_partitions"]
+    assert parts == 11  # round(sqrt(3000)) = 55, cut back to 3000 / 256
+    # the served parameters, measured with other queries than the tuner's, also pass the gate
+    from embedpipe.store.vector_index import _queries, measure_recall
+
+    vectors = np.stack(rows(3000).column(C.VECTOR).to_numpy(zero_copy_only=False)).astype(np.float32)
+    recall, _ = measure_recall(
+        store.require_table(),
+        _queries(vectors, 50, 123),
+        10,
+        search_params(store.require_table().to_lance().metadata),
+    )
+    assert recall >= settings.index.min_recall - 0.02
+    # probing every partition of a flat index is exact search
+    full, _ = measure_recall(store.require_table(), _queries(vectors, 20, 5), 10, {"nprobes": parts})
+    assert full == 1.0
+
+
+def test_an_index_of_the_former_auto_type_is_searched_then_retrained(tmp_path: Path) -> None:
+    """A table indexed when auto meant IVF_HNSW_SQ for every dimension keeps serving its index and
+    its recorded parameters; the next refresh trains the type auto stands for now."""
+    old, store, _ = setup(tmp_path, 800, vector_type="IVF_HNSW_SQ")
+    store.refresh_indexes(old.index)
+    before = search_params(store.require_table().to_lance().metadata)
+    assert before and vector_row(store)["type"] == "IVF_HNSW_SQ"
+    target = rows(800).column(C.VECTOR)[7].values.to_numpy()
+    assert store.search(target, 1)[0]["chunk_id"] == "c7"
+    reader = TableReader(old.store)
+    assert reader.search(reader.require(), target, 1)[0]["chunk_id"] == "c7"
+    now = old.index.model_copy(update={"vector_type": "auto"})
+    done = store.refresh_indexes(now)
+    assert any("retrained (stale)" in a for a in done.actions), done.actions
+    assert vector_row(store)["type"] == "IVF_FLAT"
+    assert "refine_factor" not in search_params(store.require_table().to_lance().metadata)
+    assert store.search(target, 1)[0]["chunk_id"] == "c7"

@@ -43,8 +43,9 @@ class IndexSettings(_Group):
     )
     vector_type: Literal["auto", "IVF_PQ", "IVF_HNSW_SQ", "IVF_FLAT"] = Field(
         "auto",
-        description="The vector index type as LanceDB names it; auto is IVF_HNSW_SQ (it trains several "
-        "times faster than IVF_PQ on few cores for the same recall; see docs/indexes.md).",
+        description="The vector index type as LanceDB names it; auto is IVF_FLAT for vectors of up to "
+        "128 dimensions (a scan of the probed partitions, exact distances) and IVF_HNSW_SQ above (it "
+        "trains several times faster than IVF_PQ on few cores for the same recall); see docs/indexes.md.",
     )
     nprobes: int | None = Field(
         None,
