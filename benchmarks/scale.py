@@ -368,7 +368,26 @@ def main() -> int:
     ap.add_argument("--work", help="work folder (default: a new temporary one)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (databases, model)")
     ap.add_argument("--json-out", help="also write the raw results here")
+    ap.add_argument(
+        "--search-again",
+        type=int,
+        metavar="N",
+        help="only step 5 (search and indexes) again, on the database of size N a --keep run left in --work",
+    )
     args = ap.parse_args()
+    if args.search_again:
+        if not args.work:
+            ap.error("--search-again needs --work (the folder of a --keep run)")
+        work = Path(args.work)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDPIPE_")}
+        env.update(HF_HUB_OFFLINE="1", EMBEDPIPE_MODEL__EXPORT_DIR=str(work / "exports"))
+        words = [w for w in vocabulary() if len(w) > 4][:500]
+        db = work / f"db-{args.search_again}"
+        _, _, out = proc(
+            [sys.executable, "-c", SEARCH_SCRIPT, str(db), json.dumps(words), ",".join(MODES)], env, work
+        )
+        print(out)
+        return 0
     sizes = [int(s) for s in args.sizes.split(",")]
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="embedpipe-scale-"))
     work.mkdir(parents=True, exist_ok=True)
