@@ -225,3 +225,28 @@ def test_concurrent_commits_of_the_same_chunks_never_duplicate(tmp_path: Path) -
     assert (
         store.open_table().schema.field(C.CHUNK_ID).metadata[b"lance-schema:unenforced-primary-key:position"]
     )
+
+
+def test_the_checks_settings_of_a_table_reuse_the_runs_embedder() -> None:
+    """A run loads its model once: the checks' settings for the table (the device a CPU-only backend
+    resolves ``auto`` to, no torch device list) give the run's own embedder, not a second copy."""
+    from embedpipe.config import ModelSettings
+    from embedpipe.embedding.embedder import forget_embedder, get_embedder, settings_for_table
+
+    for backend in ("openvino", "onnx-int8"):
+        run = ModelSettings(name="fake:16", backend=backend, device="auto")
+        emb = get_embedder(run)
+        try:
+            table = emb.identity.model_copy(update={"backend": backend})  # a table embedded with it
+            assert get_embedder(settings_for_table(run, table)) is emb
+            assert get_embedder(run.model_copy(update={"device": "cpu"})) is emb
+        finally:
+            forget_embedder(run)
+    # torch keeps its device in the key: another device is another model
+    torch_run = ModelSettings(name="fake:16", backend="torch", device="cpu")
+    other = torch_run.model_copy(update={"device": "auto"})
+    try:
+        assert get_embedder(torch_run) is not get_embedder(other)
+    finally:
+        forget_embedder(torch_run)
+        forget_embedder(other)

@@ -454,10 +454,22 @@ def resolve_auto(settings: ModelSettings) -> ModelSettings:
     return settings.model_copy(update={"backend": choose_backend(settings).backend})
 
 
+_CPU_ONLY = ("openvino", "onnx-int8")
+
+
 def _key(settings: ModelSettings) -> tuple[Any, ...]:
-    return tuple(
-        tuple(v) if isinstance(v, list) else v for v in settings.model_dump(exclude={"batch_size"}).values()
-    )
+    """The cache key: settings that load the same runtime give the same key.
+
+    The checks and queries embed with the table's settings (:func:`settings_for_table`), which name
+    the device a CPU-only backend resolves ``auto`` to and drop the torch device list: without
+    this, a run's checks loaded a second copy of the model the run had loaded already.
+    """
+    values = settings.model_dump(exclude={"batch_size"})
+    if values["backend"] != "torch":
+        values["devices"] = []  # only torch runs replicas
+        if values["backend"] in _CPU_ONLY and values["device"] == "auto":
+            values["device"] = "cpu"  # as graph_device resolves it
+    return tuple(tuple(v) if isinstance(v, list) else v for v in values.values())
 
 
 def forget_embedder(settings: ModelSettings) -> None:
