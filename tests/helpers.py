@@ -100,3 +100,21 @@ def commit_at_once(settings: Settings, staged: dict[str, list[Any]], schema: Any
     for t in threads:
         t.join()
     return errors
+
+
+def python_json(code: str, *args: str, timeout: float = 600) -> dict[str, Any]:
+    """Run ``python -c code args`` in a fresh process (offline); the JSON object it printed last."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        env=os.environ | {"HF_HUB_OFFLINE": "1"},
+        timeout=timeout,
+        check=True,
+    )
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))

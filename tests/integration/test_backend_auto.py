@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +17,7 @@ from embedpipe.flows.reindex import reindex
 from embedpipe.flows.sync import sync
 from embedpipe.search import Searcher
 from embedpipe.store import Store
-from tests.helpers import SAMPLE_CORPUS, make_settings, write
+from tests.helpers import SAMPLE_CORPUS, make_settings, python_json, write
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
@@ -49,16 +46,7 @@ print(json.dumps({"choice": choice.as_dict(), "heavy": heavy}))
 
 @pytest.fixture(scope="module")
 def decided_in_a_process(exports: Path) -> dict[str, Any]:
-    env = os.environ | {"HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", DECIDE, MODEL, str(exports)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-        check=True,
-    )
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+    return python_json(DECIDE, MODEL, str(exports), timeout=900)
 
 
 @pytest.fixture(scope="module")

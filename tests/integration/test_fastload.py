@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +19,7 @@ from embedpipe.embedding import fastload
 from embedpipe.embedding.card import resolve_model_path, weights_hash
 from embedpipe.embedding.embedder import SentenceTransformerEmbedder
 from embedpipe.embedding.exports import VERIFY_TEXTS, ExportKey
+from tests.helpers import python_json
 
 pytestmark = pytest.mark.slow
 
@@ -54,16 +52,7 @@ def key(kind: str) -> ExportKey:
 
 
 def child(root: Path, backend: str) -> dict[str, Any]:
-    env = os.environ | {"HF_HUB_OFFLINE": "1"}
-    out = subprocess.run(
-        [sys.executable, "-c", CHILD, DEFAULT_MODEL, backend, str(root), json.dumps(SENTENCES)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=240,
-        check=True,
-    )
-    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+    return python_json(CHILD, DEFAULT_MODEL, backend, str(root), json.dumps(SENTENCES), timeout=240)
 
 
 @pytest.fixture(scope="module")
