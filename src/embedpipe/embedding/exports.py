@@ -166,7 +166,10 @@ def export_onnx(st_model: Any, folder: Path, key: ExportKey, model_dir: Path) ->
     from embedpipe.embedding.apart import run_apart
 
     request = {"folder": str(folder), "model_dir": str(model_dir), "key": asdict(key)}
-    run_apart("embedpipe.embedding.exports:export_main", request, f"exporting model={key.name} to ONNX")
+    try:
+        run_apart("embedpipe.embedding.exports:export_main", request, f"exporting model={key.name} to ONNX")
+    except ModelError as e:
+        raise ModelError(f"{e}; use model.backend=torch") from e
 
 
 def export_main() -> None:

@@ -137,7 +137,8 @@ def same_tokens(hf_tokenizer: Any, fast: FastTokenizer, max_length: int) -> bool
     return True
 
 
-def _tokenizer_file(folder: Path, definition: str) -> str:
+def tokenizer_file(folder: Path, definition: str) -> str:
+    """Keep a tokenizer definition in ``folder`` (once per definition); its file name."""
     name = f"tokenizer-{hashlib.sha256(definition.encode()).hexdigest()[:16]}.json"
     if not (folder / name).is_file():
         write_atomic(folder / name, definition)
@@ -176,7 +177,7 @@ def write_record(
             "lower": bool(facts["lower"]),
             "pad_id": int(facts["pad_id"]),
             "pad_token": str(facts["pad_token"]),
-            "tokenizer_file": _tokenizer_file(folder, facts["definition"]),
+            "tokenizer_file": tokenizer_file(folder, facts["definition"]),
             "texts_sha256": hashlib.sha256(json.dumps(list(VERIFY_TEXTS)).encode()).hexdigest(),
             "reference": np.asarray(reference, dtype=np.float32).tolist(),
         }

@@ -15,7 +15,6 @@ normalises as the embedder does.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -34,6 +33,7 @@ from embedpipe.embedding.exports import (
     verify_export,
     write_atomic,
 )
+from embedpipe.embedding.fastload import FastTokenizer, tokenizer_file
 from embedpipe.embedding.runners import OrtRunner, have_module
 from embedpipe.schemas import ModelIdentity
 
@@ -102,7 +102,6 @@ class OnnxQueryEmbedder:
 
     def __init__(self, folder: Path, record: dict[str, Any], threads: int | None = None) -> None:
         import onnxruntime as ort
-        from tokenizers import Tokenizer
 
         so = ort.SessionOptions()
         so.log_severity_level = 3
@@ -113,30 +112,23 @@ class OnnxQueryEmbedder:
         )
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.output = self.session.get_outputs()[0].name
-        tok = Tokenizer.from_file(str(folder / record["tokenizer_file"]))
-        # As the Hugging Face fast tokenizer is called by the export's runner: truncated to the
-        # model's sequence length, padded to the longest text of a batch, on the right.
-        tok.enable_truncation(max_length=int(record["max_length"]))
-        tok.enable_padding(pad_id=int(record["pad_id"]), pad_token=str(record["pad_token"]))
-        self.tokenizer = tok
+        definition = (folder / record["tokenizer_file"]).read_text(encoding="utf-8")
+        # called as the export's runner calls the Hugging Face tokenizer (fastload.FastTokenizer)
+        self.tokenizer = FastTokenizer(definition, int(record["pad_id"]), str(record["pad_token"]))
+        self.max_length = int(record["max_length"])
         self.lower = bool(record["lower"])
         self.normalize = bool(record["normalize"])
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """float32 vectors, shape ``(len(texts), dim)``, unit length when the table's are."""
         texts = [t.strip().lower() if self.lower else t.strip() for t in texts]
-        encs = self.tokenizer.encode_batch(texts)
-        ids = np.asarray([e.ids for e in encs], dtype=np.int64)
-        feeds: dict[str, np.ndarray] = {}
-        for name in self.inputs:
-            if name == "input_ids":
-                feeds[name] = ids
-            elif name == "attention_mask":
-                feeds[name] = np.asarray([e.attention_mask for e in encs], dtype=np.int64)
-            elif name == "token_type_ids":
-                feeds[name] = np.asarray([e.type_ids for e in encs], dtype=np.int64)
-            else:  # checked when the record was made: cannot happen for a recorded export
-                raise ValueError(f"the exported model wants input {name!r}")
+        enc = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np"
+        )
+        missing = [name for name in self.inputs if name not in enc]
+        if missing:  # checked when the record was made: cannot happen for a recorded export
+            raise ValueError(f"the exported model wants inputs {missing!r}")
+        feeds = {name: enc[name] for name in self.inputs}
         out = np.asarray(self.session.run([self.output], feeds)[0], dtype=np.float32)
         if self.normalize:
             norms = np.linalg.norm(out, axis=1, keepdims=True)
@@ -224,9 +216,7 @@ def record_query_check(
             _ensure_fp32_export(embedder, identity, settings)
         if not (folder / "model.onnx").is_file():
             return None
-        definition = facts["definition"]
-        tok_file = f"query-tokenizer-{hashlib.sha256(definition.encode()).hexdigest()[:16]}.json"
-        write_atomic(folder / tok_file, definition)
+        tok_file = tokenizer_file(folder, facts["definition"])  # the one fastload keeps there too
         record: dict[str, Any] = {
             "recipe": QUERY_CHECK_RECIPE,
             "reference": identity.backend,
